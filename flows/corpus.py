@@ -1,0 +1,41 @@
+"""Prefect flow: the pipeline's stages as tasks with retries, over Ray Data.
+
+Without PREFECT_API_URL set, Prefect runs against a temporary local server it starts itself,
+so this needs no setup; point PREFECT_API_URL at `prefect server start` to see runs in the UI.
+Resume comes from the stage markers: a retried or re-run flow skips completed stages.
+"""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger, task
+
+from pipelines.config import PipelineConfig
+from pipelines.runner import STAGES, Runner
+
+
+@task(retries=2, retry_delay_seconds=5, task_run_name="{stage}")
+def run_stage(config: dict, stage: str) -> dict:
+    marker = Runner(PipelineConfig.model_validate(config)).run_stage(stage)
+    get_run_logger().info("%s: %d rows %s in %.1f s", stage, marker["rows"], marker["counts"], marker["seconds"])
+    return marker
+
+
+@task(task_run_name="ledger")
+def write_ledger(config: dict) -> dict:
+    stats = Runner(PipelineConfig.model_validate(config)).finish()
+    get_run_logger().info(
+        "ledger: videos %s, clips %s, %d samples in %d shards",
+        {k: stats["videos"][k] for k in ("kept", "rejected", "failed")},
+        {k: stats["clips"][k] for k in ("kept", "rejected", "failed")},
+        stats["samples"],
+        len(stats["shards"]),
+    )
+    return stats
+
+
+@flow(name="vidcurate-corpus", log_prints=True)
+def corpus_flow(config: dict) -> dict:
+    """Full run: probe -> split -> shard, then the ledger and stats.json."""
+    for stage in STAGES:
+        run_stage(config, stage)
+    return write_ledger(config)

@@ -1,0 +1,54 @@
+"""`vidcurate inspect`: what a run produced (ledger summary) or what shards contain (samples)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TextIO
+
+import pyarrow.parquet as pq
+import webdataset as wds
+
+from pipelines.ledger import summarize
+from pipelines.runner import STAGES, read_marker
+
+
+def shard_urls(path: Path) -> list[str]:
+    if path.is_file():
+        return [str(path)]
+    urls = sorted(str(p) for p in path.glob("*.tar"))
+    if not urls:
+        raise FileNotFoundError(f"no .tar shards in {path}")
+    return urls
+
+
+def describe(path: Path, n: int, out: TextIO) -> None:
+    if (path / "ledger.parquet").is_file():
+        _describe_run(path, out)
+    else:
+        _describe_shards(path, n, out)
+
+
+def _describe_run(run_dir: Path, out: TextIO) -> None:
+    for stage in STAGES:
+        marker = read_marker(run_dir / stage)
+        state = f"{marker['rows']} rows {marker['counts']} in {marker['seconds']} s" if marker else "not run"
+        print(f"{stage:>6}: {state}", file=out)
+    stats = summarize(pq.read_table(run_dir / "ledger.parquet"), (read_marker(run_dir / "shard") or {}).get("shards", []))
+    for entity in ("videos", "clips"):
+        s = stats[entity]
+        print(f"{entity}: {s['total']} total, {s['kept']} kept, {s['rejected']} rejected, {s['failed']} failed", file=out)
+        for reason, count in s["reasons"].items():
+            print(f"    {count:5d}  {reason}", file=out)
+    print(f"samples: {stats['samples']} in {len(stats['shards'])} shards", file=out)
+
+
+def _describe_shards(path: Path, n: int, out: TextIO) -> None:
+    dataset = wds.WebDataset(shard_urls(path), shardshuffle=False)
+    for i, sample in enumerate(dataset):
+        if i >= n:
+            break
+        meta = json.loads(sample["json"])
+        sizes = {k: len(v) for k, v in sample.items() if not k.startswith("__")}
+        print(f"== {sample['__key__']}  members: {sizes}", file=out)
+        print(json.dumps(meta, indent=2, sort_keys=True), file=out)

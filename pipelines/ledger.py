@@ -1,0 +1,75 @@
+"""The ledger: exactly one final status per input video and per clip, derived from stage tables.
+
+A clip's status is the one of the last stage that saw it. A video that passed probe is
+`kept` if at least one of its clips is; otherwise it takes the status of its clips
+(failed if any failed, else rejected) with a reason that counts them.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pyarrow as pa
+
+from schemas.tables import FAILED, KEPT, LEDGER, REJECTED, STATUSES, to_table
+
+
+def build_ledger(tables: dict[str, pa.Table]) -> pa.Table:
+    rows: list[dict] = []
+    clips: dict[str, dict] = {}
+    for stage in ("split", "shard"):  # later stages override earlier ones
+        for row in tables[stage].to_pylist() if stage in tables else []:
+            clips[row["clip_id"]] = {
+                "entity": "clip",
+                "id": row["clip_id"],
+                "video_id": row["video_id"],
+                "status": row["status"],
+                "stage": row["stage"],
+                "reason": row["reason"],
+            }
+    last_stage = next((s for s in ("shard", "split") if s in tables), None)
+    by_video: dict[str, list[dict]] = {}
+    for clip in clips.values():
+        by_video.setdefault(clip["video_id"], []).append(clip)
+    for video in tables["probe"].to_pylist() if "probe" in tables else []:
+        entry = {"entity": "video", "id": video["uri"], "video_id": video["video_id"]}
+        entry.update(_video_outcome(video, by_video.get(video["video_id"]), last_stage))
+        rows.append(entry)
+    rows.extend(sorted(clips.values(), key=lambda c: c["id"]))
+    return to_table(rows, LEDGER)
+
+
+def _video_outcome(video: dict, clips: list[dict] | None, last_stage: str | None) -> dict:
+    if video["status"] != KEPT or last_stage is None:
+        return {"status": video["status"], "stage": video["stage"], "reason": video["reason"]}
+    clips = clips or []
+    counts = Counter(c["status"] for c in clips)
+    if counts[KEPT]:
+        return {"status": KEPT, "stage": last_stage, "reason": None}
+    status = FAILED if counts[FAILED] else REJECTED
+    first = next((c for c in clips if c["status"] == status), None)
+    detail = f"no_clip_kept: {counts[FAILED]} failed, {counts[REJECTED]} rejected"
+    return {
+        "status": status,
+        "stage": first["stage"] if first else "split",
+        "reason": f"{detail}; first: {first['reason']}" if first else detail,
+    }
+
+
+def reason_code(reason: str | None) -> str:
+    return (reason or "").split(":", 1)[0].strip() or "unspecified"
+
+
+def summarize(ledger: pa.Table, shards: list[dict]) -> dict:
+    """stats.json: ledger sums by entity, status and reason code, plus the shard manifest."""
+    stats: dict = {"shards": shards, "samples": sum(s["samples"] for s in shards)}
+    for entity in ("video", "clip"):
+        rows = [r for r in ledger.to_pylist() if r["entity"] == entity]
+        stats[f"{entity}s"] = {
+            "total": len(rows),
+            **{status: sum(r["status"] == status for r in rows) for status in STATUSES},
+            "reasons": dict(
+                sorted(Counter(f"{r['status']}({r['stage']}): {reason_code(r['reason'])}" for r in rows if r["status"] != KEPT).items())
+            ),
+        }
+    return stats

@@ -1,0 +1,183 @@
+"""Runs stages on Ray Data, each into its own directory, published atomically with a marker.
+
+Layout of a run directory:
+    probe/   videos table        split/  clips table        media/clips/<clip_id>.mp4
+    shard/   per-clip shard table, <prefix>-NNNNNN.tar, stats.json
+    ledger.parquet                 one final status per input video and per clip
+
+A stage directory appears only when its work is complete (written as `<stage>.tmp`, then
+renamed) and carries `_SUCCESS.json` with a fingerprint of its config and of its input's
+marker. A re-run skips a stage whose fingerprint matches, and redoes it (and so everything
+after it) when its settings or its input changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset  # noqa: F401 - makes pa.dataset available
+import pyarrow.parquet as pq
+
+from pipelines.config import PipelineConfig
+from pipelines.ledger import build_ledger, summarize
+from schemas.tables import CLIPS, KEPT, SHARDED, TABLES, VIDEOS, to_table
+from stages import probe, shard, split
+from stages.media import list_inputs
+
+log = logging.getLogger("vidcurate")
+
+STAGES = ("probe", "split", "shard")
+UPSTREAM = {"probe": None, "split": "probe", "shard": "split"}
+MARKER = "_SUCCESS.json"
+
+
+def ensure_ray(cfg: PipelineConfig) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    kwargs = {"address": cfg.ray.address} if cfg.ray.address else {"num_cpus": cfg.ray.num_cpus}
+    ray.init(**kwargs, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    ray.data.DataContext.get_current().enable_progress_bars = True
+
+
+def read_stage_table(stage_dir: Path, stage: str) -> pa.Table:
+    """The stage's Parquet parts (other files, such as shards, may sit beside them)."""
+    parts = sorted(str(p) for p in Path(stage_dir).glob("*.parquet"))
+    return pa.dataset.dataset(parts, format="parquet", schema=TABLES[stage]).to_table()
+
+
+def read_marker(stage_dir: Path) -> dict | None:
+    path = Path(stage_dir) / MARKER
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _digest(*parts: str) -> str:
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+class Runner:
+    """Executes stages of one run directory; every stage can also run alone on explicit dirs."""
+
+    def __init__(self, cfg: PipelineConfig):
+        self.cfg = cfg
+        self.run_dir = Path(cfg.run_dir)
+
+    def stage_dir(self, stage: str) -> Path:
+        return self.run_dir / stage
+
+    def fingerprint(self, stage: str, input_dir: Path | None) -> str:
+        upstream = read_marker(input_dir)["fingerprint"] if input_dir is not None else ""
+        return _digest(stage, self.cfg.stage_hash(stage), upstream)
+
+    def is_complete(self, stage: str, input_dir: Path | None = None, output_dir: Path | None = None) -> bool:
+        input_dir, output_dir = self._dirs(stage, input_dir, output_dir)
+        marker = read_marker(output_dir)
+        if marker is None or (input_dir is not None and read_marker(input_dir) is None):
+            return False
+        return marker["fingerprint"] == self.fingerprint(stage, input_dir)
+
+    def _dirs(self, stage: str, input_dir, output_dir) -> tuple[Path | None, Path]:
+        up = UPSTREAM[stage]
+        input_dir = Path(input_dir) if input_dir else (self.stage_dir(up) if up else None)
+        return input_dir, Path(output_dir) if output_dir else self.stage_dir(stage)
+
+    def run_stage(self, stage: str, input_dir: str | Path | None = None, output_dir: str | Path | None = None) -> dict:
+        """Run one stage unless complete; returns its marker (with row counts by status)."""
+        input_dir, output_dir = self._dirs(stage, input_dir, output_dir)
+        if input_dir is not None and read_marker(input_dir) is None:
+            raise FileNotFoundError(f"{stage} needs a completed {UPSTREAM[stage]} stage at {input_dir} (no {MARKER})")
+        if self.is_complete(stage, input_dir, output_dir):
+            log.info("%s: complete, skipped (%s)", stage, output_dir)
+            return read_marker(output_dir)
+        started = time.monotonic()
+        tmp = output_dir.with_name(output_dir.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        extra = getattr(self, f"_run_{stage}")(input_dir, output_dir, tmp) or {}
+        table = read_stage_table(tmp, stage)
+        statuses = table.column("status").to_pylist()
+        marker = {
+            "stage": stage,
+            "fingerprint": self.fingerprint(stage, input_dir),
+            "rows": table.num_rows,
+            "counts": {s: statuses.count(s) for s in sorted(set(statuses))},
+            "seconds": round(time.monotonic() - started, 2),
+            **extra,
+        }
+        (tmp / MARKER).write_text(json.dumps(marker, indent=2, sort_keys=True))
+        shutil.rmtree(output_dir, ignore_errors=True)
+        os.replace(tmp, output_dir)
+        log.info("%s: %d rows %s in %.1f s", stage, marker["rows"], marker["counts"], marker["seconds"])
+        return marker
+
+    def _run_probe(self, _input_dir, _output_dir, tmp: Path) -> None:
+        import ray
+
+        if not self.cfg.inputs:
+            raise ValueError("no inputs: set `inputs` in the config or pass --inputs")
+        uris = list_inputs(self.cfg.inputs)
+        if not uris:
+            raise FileNotFoundError(f"no input files found for {self.cfg.inputs!r}")
+        ensure_ray(self.cfg)
+        ds = ray.data.from_items([{"uri": u} for u in uris], override_num_blocks=min(len(uris), 1000))
+        ds = ds.map_batches(probe.probe_batch, fn_kwargs={"cfg": self.cfg.probe}, batch_size=1, batch_format="pyarrow")
+        rows = probe.mark_exact_duplicates(ds.take_all())
+        _write(tmp, sorted(rows, key=lambda r: r["uri"]), VIDEOS)
+
+    def _run_split(self, input_dir: Path, output_dir: Path, tmp: Path) -> None:
+        import ray
+
+        videos = read_stage_table(input_dir, "probe").filter(pc.field("status") == KEPT)
+        media = output_dir.parent / "media" / "clips"
+        if videos.num_rows:
+            ensure_ray(self.cfg)
+            ds = ray.data.from_arrow(videos).repartition(videos.num_rows)
+            ds = ds.map_batches(
+                split.split_batch,
+                fn_kwargs={"cfg": self.cfg.split, "media_dir": str(media)},
+                batch_size=1,
+                batch_format="pyarrow",
+            )
+            ds.write_parquet(str(tmp))
+        if not any(tmp.glob("*.parquet")):
+            _write(tmp, [], CLIPS)
+
+    def _run_shard(self, input_dir: Path, _output_dir, tmp: Path) -> dict:
+        clips = read_stage_table(input_dir, "split").filter(pc.field("status") == KEPT)
+        videos = {v["video_id"]: v for v in read_stage_table(input_dir.parent / "probe", "probe").to_pylist()}
+        ordered = sorted(clips.to_pylist(), key=lambda c: c["clip_id"])
+        rows, manifest = shard.write_shards(ordered, videos, tmp, self.cfg.shard)
+        _write(tmp, rows, SHARDED)
+        return {"shards": manifest}
+
+    def finish(self) -> dict:
+        """Write the ledger and stats.json from whatever stage tables exist."""
+        tables = {s: read_stage_table(self.stage_dir(s), s) for s in STAGES if read_marker(self.stage_dir(s))}
+        ledger = build_ledger(tables)
+        pq.write_table(ledger, self.run_dir / "ledger.parquet")
+        shard_marker = read_marker(self.stage_dir("shard")) or {}
+        stats = summarize(ledger, shard_marker.get("shards", []))
+        if shard_marker:
+            (self.stage_dir("shard") / "stats.json").write_text(json.dumps(stats, indent=2, sort_keys=True))
+        return stats
+
+    def run_all(self, on_stage: Callable[[str], None] | None = None) -> dict:
+        for stage in STAGES:
+            if on_stage:
+                on_stage(stage)
+            self.run_stage(stage)
+        return self.finish()
+
+
+def _write(directory: Path, rows: list[dict], schema: pa.Schema) -> None:
+    pq.write_table(to_table(rows, schema), directory / "part-000000.parquet")

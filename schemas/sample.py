@@ -1,0 +1,99 @@
+"""The shard sample's `json` member: versioned JSON schema and the builder trainers rely on.
+
+Times inside a sample are seconds relative to the sample's start; absolute source times
+live only under `provenance`, so the two can never be mixed up silently.
+"""
+
+from __future__ import annotations
+
+import jsonschema
+
+SCHEMA_VERSION = "1.0.0"
+
+_SPAN_S = {"type": "number", "minimum": 0}
+
+SAMPLE_SCHEMA = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "$id": f"vidcurate/sample/{SCHEMA_VERSION}",
+    "type": "object",
+    "required": ["schema_version", "clip_id", "video_id", "duration_s", "media", "provenance", "ledger"],
+    "additionalProperties": False,
+    "properties": {
+        "schema_version": {"const": SCHEMA_VERSION},
+        "clip_id": {"type": "string", "pattern": r"^[0-9a-f]+_\d+_\d+$"},
+        "video_id": {"type": "string", "pattern": r"^[0-9a-f]+$"},
+        "duration_s": {"type": "number", "exclusiveMinimum": 0},
+        "media": {
+            "type": "object",
+            "required": ["width", "height", "fps", "sha256"],
+            "properties": {
+                "width": {"type": "integer", "minimum": 1},
+                "height": {"type": "integer", "minimum": 1},
+                "fps": {"type": "number", "exclusiveMinimum": 0},
+                "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+            },
+        },
+        "provenance": {
+            "type": "object",
+            "required": ["source_uri", "source_start_s", "source_end_s", "start_frame", "end_frame", "cut_kind"],
+            "properties": {
+                "source_uri": {"type": "string"},
+                "source_start_s": _SPAN_S,
+                "source_end_s": _SPAN_S,
+                "start_frame": {"type": "integer", "minimum": 0},
+                "end_frame": {"type": "integer", "minimum": 1},
+                "cut_kind": {"type": "string"},
+                "source": {"type": "object"},
+            },
+        },
+        "ledger": {
+            "type": "array",
+            "description": "each stage's decision on this clip, in order",
+            "items": {
+                "type": "object",
+                "required": ["stage", "status"],
+                "properties": {"stage": {"type": "string"}, "status": {"const": "kept"}},
+            },
+        },
+    },
+}
+
+_VALIDATOR = jsonschema.Draft202012Validator(SAMPLE_SCHEMA)
+
+SOURCE_FIELDS = ("duration_s", "fps", "width", "height", "codec", "container", "rotation")
+
+
+def build_sample(clip: dict, video: dict) -> dict:
+    """Annotation for one kept clip, validated against SAMPLE_SCHEMA."""
+    sample = {
+        "schema_version": SCHEMA_VERSION,
+        "clip_id": clip["clip_id"],
+        "video_id": clip["video_id"],
+        "duration_s": round(clip["end_s"] - clip["start_s"], 3),
+        "media": {
+            "width": clip["clip_width"],
+            "height": clip["clip_height"],
+            "fps": video["fps"],
+            "sha256": clip["clip_sha256"],
+        },
+        "provenance": {
+            "source_uri": clip["source_uri"],
+            "source_start_s": clip["start_s"],
+            "source_end_s": clip["end_s"],
+            "start_frame": clip["start_frame"],
+            "end_frame": clip["end_frame"],
+            "cut_kind": clip["cut_kind"],
+            "source": {k: video[k] for k in SOURCE_FIELDS},
+        },
+        "ledger": [{"stage": "probe", "status": "kept"}, {"stage": "split", "status": "kept"}],
+    }
+    validate_sample(sample)
+    return sample
+
+
+def validate_sample(sample: dict) -> None:
+    """Raise ValueError naming the first violation, for writers and for readers of old shards."""
+    error = jsonschema.exceptions.best_match(_VALIDATOR.iter_errors(sample))
+    if error is not None:
+        where = "/".join(str(p) for p in error.absolute_path) or "<root>"
+        raise ValueError(f"sample {sample.get('clip_id')!r} violates schema {SCHEMA_VERSION} at {where}: {error.message}")

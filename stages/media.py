@@ -1,0 +1,122 @@
+"""Media access shared by stages: input listing, local copies of remote files, and a
+downscaled frame reader that keeps the container's timestamps (correct for VFR).
+
+PyAV is used for decoding because a broken file raises an exception instead of
+taking the worker process down, and reading the Y/U/V planes with a stride is
+about 1.8x faster here than asking any decoder for resized RGB frames.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+import fsspec
+import numpy as np
+
+LIST_FILE_SUFFIXES = (".txt", ".lst")
+
+
+def is_remote(uri: str) -> bool:
+    return "://" in uri and not uri.startswith("file://")
+
+
+def list_inputs(spec: str) -> list[str]:
+    """Expand an input spec (directory, glob, list file or remote prefix) into sorted URIs."""
+    if is_remote(spec):
+        fs, root = fsspec.core.url_to_fs(spec)
+        protocol = spec.split("://", 1)[0]
+        paths = fs.glob(root) if glob.has_magic(root) else fs.find(root)
+        return sorted(f"{protocol}://{p}" for p in paths if not Path(p).name.startswith("."))
+    if glob.has_magic(spec):
+        return sorted(p for p in glob.glob(spec, recursive=True) if os.path.isfile(p))
+    path = Path(spec)
+    if path.is_dir():
+        return sorted(
+            str(p) for p in path.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
+        )
+    if path.is_file() and path.suffix in LIST_FILE_SUFFIXES:
+        lines = (line.strip() for line in path.read_text().splitlines())
+        return sorted({line for line in lines if line and not line.startswith("#")})
+    if path.is_file():
+        return [str(path)]
+    raise FileNotFoundError(f"input spec {spec!r} is not a directory, glob, list file or remote prefix")
+
+
+@contextlib.contextmanager
+def local_copy(uri: str) -> Iterator[str]:
+    """Yield a local path for `uri`; remote objects are copied to a temp file and removed after."""
+    if not is_remote(uri):
+        yield uri.removeprefix("file://")
+        return
+    suffix = Path(uri).suffix
+    fd, tmp = tempfile.mkstemp(prefix="vidcurate-", suffix=suffix)
+    try:
+        with os.fdopen(fd, "wb") as dst, fsspec.open(uri, "rb") as src:
+            shutil.copyfileobj(src, dst, length=8 << 20)
+        yield tmp
+    finally:
+        os.unlink(tmp)
+
+
+@dataclass(frozen=True)
+class FrameBatch:
+    """Downscaled frames of one video: planes stacked as (n, h, w, 3) Y/U/V uint8, times in seconds."""
+
+    yuv: np.ndarray
+    times_s: np.ndarray
+
+
+def rotation_of(frame: av.VideoFrame) -> int:
+    """Display rotation in degrees (0/90/180/270) from the frame's display matrix."""
+    return int(round(getattr(frame, "rotation", 0) or 0)) % 360
+
+
+def _small_yuv(frame: av.VideoFrame, step: int) -> np.ndarray:
+    """Subsample Y and chroma planes by striding: far cheaper than a full swscale resize."""
+    h, w = frame.height, frame.width
+    if frame.format.name not in ("yuv420p", "yuvj420p") or h % 2 or w % 2:
+        small = frame.to_ndarray(width=max(w // step, 1), height=max(h // step, 1), format="yuv444p")
+        return np.moveaxis(small, 0, -1)
+    planes = frame.to_ndarray()  # (h*3/2, w): the Y plane, then the U and V quarter planes
+    chroma = planes[h:].reshape(2, h // 2, w // 2)
+    half = max(step // 2, 1)
+    u = chroma[0, ::half, ::half]
+    v = chroma[1, ::half, ::half]
+    y = planes[:h:step, :w:step]
+    rows, cols = min(y.shape[0], u.shape[0]), min(y.shape[1], u.shape[1])
+    return np.stack([y[:rows, :cols], u[:rows, :cols], v[:rows, :cols]], axis=-1)
+
+
+def read_small_frames(path: str, analysis_width: int = 64) -> FrameBatch:
+    """Decode every frame, downscaled to about `analysis_width` wide, with presentation times.
+
+    Times come from each frame's pts relative to the first frame, so variable frame rate
+    and streams that do not start at zero are handled.
+    """
+    frames: list[np.ndarray] = []
+    times: list[float] = []
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        # Deblocking only polishes pixels; cut detection on tiny frames does not need it.
+        stream.codec_context.options = {"skip_loop_filter": "all"}
+        step = max(stream.codec_context.width // analysis_width, 1)
+        start = None
+        for frame in container.decode(stream):
+            if frame.time is None:
+                continue
+            start = frame.time if start is None else start
+            frames.append(_small_yuv(frame, step))
+            times.append(frame.time - start)
+    if not frames:
+        raise ValueError("no decodable video frames")
+    order = np.argsort(np.asarray(times), kind="stable")  # decoders emit in pts order; guard anyway
+    return FrameBatch(np.stack(frames)[order], np.asarray(times, dtype=np.float64)[order])

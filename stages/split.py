@@ -1,0 +1,221 @@
+"""Split stage: shot boundaries -> clip spans -> re-encoded H.264 clip files.
+
+Spans are decided on frame indices and the container's own timestamps, then every
+clip of a video is cut in one decode pass (no per-clip seeking).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pyarrow as pa
+
+from pipelines.config import SplitConfig
+from schemas.tables import CLIPS, FAILED, KEPT, REJECTED, clip_id, to_table
+from stages.detect import Cut, detect_cuts
+from stages.media import local_copy, read_small_frames
+
+STAGE = "split"
+
+
+def frame_end_times(times_s: np.ndarray, duration_s: float | None) -> np.ndarray:
+    """End time of each frame: the next frame's start, and the stream end for the last one."""
+    step = float(times_s[-1] - times_s[-2]) if len(times_s) > 1 else (duration_s or 0.04)
+    tail = times_s[-1] + step
+    return np.append(times_s[1:], tail)
+
+
+def plan_spans(cuts: list[Cut], black: np.ndarray, times_s: np.ndarray, ends_s: np.ndarray, cfg: SplitConfig) -> list[dict]:
+    """Shots between cuts: black ones rejected, short ones merged or dropped, long ones windowed."""
+    n = len(times_s)
+    inner = [c for c in cuts if 0 < c.frame < n]
+    bounds = [0] + [c.frame for c in inner] + [n]
+    kinds = ["start"] + [c.kind for c in inner]
+    shots = [[a, b, k, bool(black[a:b].mean() > 0.5)] for a, b, k in zip(bounds[:-1], bounds[1:], kinds) if b > a]
+
+    def length(a: int, b: int) -> float:
+        return float(ends_s[b - 1] - times_s[a])
+
+    if cfg.short_shots == "merge":
+        merged: list[list] = []
+        for shot in shots:
+            prev = merged[-1] if merged else None
+            joinable = prev is not None and not prev[3] and not shot[3]
+            if joinable and min(length(prev[0], prev[1]), length(shot[0], shot[1])) < cfg.min_clip_s:
+                prev[1] = shot[1]  # a too-short shot joins its neighbour
+            else:
+                merged.append(shot)
+        shots = merged
+    spans: list[dict] = []
+    for a, b, k, is_black in shots:
+        span = length(a, b)
+        if is_black:
+            spans.append(_span(a, b, k, times_s, ends_s, REJECTED, f"black: {span:.2f} s of black frames"))
+        elif span < cfg.min_clip_s:
+            spans.append(_span(a, b, k, times_s, ends_s, REJECTED, f"too_short: {span:.2f} s < min_clip_s {cfg.min_clip_s}"))
+        else:
+            edges = _window_edges(a, b, times_s, ends_s, cfg.max_clip_s)
+            for i, (pa, pb) in enumerate(zip(edges[:-1], edges[1:])):
+                spans.append(_span(int(pa), int(pb), k if i == 0 else "window", times_s, ends_s, KEPT, None))
+    return spans
+
+
+def _window_edges(a: int, b: int, times_s: np.ndarray, ends_s: np.ndarray, max_s: float) -> list[int]:
+    """Frame edges cutting [a, b) into near-equal durations of at most max_s (time-based, so VFR-safe)."""
+    pieces = math.ceil((ends_s[b - 1] - times_s[a]) / max_s - 1e-9)
+    while True:
+        targets = times_s[a] + (ends_s[b - 1] - times_s[a]) * np.arange(1, pieces) / pieces
+        edges = [a, *(np.searchsorted(times_s[a:b], targets, side="right") - 1 + a), b]
+        lengths = [ends_s[q - 1] - times_s[p] for p, q in zip(edges[:-1], edges[1:]) if q > p]
+        if max(lengths) <= max_s + 1e-6 or pieces >= b - a:
+            return sorted(set(edges))
+        pieces += 1
+
+
+def _span(a: int, b: int, kind: str, times_s, ends_s, status: str, reason: str | None) -> dict:
+    return {
+        "start_frame": a,
+        "end_frame": b,
+        "start_s": round(float(times_s[a]), 3),
+        "end_s": round(float(ends_s[b - 1]), 3),
+        "cut_kind": kind,
+        "status": status,
+        "reason": reason,
+    }
+
+
+def clip_size(width: int, height: int, rotation: int, max_height: int) -> tuple[int, int]:
+    """Output size after display rotation, scaled to at most max_height, even for yuv420p."""
+    if rotation in (90, 270):
+        width, height = height, width
+    scale = min(1.0, max_height / height)
+    return max(2, int(width * scale) // 2 * 2), max(2, int(height * scale) // 2 * 2)
+
+
+def _upright(frame: av.VideoFrame, rotation: int) -> av.VideoFrame:
+    """Apply the display rotation to the pixels so trainers need no metadata to show it upright."""
+    if rotation == 0:
+        return frame
+    rgb = np.rot90(frame.to_ndarray(format="rgb24"), k=rotation // 90)
+    return av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+
+
+class _ClipEncoder:
+    """One clip file being written: temp name first, renamed when complete."""
+
+    def __init__(self, path: Path, size: tuple[int, int], fps: float, cfg: SplitConfig):
+        self.path = path
+        self.tmp = path.with_name(path.name + ".part")
+        self.out = av.open(str(self.tmp), mode="w", format="mp4")
+        rate = Fraction(fps).limit_denominator(1001) if fps > 0 else Fraction(25)
+        self.stream = self.out.add_stream("libx264", rate=rate)
+        self.stream.width, self.stream.height = size
+        self.stream.pix_fmt = "yuv420p"
+        self.stream.options = {"crf": str(cfg.clip_crf), "preset": cfg.clip_preset}
+        self.size = size
+        self.time_base = 1 / rate
+        self.count = 0
+
+    def add(self, frame: av.VideoFrame) -> None:
+        frame = frame.reformat(width=self.size[0], height=self.size[1], format="yuv420p")
+        frame.pts = self.count
+        frame.time_base = self.time_base
+        self.count += 1
+        self.out.mux(self.stream.encode(frame))
+
+    def close(self) -> str:
+        self.out.mux(self.stream.encode(None))
+        self.out.close()
+        os.replace(self.tmp, self.path)
+        return hashlib.sha256(self.path.read_bytes()).hexdigest()
+
+    def abort(self) -> None:
+        self.out.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+def extract_clips(path: str, spans: list[dict], out_dir: Path, video: dict, cfg: SplitConfig) -> None:
+    """Cut every kept span of one video in a single decode pass; fills clip_uri/sha or failure."""
+    todo = sorted((s for s in spans if s["status"] == KEPT), key=lambda s: s["start_frame"])
+    if not todo:
+        return
+    rotation = int(video.get("rotation") or 0)
+    size = clip_size(video["width"], video["height"], rotation, cfg.clip_max_height)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    current, encoder, index = 0, None, -1
+    try:
+        with av.open(path) as container:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            for frame in container.decode(stream):
+                if frame.time is None:
+                    continue
+                index += 1
+                span = todo[current]
+                if index < span["start_frame"]:
+                    continue
+                if encoder is None:
+                    encoder = _ClipEncoder(out_dir / f"{span['clip_id']}.mp4", size, video["fps"], cfg)
+                encoder.add(_upright(frame, rotation))
+                if index + 1 >= span["end_frame"]:
+                    _finish(span, encoder)
+                    encoder, current = None, current + 1
+                    if current == len(todo):
+                        break
+        if encoder is not None:  # stream ended early: keep what was decoded
+            _finish(todo[current], encoder)
+            current += 1
+    except Exception as exc:  # noqa: BLE001 - the remaining spans of this video fail with the cause
+        if encoder is not None:
+            encoder.abort()
+        for span in todo[current:]:
+            span.update(status=FAILED, reason=f"extract: {type(exc).__name__}: {exc}")
+    for span in todo[current:]:
+        if span["status"] == KEPT:
+            span.update(status=FAILED, reason="extract: stream ended before the clip's first frame")
+
+
+def _finish(span: dict, encoder: _ClipEncoder) -> None:
+    span["clip_sha256"] = encoder.close()
+    span["clip_uri"] = str(encoder.path)
+    span["clip_width"], span["clip_height"] = encoder.size
+
+
+def split_video(video: dict, media_dir: Path, cfg: SplitConfig) -> list[dict]:
+    """One kept video row -> its clip rows; a video-level error becomes one failed whole-video row."""
+    base = {"video_id": video["video_id"], "source_uri": video["uri"], "stage": STAGE}
+    try:
+        with local_copy(video["uri"]) as path:
+            frames = read_small_frames(path, cfg.analysis_width)
+            cuts, black = detect_cuts(frames.yuv, cfg.threshold, cfg.adaptive_ratio, cfg.window)
+            ends = frame_end_times(frames.times_s, video.get("duration_s"))
+            spans = plan_spans(cuts, black, frames.times_s, ends, cfg)
+            for span in spans:
+                span.update(base, clip_id=clip_id(video["video_id"], span["start_s"], span["end_s"]))
+            extract_clips(path, spans, media_dir, video, cfg)
+        return spans
+    except Exception as exc:  # noqa: BLE001 - recorded in the ledger, the run goes on
+        end_s = float(video.get("duration_s") or 0.0)
+        return [
+            {
+                **base,
+                "clip_id": clip_id(video["video_id"], 0.0, end_s),
+                "start_s": 0.0,
+                "end_s": end_s,
+                "start_frame": 0,
+                "end_frame": int(video.get("n_frames") or 0),
+                "status": FAILED,
+                "reason": f"{type(exc).__name__}: {exc}",
+            }
+        ]
+
+
+def split_batch(batch: pa.Table, cfg: SplitConfig, media_dir: str) -> pa.Table:
+    """Ray Data adapter (map_batches, pyarrow format): videos-table rows -> clips-table rows."""
+    return to_table([clip for video in batch.to_pylist() for clip in split_video(video, Path(media_dir), cfg)], CLIPS)

@@ -1,0 +1,104 @@
+"""Shared fixtures: real local Ray, real Prefect (temporary server), real S3-compatible server,
+real decoders on real and synthetic videos. Nothing here is mocked."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_VIDEOS = REPO.parent / "shared" / "data" / "videos"
+sys.path.insert(0, str(REPO / "sample_data"))
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def faststart_copy(src: Path, dst: Path) -> Path:
+    """Remux with the index (moov) first, as streaming sites serve MP4: truncating such a file
+    leaves it openable, with data missing at the end."""
+    import av
+
+    with av.open(str(src)) as inp, av.open(str(dst), mode="w", format="mp4", options={"movflags": "faststart"}) as out:
+        stream = out.add_stream_from_template(inp.streams.video[0])
+        for packet in inp.demux(inp.streams.video[0]):
+            if packet.dts is not None:
+                packet.stream = stream
+                out.mux(packet)
+    return dst
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """moto in server mode on loopback; credentials and endpoint exported before Ray starts,
+    so Ray workers inherit them."""
+    from moto.server import ThreadedMotoServer
+
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    os.environ.update(
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+        AWS_DEFAULT_REGION="us-east-1",
+        AWS_ENDPOINT_URL=endpoint,
+    )
+    yield endpoint
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def ray_local(s3_endpoint):
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="session")
+def synthetic_videos(tmp_path_factory) -> tuple[Path, Path]:
+    """Two synthetic videos with known transitions: (videos dir, truth dir)."""
+    from make_synthetic import make
+
+    out = tmp_path_factory.mktemp("synthetic") / "videos"
+    make(out, count=2, seed=10)
+    return out, out.parent / "truth"
+
+
+@pytest.fixture(scope="session")
+def mixed_inputs(tmp_path_factory, synthetic_videos) -> Path:
+    """Good videos (synthetic + one real) beside damaged and non-video files."""
+    root = tmp_path_factory.mktemp("inputs")
+    for video in sorted(synthetic_videos[0].glob("*.mp4")):
+        shutil.copy(video, root / video.name)
+    shutil.copy(SHARED_VIDEOS / "psd_testvideo.mp4", root / "real nature clip.mp4")
+    (root / "empty.mp4").write_bytes(b"")
+    (root / "random_bytes.mp4").write_bytes(np.random.default_rng(0).bytes(50_000))
+    (root / "notes.txt.mov").write_text("this is not a video\n")
+    data = faststart_copy(SHARED_VIDEOS / "psd_testvideo.mp4", root / "faststart.tmp").read_bytes()
+    (root / "faststart.tmp").unlink()
+    (root / "truncated.mp4").write_bytes(data[: len(data) // 2])
+    (root / "index_at_end_truncated.mp4").write_bytes((SHARED_VIDEOS / "psd_testvideo.mp4").read_bytes()[:100_000])
+    return root

@@ -1,0 +1,143 @@
+"""Split: span planning rules, frame-exact extraction, rotation, timestamps."""
+
+from __future__ import annotations
+
+import json
+from fractions import Fraction
+
+import av
+import numpy as np
+import pytest
+
+from conftest import SHARED_VIDEOS
+from pipelines.config import ProbeConfig, SplitConfig
+from schemas.tables import clip_id
+from stages.detect import Cut
+from stages.probe import probe_video
+from stages.split import frame_end_times, plan_spans, split_video
+
+
+def _times(n: int, fps: float = 25.0):
+    times = np.arange(n) / fps
+    return times, frame_end_times(times, n / fps)
+
+
+def test_long_shot_is_windowed_to_max_clip():
+    times, ends = _times(250)  # one 10 s shot
+    spans = plan_spans([], np.zeros(250, bool), times, ends, SplitConfig(max_clip_s=3.0))
+    assert len(spans) == 4
+    assert all(s["end_s"] - s["start_s"] <= 3.0 for s in spans)
+    assert [s["start_frame"] for s in spans] == [0, 62, 125, 187]
+    assert spans[-1]["end_frame"] == 250 and spans[-1]["end_s"] == pytest.approx(10.0)
+    assert [s["cut_kind"] for s in spans] == ["start", "window", "window", "window"]
+
+
+def test_short_shots_merge_into_a_neighbour():
+    times, ends = _times(200)
+    cuts = [Cut(10, "hard"), Cut(100, "hard"), Cut(110, "hard")]  # 0.4 s lead shot, 0.4 s middle shot
+    spans = plan_spans(cuts, np.zeros(200, bool), times, ends, SplitConfig(min_clip_s=1.0, short_shots="merge"))
+    assert [(s["start_frame"], s["end_frame"]) for s in spans] == [(0, 110), (110, 200)]
+    assert all(s["status"] == "kept" for s in spans)
+
+
+def test_short_shots_can_be_dropped_with_a_reason():
+    times, ends = _times(200)
+    spans = plan_spans([Cut(10, "hard")], np.zeros(200, bool), times, ends, SplitConfig(min_clip_s=1.0, short_shots="drop"))
+    assert [(s["start_frame"], s["status"]) for s in spans] == [(0, "rejected"), (10, "kept")]
+    assert spans[0]["reason"].startswith("too_short:")
+
+
+def test_black_runs_become_rejected_spans_and_are_never_merged():
+    times, ends = _times(200)
+    black = np.zeros(200, bool)
+    black[:10] = black[100:120] = True  # black lead-in, then a fade through black
+    cuts = [Cut(10, "from_black"), Cut(100, "to_black"), Cut(120, "from_black")]
+    spans = plan_spans(cuts, black, times, ends, SplitConfig(min_clip_s=1.0))
+    assert [(s["start_frame"], s["end_frame"], s["status"]) for s in spans] == [
+        (0, 10, "rejected"),
+        (10, 100, "kept"),
+        (100, 120, "rejected"),
+        (120, 200, "kept"),
+    ]
+    assert spans[0]["reason"].startswith("black:")
+
+
+def test_clip_ids_are_deterministic_and_dot_free():
+    assert clip_id("abc123", 1.5, 3.25) == "abc123_000001500_000003250"
+    assert "." not in clip_id("abc123", 0.0004, 7200.9999)
+
+
+def _probe(path) -> dict:
+    row = probe_video(str(path), ProbeConfig())
+    assert row["status"] == "kept", row
+    return row
+
+
+def test_extracted_clips_are_frame_exact(tmp_path, synthetic_videos):
+    videos, truth_dir = synthetic_videos
+    video = _probe(videos / "synthetic_010.mp4")
+    clips = split_video(video, tmp_path, SplitConfig(max_clip_s=2.0, clip_max_height=72))
+    assert all(c["status"] == "kept" or c["reason"].startswith("black:") for c in clips)
+    assert clips[0]["start_frame"] == 0
+    assert clips[-1]["end_frame"] == json.loads((truth_dir / "synthetic_010.json").read_text())["n_frames"]
+    for before, after in zip(clips, clips[1:]):
+        assert before["end_frame"] == after["start_frame"]  # no frame lost or repeated
+        assert before["end_s"] == pytest.approx(after["start_s"])
+    kept = [c for c in clips if c["status"] == "kept"]
+    assert len(kept) >= 4
+    for clip in kept:
+        with av.open(clip["clip_uri"]) as c:
+            stream = c.streams.video[0]
+            assert sum(1 for _ in c.decode(stream)) == clip["end_frame"] - clip["start_frame"]
+            assert (stream.height, stream.width) == (72, 128)
+
+
+def test_rotated_video_is_written_upright(tmp_path):
+    src = tmp_path / "rotated.mp4"
+    with av.open(str(src), mode="w") as out:
+        stream = out.add_stream("libx264", rate=Fraction(25))
+        stream.width, stream.height, stream.pix_fmt = 64, 32, "yuv420p"
+        stream.set_display_rotation(90)  # counter-clockwise, as phones record portrait video
+        img = np.zeros((32, 64, 3), np.uint8)
+        img[:, :32] = 255  # stored left half white -> displayed bottom half white
+        for _ in range(50):
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")))
+        out.mux(stream.encode(None))
+    video = _probe(src)
+    assert video["rotation"] == 90
+    (clip,) = split_video(video, tmp_path / "clips", SplitConfig())
+    with av.open(clip["clip_uri"]) as c:
+        frame = next(c.decode(video=0)).to_ndarray(format="gray")
+    assert frame.shape == (64, 32)
+    assert frame[40:].mean() > 200 and frame[:24].mean() < 50
+
+
+def test_variable_frame_rate_uses_container_timestamps(tmp_path):
+    """Frames 40 ms apart, then 200 ms apart: spans must follow pts, not index / nominal fps."""
+    src = tmp_path / "vfr.mp4"
+    with av.open(str(src), mode="w") as out:
+        stream = out.add_stream("libx264", rate=Fraction(25))
+        stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
+        stream.codec_context.time_base = Fraction(1, 1000)
+        pts = [i * 40 for i in range(50)] + [2000 + i * 200 for i in range(25)]
+        for i, t in enumerate(pts):
+            frame = av.VideoFrame.from_ndarray(np.full((64, 64, 3), 100 + i % 7, np.uint8), format="rgb24")
+            frame.pts, frame.time_base = t, Fraction(1, 1000)
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    video = _probe(src)
+    clips = split_video(video, tmp_path / "clips", SplitConfig(max_clip_s=3.5))
+    assert clips[-1]["end_s"] == pytest.approx(7.0, abs=0.25)  # 50 x 40 ms + 25 x 200 ms
+    assert video["duration_s"] == pytest.approx(7.0, abs=0.25)
+    for clip in clips:
+        assert clip["end_s"] - clip["start_s"] <= 3.5
+
+
+def test_real_video_splits_at_known_cuts(tmp_path):
+    """psd_testvideo.mp4 has hard cuts at frames 30, 180 and 394 (PySceneDetect's truth)."""
+    video = _probe(SHARED_VIDEOS / "psd_testvideo.mp4")
+    clips = split_video(video, tmp_path, SplitConfig(min_clip_s=0.5, max_clip_s=60))
+    kept = [(c["start_frame"], c["end_frame"]) for c in clips if c["status"] == "kept"]
+    # black lead-in 0-29 trimmed, cut to black at 180, fade in from black around 394
+    assert abs(kept[0][0] - 30) <= 2 and abs(kept[0][1] - 180) <= 2, kept
+    assert any(abs(a - 394) <= 2 for a, _ in kept), kept
