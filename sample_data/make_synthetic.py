@@ -24,11 +24,12 @@ TRANSITIONS = ("hard", "dissolve", "fade")
 
 
 def _texture(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
-    """Smooth random texture, twice the frame size so it can pan, with a shot-specific palette."""
-    coarse = rng.random((height // 16 + 2, width // 16 + 2, 3)).astype(np.float32)
-    big = np.kron(coarse, np.ones((32, 32, 1), dtype=np.float32))[: 2 * height, : 2 * width]
+    """Smooth random texture with a shot-specific palette, tiled 2x2 so panning wraps seamlessly."""
+    coarse = rng.random((height // 32 + 1, width // 32 + 1, 3)).astype(np.float32)
+    tile = np.kron(coarse, np.ones((32, 32, 1), dtype=np.float32))[:height, :width]
     tint = rng.random(3).astype(np.float32) * 0.8 + 0.2
-    return (big * tint * 200 + rng.random(3).astype(np.float32) * 40).clip(0, 255)
+    tile = (tile * tint * 200 + rng.random(3).astype(np.float32) * 40).clip(0, 255)
+    return np.tile(tile, (2, 2, 1))
 
 
 class Shot:
@@ -40,8 +41,9 @@ class Shot:
         self.yy, self.xx = np.mgrid[0:height, 0:width]
 
     def frame(self, t: int) -> np.ndarray:
-        speed = 12.0 if self.event == "pan" and self.frames // 3 <= t < self.frames // 3 + FPS else 1.0
-        offset = self.velocity * t * speed
+        # a fast pan moves 12x faster for one second; position is integrated, so it never jumps
+        fast = min(max(t - self.frames // 3, 0), FPS) if self.event == "pan" else 0
+        offset = self.velocity * (t + 11 * fast)
         y0 = int(offset[0]) % self.h
         x0 = int(offset[1]) % self.w
         img = self.tex[y0 : y0 + self.h, x0 : x0 + self.w].copy()
@@ -94,14 +96,14 @@ def encode(frames: list[np.ndarray], path: Path, crf: int = 20) -> None:
         out.mux(stream.encode(None))
 
 
-def make(out: Path, count: int, seed: int, truncated: bool = False) -> list[Path]:
+def make(out: Path, count: int, seed: int, truncated: bool = False, height: int = 144, width: int = 256) -> list[Path]:
     truth_dir = out.parent / "truth"
     for d in (out, truth_dir):
         d.mkdir(parents=True, exist_ok=True)
     paths = []
     for i in range(count):
         name = f"synthetic_{seed + i:03d}"
-        frames, truth = render(seed + i)
+        frames, truth = render(seed + i, height, width)
         path = out / f"{name}.mp4"
         encode(frames, path)
         meta = {"video": path.name, "fps": FPS, "n_frames": len(frames), "transitions": truth}

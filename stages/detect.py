@@ -1,6 +1,9 @@
 """Shot-boundary detection on downscaled frames (pure numpy, no I/O).
 
-A cut at frame index i means frame i is the first frame of a new shot.
+A cut at frame index i means frame i is the first frame of a new shot. Three detectors
+share one pass over the frames: hard cuts (adaptive frame difference, flashes excluded),
+dissolves (steady structural change between calm shots) and black runs (fades through
+black, black lead-ins), whose edges become cuts so the black itself can be cut out.
 """
 
 from __future__ import annotations
@@ -14,13 +17,17 @@ _PLANE_WEIGHTS = np.array([0.5, 0.25, 0.25], dtype=np.float32)
 # A frame is black when even its brightest 1% of pixels stay below this luma: limited-range
 # black is 16, and the first frame of a fade-in already has highlights above 22.
 BLACK_LUMA = 22.0
-FLASH_LOOKAHEAD = 3  # a change that reverts within this many frames is a flash, not a cut
+FLASH_LOOKAHEAD = 5  # a change undone within this many frames is a flash, not a cut
+DISSOLVE_HALF_WIDTHS = (4, 8)  # frames on each side of a dissolve's middle that are compared
+DISSOLVE_MIN_CHANGE = 0.6  # structure change across a dissolve, in per-frame standard deviations
+DISSOLVE_MIN_STEADINESS = 0.6  # how much of the frame-to-frame change adds up in one direction
+DISSOLVE_CONTRAST = 2.0  # the change across a dissolve vs the change within the shots beside it
 
 
 @dataclass(frozen=True)
 class Cut:
     frame: int
-    kind: str  # "hard" | "fade"
+    kind: str  # "hard" | "dissolve" | "to_black" | "from_black"
 
 
 def frame_differences(yuv: np.ndarray) -> np.ndarray:
@@ -38,21 +45,74 @@ def _neighbour_mean(scores: np.ndarray, window: int) -> np.ndarray:
     return np.convolve(padded, kernel, mode="valid") / (2 * window)
 
 
-def _reverts(frames: np.ndarray, i: int, threshold: float) -> bool:
-    """True if a frame shortly after i looks like frame i-1 again (a flash or a glitch)."""
-    before = frames[i - 1].astype(np.float32)
-    for j in range(i + 1, min(i + 1 + FLASH_LOOKAHEAD, len(frames))):
-        diff = np.abs(frames[j].astype(np.float32) - before).mean(axis=(0, 1)) @ _PLANE_WEIGHTS
-        if diff < threshold / 2:
-            return True
-    return False
+def _is_flash(frames: np.ndarray, i: int, score: float, threshold: float) -> bool:
+    """True if the change at i is undone within FLASH_LOOKAHEAD frames (start of a flash) or
+    undoes one from just before (its end): a camera flash or glitch, not a new shot."""
+    bar = max(threshold / 2, 0.35 * score)  # the scene keeps moving meanwhile
+
+    def close(a: int, b: int) -> bool:
+        diff = np.abs(frames[a].astype(np.float32) - frames[b].astype(np.float32)).mean(axis=(0, 1))
+        return float(diff @ _PLANE_WEIGHTS) < bar
+
+    after = range(i + 1, min(i + 1 + FLASH_LOOKAHEAD, len(frames)))
+    before = range(max(i - 1 - FLASH_LOOKAHEAD, 0), i - 1)
+    return any(close(j, i - 1) for j in after) or any(close(i, j) for j in before)
+
+
+def _strongest_apart(candidates: np.ndarray, scores: np.ndarray, gap: int) -> list[int]:
+    """Non-maximum suppression: of candidates closer than `gap` frames, keep the highest score."""
+    kept: list[int] = []
+    for i in sorted(candidates, key=lambda c: -scores[c]):
+        if all(abs(i - k) >= gap for k in kept):
+            kept.append(int(i))
+    return sorted(kept)
 
 
 def hard_cuts(yuv: np.ndarray, threshold: float, adaptive_ratio: float, window: int) -> list[Cut]:
     scores = frame_differences(yuv)
     context = _neighbour_mean(scores, window)
     candidates = np.flatnonzero((scores >= threshold) & (scores >= adaptive_ratio * context))
-    return [Cut(int(i), "hard") for i in candidates if i > 0 and not _reverts(yuv, int(i), threshold)]
+    candidates = [i for i in candidates if i > 0 and not _is_flash(yuv, int(i), float(scores[i]), threshold)]
+    return [Cut(i, "hard") for i in _strongest_apart(np.asarray(candidates, dtype=int), scores, window)]
+
+
+def _structure(yuv: np.ndarray) -> np.ndarray:
+    """Luma with each frame's brightness and contrast removed: fades and exposure changes vanish."""
+    luma = yuv[..., 0].astype(np.float32)
+    mean = luma.mean(axis=(1, 2), keepdims=True)
+    return (luma - mean) / np.maximum(luma.std(axis=(1, 2), keepdims=True), 8.0)
+
+
+def dissolves(yuv: np.ndarray, avoid: np.ndarray) -> list[Cut]:
+    """Gradual transitions: over 2k frames the picture's structure changes a lot, steadily,
+    while the shots on either side are calm.
+
+    In a dissolve every frame moves the same way from shot A to shot B, so the change from
+    frame i-k to i+k about equals the sum of the frame-to-frame changes (steadiness ~1);
+    motion changes frames back and forth, so its sum is far larger. A steady pan passes that
+    test, but then the shots beside it change as much: the contrast test rejects it.
+    Frames flagged in `avoid` (black, or next to a hard cut) are never a dissolve's middle.
+    """
+    z = _structure(yuv)
+    n = len(z)
+    step = np.concatenate([[0.0], np.abs(z[1:] - z[:-1]).mean(axis=(1, 2))])
+    running = np.cumsum(step)
+    strength = np.zeros(n, dtype=np.float32)
+    for k in DISSOLVE_HALF_WIDTHS:
+        if n <= 6 * k:
+            continue
+        mid = np.arange(3 * k, n - 3 * k)
+
+        def change(offset: int) -> np.ndarray:  # structure change from mid+offset-k to mid+offset+k
+            return np.abs(z[mid + offset + k] - z[mid + offset - k]).mean(axis=(1, 2))
+
+        across = change(0)
+        steady = across / np.maximum(running[mid + k] - running[mid - k], 1e-6)
+        calm = across >= DISSOLVE_CONTRAST * np.maximum(change(-2 * k), change(2 * k))
+        ok = (across >= DISSOLVE_MIN_CHANGE) & (steady >= DISSOLVE_MIN_STEADINESS) & calm & ~avoid[mid]
+        strength[mid] = np.maximum(strength[mid], np.where(ok, across * steady, 0))
+    picked = _strongest_apart(np.flatnonzero(strength > 0), strength, 2 * max(DISSOLVE_HALF_WIDTHS))
+    return [Cut(i, "dissolve") for i in picked]
 
 
 def black_frames(yuv: np.ndarray) -> np.ndarray:
@@ -69,11 +129,15 @@ def black_edges(black: np.ndarray) -> list[Cut]:
 
 
 def detect_cuts(yuv: np.ndarray, threshold: float, adaptive_ratio: float, window: int) -> tuple[list[Cut], np.ndarray]:
-    """Hard cuts plus the edges of black runs, sorted; and the per-frame black mask.
+    """Hard cuts, dissolves and the edges of black runs, sorted; and the per-frame black mask.
 
     Black runs become their own (rejected) spans downstream, so a fade through black
     yields clean clips on both sides and a black lead-in is trimmed.
     """
     black = black_frames(yuv)
     hard = [c for c in hard_cuts(yuv, threshold, adaptive_ratio, window) if not (black[c.frame] or black[c.frame - 1])]
-    return sorted(hard + black_edges(black), key=lambda c: c.frame), black
+    avoid = np.convolve(black, np.ones(2 * max(DISSOLVE_HALF_WIDTHS) + 1), mode="same") > 0
+    for c in hard:
+        avoid[max(c.frame - window, 0) : c.frame + window] = True
+    cuts = hard + dissolves(yuv, avoid) + black_edges(black)
+    return sorted(cuts, key=lambda c: c.frame), black

@@ -1,0 +1,151 @@
+"""Split benchmark: our splitter vs PySceneDetect (ContentDetector, AdaptiveDetector), same run, same cores.
+
+Accuracy: precision / recall / F1 of transitions, a detection within +-2 frames of a
+transition's span counts once for it (a dissolve or fade is one transition however many
+boundaries fall inside); detections in 'dont_care' spans are ignored for every detector.
+Speed: frames/s over all files (best of --repeat), and decode-only frames/s of the same
+files with PyAV as the physical limit.
+
+    python benchmarks/split_bench.py --synthetic 6 --repeat 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import av
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "sample_data"))
+
+from make_synthetic import make  # noqa: E402
+
+from pipelines.config import SplitConfig  # noqa: E402
+from stages.detect import detect_cuts  # noqa: E402
+from stages.media import read_small_frames  # noqa: E402
+
+SHARED = REPO.parent / "shared" / "data" / "videos"
+TOLERANCE = 2
+
+
+def score(predicted: list[int], truth: dict) -> tuple[int, int, int]:
+    """(true positives, false positives, false negatives) for one video."""
+    spans = [t["frames"] for t in truth["transitions"]]
+    ignored = truth.get("dont_care", [])
+    hit = [False] * len(spans)
+    fp = 0
+    for p in predicted:
+        inside = [i for i, (a, b) in enumerate(spans) if a - TOLERANCE <= p <= b + TOLERANCE]
+        if inside:
+            hit[inside[0]] = True
+        elif not any(a <= p <= b for a, b in ignored):
+            fp += 1
+    tp = sum(hit)
+    return tp, fp, len(spans) - tp
+
+
+def ours(path: str, cfg: SplitConfig) -> list[int]:
+    frames = read_small_frames(path, cfg.analysis_width)
+    cuts, black = detect_cuts(frames.yuv, cfg.threshold, cfg.adaptive_ratio, cfg.window)
+    # a fade to black that runs to the end starts no new shot
+    return [c.frame for c in cuts if not (c.kind == "to_black" and black[c.frame :].all())]
+
+
+def pyscenedetect(detector_name: str):
+    from scenedetect import AdaptiveDetector, ContentDetector, detect
+
+    detector_class = {"content": ContentDetector, "adaptive": AdaptiveDetector}[detector_name]
+
+    def run(path: str) -> list[int]:
+        scenes = detect(path, detector_class(), show_progress=False)
+        return [start.frame_num for start, _ in scenes[1:]]
+
+    return run
+
+
+def decode_only(path: str) -> list[int]:
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        for _ in container.decode(stream):
+            pass
+    return []
+
+
+def count_frames(path: str) -> int:
+    with av.open(path) as container:
+        return sum(1 for _ in container.demux(container.streams.video[0]) if _.size)
+
+
+def evaluate(name: str, videos: dict[str, dict], repeat: int) -> dict:
+    cfg = SplitConfig()
+    methods = {
+        "decode-only (PyAV)": decode_only,
+        "vidcurate": lambda p: ours(p, cfg),
+        "PySceneDetect ContentDetector": pyscenedetect("content"),
+        "PySceneDetect AdaptiveDetector": pyscenedetect("adaptive"),
+    }
+    frames = sum(count_frames(p) for p in videos)
+    results = {m: {"tp": 0, "fp": 0, "fn": 0, "seconds": 0.0} for m in methods}
+    for path, truth in videos.items():
+        for method, fn in methods.items():
+            best = float("inf")
+            for _ in range(repeat):
+                start = time.perf_counter()
+                predicted = fn(path)
+                best = min(best, time.perf_counter() - start)
+            results[method]["seconds"] += best
+            if method.startswith("decode"):
+                continue
+            tp, fp, fn_ = score(predicted, truth)
+            for key, value in zip(("tp", "fp", "fn"), (tp, fp, fn_)):
+                results[method][key] += value
+    print(f"\n== {name}: {len(videos)} videos, {frames} frames")
+    print(f"{'method':34s} {'P':>6s} {'R':>6s} {'F1':>6s} {'frames/s':>9s}")
+    for method, r in results.items():
+        r["fps"] = frames / r["seconds"]
+        if method.startswith("decode"):
+            print(f"{method:34s} {'':>6s} {'':>6s} {'':>6s} {r['fps']:9.0f}")
+            continue
+        p = r["tp"] / max(r["tp"] + r["fp"], 1)
+        rec = r["tp"] / max(r["tp"] + r["fn"], 1)
+        r.update(precision=p, recall=rec, f1=2 * p * rec / max(p + rec, 1e-9))
+        print(f"{method:34s} {p:6.3f} {rec:6.3f} {r['f1']:6.3f} {r['fps']:9.0f}")
+    ours_r, content = results["vidcurate"], results["PySceneDetect ContentDetector"]
+    adaptive = results["PySceneDetect AdaptiveDetector"]
+    print(
+        f"F1 vidcurate - ContentDetector: {ours_r['f1'] - content['f1']:+.3f}; "
+        f"speed vidcurate / ContentDetector: {ours_r['fps'] / content['fps']:.2f}x; "
+        f"/ AdaptiveDetector: {ours_r['fps'] / adaptive['fps']:.2f}x; "
+        f"decode-only / ContentDetector: {results['decode-only (PyAV)']['fps'] / content['fps']:.2f}x"
+    )
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--synthetic", type=int, default=6, help="synthetic videos (360p) with exact truth")
+    parser.add_argument("--repeat", type=int, default=2, help="timing: best of this many runs per file")
+    args = parser.parse_args()
+    logging.getLogger("pyscenedetect").setLevel(logging.WARNING)
+
+    truth = json.loads((REPO / "benchmarks" / "truth" / "shared.json").read_text())["videos"]
+    shared = {str(SHARED / name): t for name, t in truth.items()}
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "videos"
+        make(out, args.synthetic, seed=100, height=360, width=640)
+        synthetic = {
+            str(out / f"{t.stem}.mp4"): json.loads(t.read_text()) for t in sorted((Path(tmp) / "truth").glob("*.json"))
+        }
+        evaluate("shared (PySceneDetect resources)", shared, args.repeat)
+        evaluate("synthetic (hard cuts, dissolves, fades; flashes and fast pans inside shots)", synthetic, args.repeat)
+
+
+if __name__ == "__main__":
+    main()
