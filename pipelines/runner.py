@@ -130,7 +130,10 @@ class Runner:
             raise FileNotFoundError(f"no input files found for {self.cfg.inputs!r}")
         ensure_ray(self.cfg)
         ds = ray.data.from_items([{"uri": u} for u in uris], override_num_blocks=min(len(uris), 1000))
-        ds = ds.map_batches(probe.probe_batch, fn_kwargs={"cfg": self.cfg.probe}, batch_size=1, batch_format="pyarrow")
+        root = self.cfg.inputs if Path(self.cfg.inputs).is_dir() else None
+        ds = ds.map_batches(
+            probe.probe_batch, fn_kwargs={"cfg": self.cfg.probe, "root": root}, batch_size=1, batch_format="pyarrow"
+        )
         rows = probe.mark_exact_duplicates(ds.take_all())
         _write(tmp, sorted(rows, key=lambda r: r["uri"]), VIDEOS)
 

@@ -8,6 +8,7 @@ own code broke on it (a bug to look at), and both keep the run going.
 from __future__ import annotations
 
 import hashlib
+import os
 
 import av
 import fsspec
@@ -15,7 +16,7 @@ import pyarrow as pa
 
 from pipelines.config import ProbeConfig
 from schemas.tables import FAILED, KEPT, REJECTED, VIDEOS, to_table
-from stages.media import local_copy, rotation_of
+from stages.media import is_remote, local_copy, rotation_of
 
 STAGE = "probe"
 _HASH_CHUNK = 8 << 20
@@ -111,10 +112,21 @@ def _inspect(path: str, cfg: ProbeConfig) -> dict:
         }
 
 
-def probe_video(uri: str, cfg: ProbeConfig) -> dict:
-    """One input URI -> one videos-table row, never raising."""
+def _check_inside(uri: str, root: str | None) -> None:
+    """A symlink in the input directory must not lead outside it (e.g. to /etc or a secret)."""
+    if root is None or is_remote(uri):
+        return
+    target = os.path.realpath(uri)
+    base = os.path.realpath(root)
+    if os.path.commonpath([target, base]) != base:
+        raise Rejection(f"outside_root: resolves to {target}, outside the input directory {base}")
+
+
+def probe_video(uri: str, cfg: ProbeConfig, root: str | None = None) -> dict:
+    """One input URI -> one videos-table row, never raising. `root`: the input directory, if any."""
     row = {"uri": uri, "stage": STAGE}
     try:
+        _check_inside(uri, root)
         size = fsspec.core.url_to_fs(uri)[0].size(uri)
         row["size_bytes"] = size
         if not size:
@@ -150,6 +162,6 @@ def mark_exact_duplicates(rows: list[dict]) -> list[dict]:
     return rows
 
 
-def probe_batch(batch: pa.Table, cfg: ProbeConfig) -> pa.Table:
+def probe_batch(batch: pa.Table, cfg: ProbeConfig, root: str | None = None) -> pa.Table:
     """Ray Data adapter (map_batches, pyarrow format): {uri} rows -> videos-table rows."""
-    return to_table([probe_video(uri, cfg) for uri in batch.column("uri").to_pylist()], VIDEOS)
+    return to_table([probe_video(uri, cfg, root) for uri in batch.column("uri").to_pylist()], VIDEOS)

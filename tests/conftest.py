@@ -100,5 +100,6 @@ def mixed_inputs(tmp_path_factory, synthetic_videos) -> Path:
     data = faststart_copy(SHARED_VIDEOS / "psd_testvideo.mp4", root / "faststart.tmp").read_bytes()
     (root / "faststart.tmp").unlink()
     (root / "truncated.mp4").write_bytes(data[: len(data) // 2])
+    (root / "escaping link.mp4").symlink_to(SHARED_VIDEOS / "psd_counter.mp4")
     (root / "index_at_end_truncated.mp4").write_bytes((SHARED_VIDEOS / "psd_testvideo.mp4").read_bytes()[:100_000])
     return root

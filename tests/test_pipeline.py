@@ -70,7 +70,8 @@ def test_every_input_ends_in_the_ledger_once_with_a_reason(full_run, mixed_input
     assert stats["videos"]["total"] == len(inputs)
     by_name = {Path(uri).name: row for uri, row in videos.items()}
     expected = {"empty.mp4": "empty", "random_bytes.mp4": "unreadable", "notes.txt.mov": "unreadable",
-                "truncated.mp4": "truncated", "index_at_end_truncated.mp4": "unreadable"}
+                "truncated.mp4": "truncated", "index_at_end_truncated.mp4": "unreadable",
+                "escaping link.mp4": "outside_root"}
     for name, code in expected.items():
         row = by_name[name]
         assert (row["status"], row["stage"]) == ("rejected", "probe"), row

@@ -99,3 +99,14 @@ def test_same_bytes_under_two_names_keep_the_first(tmp_path):
     assert by_name["a.mp4"]["status"] == "kept"
     assert by_name["b.mp4"]["status"] == "rejected"
     assert by_name["b.mp4"]["reason"] == f"duplicate: same content as {tmp_path / 'a.mp4'}"
+
+
+def test_symlink_leaving_the_input_directory_is_rejected(tmp_path):
+    root = tmp_path / "in"
+    root.mkdir()
+    shutil.copy(SHARED_VIDEOS / "psd_counter.mp4", root / "real.mp4")
+    (root / "inside.mp4").symlink_to(root / "real.mp4")
+    (root / "outside.mp4").symlink_to(SHARED_VIDEOS / "psd_counter.mp4")
+    assert probe_video(str(root / "inside.mp4"), ProbeConfig(), str(root))["status"] == "kept"
+    row = probe_video(str(root / "outside.mp4"), ProbeConfig(), str(root))
+    assert row["status"] == "rejected" and row["reason"].startswith("outside_root:")
