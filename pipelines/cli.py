@@ -15,7 +15,7 @@ EPILOG = """examples:
   vidcurate run --config pipelines/configs/sample.yaml
   vidcurate stage split --input runs/sample/probe --output runs/sample/split
   vidcurate inspect runs/sample            # ledger summary of a run
-  vidcurate inspect runs/sample/shard -n 2 # samples from shards
+  vidcurate inspect runs/sample/shard/dataset -n 2   # samples from shards (also s3://...)
 """
 
 
@@ -33,7 +33,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = _config(args)
     stats = corpus_flow(cfg.model_dump())
     print(json.dumps({k: stats[k] for k in ("videos", "clips", "samples")}, indent=2))
-    print(f"shards: {Path(cfg.run_dir) / 'shard'}  ledger: {Path(cfg.run_dir) / 'ledger.parquet'}")
+    print(f"shards: {Path(cfg.run_dir) / 'shard' / 'dataset'}  ledger: {Path(cfg.run_dir) / 'ledger.parquet'}")
     return 0
 
 
@@ -54,7 +54,7 @@ def cmd_stage(args: argparse.Namespace) -> int:
 def cmd_inspect(args: argparse.Namespace) -> int:
     from pipelines.inspect import describe
 
-    describe(Path(args.path), args.n, sys.stdout)
+    describe(args.path, args.n, sys.stdout)
     return 0
 
 
@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     stage.set_defaults(func=cmd_stage)
 
     inspect = sub.add_parser("inspect", help="summarise a run directory, or print samples of shards")
-    inspect.add_argument("path", help="run directory, shard directory or .tar file")
+    inspect.add_argument("path", help="run directory, or shards: a folder, .tar or URL such as s3://bucket/dataset/")
     inspect.add_argument("-n", type=int, default=3, help="samples to print")
     inspect.set_defaults(func=cmd_inspect)
     return parser

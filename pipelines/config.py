@@ -50,7 +50,11 @@ class SplitConfig(_Strict):
 class ShardConfig(_Strict):
     prefix: str = Field("vidcurate", pattern=r"^[A-Za-z0-9_-]+$")
     maxcount: int = Field(1000, ge=1, description="samples per shard at most")
-    maxsize: int = Field(1 << 30, ge=1 << 16, description="bytes per shard at most")
+    maxsize: int = Field(1 << 30, ge=1 << 16, description="bytes per shard at most (one sample may overshoot)")
+    shuffle_seed: int | None = Field(0, description="seeded order of samples across shards; null: sorted by clip id")
+    keyframes: int = Field(0, ge=0, le=64, description="JPEG keyframes per sample as f000.jpg, f001.jpg, ...")
+    keyframe_height: int = Field(224, ge=16)
+    output: str | None = Field(None, description="publish the dataset here too: a directory or fsspec URL (s3://...)")
 
 
 class PipelineConfig(_Strict):

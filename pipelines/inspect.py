@@ -7,26 +7,18 @@ from pathlib import Path
 from typing import TextIO
 
 import pyarrow.parquet as pq
-import webdataset as wds
 
 from pipelines.ledger import summarize
 from pipelines.runner import STAGES, read_marker
+from schemas.readers import open_shards
 
 
-def shard_urls(path: Path) -> list[str]:
-    if path.is_file():
-        return [str(path)]
-    urls = sorted(str(p) for p in path.glob("*.tar"))
-    if not urls:
-        raise FileNotFoundError(f"no .tar shards in {path}")
-    return urls
-
-
-def describe(path: Path, n: int, out: TextIO) -> None:
-    if (path / "ledger.parquet").is_file():
-        _describe_run(path, out)
+def describe(location: str, n: int, out: TextIO) -> None:
+    """A run directory gets its ledger summary; a shard folder, .tar or URL gets samples."""
+    if (Path(location) / "ledger.parquet").is_file():
+        _describe_run(Path(location), out)
     else:
-        _describe_shards(path, n, out)
+        _describe_shards(location, n, out)
 
 
 def _describe_run(run_dir: Path, out: TextIO) -> None:
@@ -43,9 +35,8 @@ def _describe_run(run_dir: Path, out: TextIO) -> None:
     print(f"samples: {stats['samples']} in {len(stats['shards'])} shards", file=out)
 
 
-def _describe_shards(path: Path, n: int, out: TextIO) -> None:
-    dataset = wds.WebDataset(shard_urls(path), shardshuffle=False)
-    for i, sample in enumerate(dataset):
+def _describe_shards(location: str, n: int, out: TextIO) -> None:
+    for i, sample in enumerate(open_shards(location)):
         if i >= n:
             break
         meta = json.loads(sample["json"])

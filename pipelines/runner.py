@@ -2,7 +2,8 @@
 
 Layout of a run directory:
     probe/   videos table        split/  clips table        media/clips/<clip_id>.mp4
-    shard/   per-clip shard table, <prefix>-NNNNNN.tar, stats.json
+    shard/   per-clip shard table; dataset/: <prefix>-NNNNNN.tar with a .parquet sidecar each,
+             index.json (wids), stats.json, README.md (dataset card)
     ledger.parquet                 one final status per input video and per clip
 
 A stage directory appears only when its work is complete (written as `<stage>.tmp`, then
@@ -28,16 +29,20 @@ import pyarrow.dataset  # noqa: F401 - makes pa.dataset available
 import pyarrow.parquet as pq
 
 from pipelines.config import PipelineConfig
+from pipelines.card import dataset_card
 from pipelines.ledger import build_ledger, summarize
+from schemas.readers import INDEX
 from schemas.tables import CLIPS, KEPT, SHARDED, TABLES, VIDEOS, to_table
 from stages import probe, shard, split
 from stages.media import list_inputs
+from stages.publish import publish
 
 log = logging.getLogger("vidcurate")
 
 STAGES = ("probe", "split", "shard")
 UPSTREAM = {"probe": None, "split": "probe", "shard": "split"}
 MARKER = "_SUCCESS.json"
+DATASET = "dataset"  # inside the shard stage directory: what trainers read
 
 
 def ensure_ray(cfg: PipelineConfig) -> None:
@@ -156,22 +161,31 @@ class Runner:
             _write(tmp, [], CLIPS)
 
     def _run_shard(self, input_dir: Path, _output_dir, tmp: Path) -> dict:
-        clips = read_stage_table(input_dir, "split").filter(pc.field("status") == KEPT)
+        clips = read_stage_table(input_dir, "split").filter(pc.field("status") == KEPT).to_pylist()
         videos = {v["video_id"]: v for v in read_stage_table(input_dir.parent / "probe", "probe").to_pylist()}
-        ordered = sorted(clips.to_pylist(), key=lambda c: c["clip_id"])
-        rows, manifest = shard.write_shards(ordered, videos, tmp, self.cfg.shard)
+        by_id = {c["clip_id"]: c for c in clips}
+        ordered = [by_id[c] for c in shard.sample_order(by_id, self.cfg.shard.shuffle_seed)]
+        dataset = tmp / DATASET
+        rows, manifest = shard.write_shards(ordered, videos, dataset, self.cfg.shard)
+        index = shard.wids_index(manifest, self.cfg.shard.prefix)
+        (dataset / INDEX).write_text(json.dumps(index, indent=1))
         _write(tmp, rows, SHARDED)
         return {"shards": manifest}
 
     def finish(self) -> dict:
-        """Write the ledger and stats.json from whatever stage tables exist."""
+        """Write the ledger; with shards: stats.json and the dataset card, then publish if asked."""
         tables = {s: read_stage_table(self.stage_dir(s), s) for s in STAGES if read_marker(self.stage_dir(s))}
         ledger = build_ledger(tables)
         pq.write_table(ledger, self.run_dir / "ledger.parquet")
         shard_marker = read_marker(self.stage_dir("shard")) or {}
         stats = summarize(ledger, shard_marker.get("shards", []))
         if shard_marker:
-            (self.stage_dir("shard") / "stats.json").write_text(json.dumps(stats, indent=2, sort_keys=True))
+            dataset = self.stage_dir("shard") / DATASET
+            (dataset / "stats.json").write_text(json.dumps(stats, indent=2, sort_keys=True))
+            (dataset / "README.md").write_text(dataset_card(stats, self.cfg, dataset))
+            if self.cfg.shard.output:
+                stats["published"] = publish(dataset, self.cfg.shard.output)
+                log.info("published %d shards to %s", len(stats["shards"]), self.cfg.shard.output)
         return stats
 
     def run_all(self, on_stage: Callable[[str], None] | None = None) -> dict:

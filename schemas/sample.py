@@ -6,7 +6,10 @@ live only under `provenance`, so the two can never be mixed up silently.
 
 from __future__ import annotations
 
+import json
+
 import jsonschema
+import pyarrow as pa
 
 SCHEMA_VERSION = "1.0.0"
 
@@ -97,3 +100,45 @@ def validate_sample(sample: dict) -> None:
     if error is not None:
         where = "/".join(str(p) for p in error.absolute_path) or "<root>"
         raise ValueError(f"sample {sample.get('clip_id')!r} violates schema {SCHEMA_VERSION} at {where}: {error.message}")
+
+
+# Per-shard Parquet sidecar: the sample json's fields, flat, so a trainer or a curator can
+# filter (duration, size, source) without opening any tar; `offset` is the position in its shard.
+SIDECAR = pa.schema(
+    [
+        pa.field("key", pa.string(), nullable=False),
+        pa.field("shard", pa.string(), nullable=False),
+        pa.field("offset", pa.int32(), nullable=False),
+        pa.field("video_id", pa.string(), nullable=False),
+        pa.field("duration_s", pa.float64()),
+        pa.field("width", pa.int32()),
+        pa.field("height", pa.int32()),
+        pa.field("fps", pa.float64()),
+        pa.field("source_uri", pa.string()),
+        pa.field("source_start_s", pa.float64()),
+        pa.field("source_end_s", pa.float64()),
+        pa.field("cut_kind", pa.string()),
+        pa.field("schema_version", pa.string()),
+        pa.field("json", pa.string()),  # the whole annotation, for fields not flattened here
+    ]
+)
+
+
+def sidecar_row(sample: dict, shard: str, offset: int) -> dict:
+    media, prov = sample["media"], sample["provenance"]
+    return {
+        "key": sample["clip_id"],
+        "shard": shard,
+        "offset": offset,
+        "video_id": sample["video_id"],
+        "duration_s": sample["duration_s"],
+        "width": media["width"],
+        "height": media["height"],
+        "fps": media["fps"],
+        "source_uri": prov["source_uri"],
+        "source_start_s": prov["source_start_s"],
+        "source_end_s": prov["source_end_s"],
+        "cut_kind": prov["cut_kind"],
+        "schema_version": sample["schema_version"],
+        "json": json.dumps(sample, sort_keys=True),
+    }

@@ -1,31 +1,59 @@
-"""Shard stage: kept clips -> WebDataset tars (`<prefix>-%06d.tar`), written whole or not at all.
+"""Shard stage: kept clips -> WebDataset tars (`<prefix>-%06d.tar`) with a Parquet sidecar per
+shard and a wids-style `index.json`, written whole or not at all.
 
 The runner writes into a temporary stage directory and publishes it only when every shard
 is closed, so a crash never leaves a half shard where a trainer could read it. Tar headers
-carry a fixed mtime, so the same clips give byte-identical shards.
+carry a fixed mtime and the sample order is a seeded hash of clip ids, so the same clips
+give byte-identical shards, shuffled across shards the same way every time.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
 
 import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
 import webdataset as wds
+from PIL import Image
 
 from pipelines.config import ShardConfig
-from schemas.sample import build_sample
+from schemas.readers import clip_frames
+from schemas.sample import SIDECAR, build_sample, sidecar_row
 from schemas.tables import FAILED, KEPT
 
 STAGE = "shard"
 
 
-def write_shards(clips: Iterable[dict], videos: dict[str, dict], out_dir: Path, cfg: ShardConfig) -> tuple[list[dict], list[dict]]:
+def sample_order(clip_ids: Iterable[str], seed: int | None) -> list[str]:
+    """Deterministic shuffle: sort by a seeded hash, so neighbours in a shard come from anywhere."""
+    if seed is None:
+        return sorted(clip_ids)
+    return sorted(clip_ids, key=lambda c: hashlib.sha256(f"{seed}/{c}".encode()).hexdigest())
+
+
+def keyframes_jpeg(media: bytes, count: int, height: int) -> list[bytes]:
+    """`count` evenly spaced frames of a clip as JPEG, for filtering and previews without decoding video."""
+    out = []
+    for rgb in clip_frames(media, count)[0]:
+        image = Image.fromarray(rgb)
+        width = max(2, round(image.width * height / image.height))
+        buf = io.BytesIO()
+        image.resize((width, height), Image.Resampling.BILINEAR).save(buf, format="JPEG", quality=90)
+        out.append(buf.getvalue())
+    return out
+
+
+def write_shards(clips: list[dict], videos: dict[str, dict], out_dir: Path, cfg: ShardConfig) -> tuple[list[dict], list[dict]]:
     """Write kept clips in the given order; returns (per-clip rows, shard manifest)."""
     rows: list[dict] = []
-    counts: dict[str, int] = {}
+    sidecars: dict[str, list[dict]] = {}
+    out_dir.mkdir(parents=True, exist_ok=True)
     pattern = str(out_dir / f"{cfg.prefix}-%06d.tar")
     with wds.ShardWriter(pattern, maxcount=cfg.maxcount, maxsize=cfg.maxsize, verbose=0, mtime=0.0) as sink:
         for clip in clips:
@@ -34,11 +62,29 @@ def write_shards(clips: Iterable[dict], videos: dict[str, dict], out_dir: Path, 
                 sample = build_sample(clip, videos[clip["video_id"]])
                 with fsspec.open(clip["clip_uri"], "rb") as f:
                     media = f.read()
-                sink.write({"__key__": clip["clip_id"], "mp4": media, "json": json.dumps(sample, sort_keys=True).encode()})
+                members = {"__key__": clip["clip_id"], "mp4": media, "json": json.dumps(sample, sort_keys=True).encode()}
+                if cfg.keyframes:
+                    for i, jpeg in enumerate(keyframes_jpeg(media, cfg.keyframes, cfg.keyframe_height)):
+                        members[f"f{i:03d}.jpg"] = jpeg
+                sink.write(members)
             except Exception as exc:  # noqa: BLE001 - one bad clip must not sink the shard set
                 rows.append({**row, "status": FAILED, "reason": f"{type(exc).__name__}: {exc}"})
                 continue
             shard = os.path.basename(sink.fname)
-            counts[shard] = counts.get(shard, 0) + 1
+            sidecars.setdefault(shard, []).append(sidecar_row(sample, shard, len(sidecars.get(shard, []))))
             rows.append({**row, "status": KEPT, "reason": None, "shard": shard})
-    return rows, [{"name": name, "samples": n, "bytes": (out_dir / name).stat().st_size} for name, n in sorted(counts.items())]
+    manifest = []
+    for shard, entries in sorted(sidecars.items()):
+        pq.write_table(pa.Table.from_pylist(entries, schema=SIDECAR), out_dir / shard.replace(".tar", ".parquet"))
+        manifest.append({"name": shard, "samples": len(entries), "bytes": (out_dir / shard).stat().st_size})
+    return rows, manifest
+
+
+def wids_index(manifest: list[dict], name: str) -> dict:
+    """wids-style shard index; URLs are relative to the index, so the folder can move."""
+    return {
+        "__kind__": "wids-shard-index-v1",
+        "wids_version": 1,
+        "name": name,
+        "shardlist": [{"url": s["name"], "nsamples": s["samples"], "filesize": s["bytes"]} for s in manifest],
+    }

@@ -26,7 +26,7 @@ def _run(inputs: Path, run_dir: Path, **overrides) -> dict:
 
 
 def _shard_digests(run_dir: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted((run_dir / "shard").glob("*.tar"))}
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted((run_dir / "shard" / "dataset").glob("*"))}
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,7 @@ def full_run(tmp_path_factory, mixed_inputs, ray_local, prefect_server):
 
 def test_shards_are_readable_and_match_the_ledger(full_run):
     run_dir, stats = full_run
-    urls = sorted(str(p) for p in (run_dir / "shard").glob("*.tar"))
+    urls = sorted(str(p) for p in (run_dir / "shard" / "dataset").glob("*.tar"))
     samples = list(wds.WebDataset(urls, shardshuffle=False))
     ledger = pq.read_table(run_dir / "ledger.parquet").to_pylist()
     kept_clips = sorted(r["id"] for r in ledger if r["entity"] == "clip" and r["status"] == "kept")
@@ -81,7 +81,7 @@ def test_every_input_ends_in_the_ledger_once_with_a_reason(full_run, mixed_input
     for row in ledger:
         assert row["status"] in ("kept", "rejected", "failed")
         assert (row["reason"] is None) == (row["status"] == "kept"), row
-    stats_file = json.loads((run_dir / "shard" / "stats.json").read_text())
+    stats_file = json.loads((run_dir / "shard" / "dataset" / "stats.json").read_text())
     assert stats_file["videos"] == stats["videos"] and stats_file["clips"] == stats["clips"]
 
 
@@ -122,7 +122,7 @@ def test_stages_run_alone_from_the_cli(tmp_path, synthetic_videos, ray_local, ca
     assert cli_main(["stage", "shard", "--input", str(run / "split"), "--output", str(run / "shard")]) == 0
     assert read_marker(run / "shard")["counts"]["kept"] == read_marker(run / "split")["counts"]["kept"]
     capsys.readouterr()
-    assert cli_main(["inspect", str(run / "shard"), "-n", "1"]) == 0
+    assert cli_main(["inspect", str(run / "shard" / "dataset"), "-n", "1"]) == 0
     assert '"schema_version": "1.0.0"' in capsys.readouterr().out
 
 
