@@ -8,6 +8,7 @@ black, black lead-ins), whose edges become cuts so the black itself can be cut o
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +23,7 @@ DISSOLVE_HALF_WIDTHS = (4, 8)  # frames on each side of a dissolve's middle that
 DISSOLVE_MIN_CHANGE = 0.6  # structure change across a dissolve, in per-frame standard deviations
 DISSOLVE_MIN_STEADINESS = 0.6  # how much of the frame-to-frame change adds up in one direction
 DISSOLVE_CONTRAST = 2.0  # the change across a dissolve vs the change within the shots beside it
+CHUNK = 2048  # frames per block of float work
 
 
 @dataclass(frozen=True)
@@ -30,11 +32,22 @@ class Cut:
     kind: str  # "hard" | "dissolve" | "to_black" | "from_black"
 
 
+def _chunked(n: int, fn, chunk: int = CHUNK) -> np.ndarray:
+    """fn(start, stop) for consecutive index ranges, concatenated: bounds the float temporaries
+    of long videos (a 4-hour video has ~430k analysis frames) to one chunk at a time."""
+    if n == 0:
+        return np.zeros(0, dtype=np.float32)
+    return np.concatenate([fn(i, min(i + chunk, n)) for i in range(0, n, chunk)]).astype(np.float32)
+
+
 def frame_differences(yuv: np.ndarray) -> np.ndarray:
     """Mean absolute difference of consecutive frames (0-255 scale); element 0 is 0."""
-    frames = yuv.astype(np.float32)
-    diff = np.abs(frames[1:] - frames[:-1]).mean(axis=(1, 2)) @ _PLANE_WEIGHTS
-    return np.concatenate([[0.0], diff]).astype(np.float32)
+
+    def part(a: int, b: int) -> np.ndarray:
+        diff = np.abs(yuv[a + 1 : b + 1].astype(np.int16) - yuv[a:b].astype(np.int16)).mean(axis=(1, 2))
+        return diff @ _PLANE_WEIGHTS
+
+    return np.concatenate([[0.0], _chunked(len(yuv) - 1, part)]).astype(np.float32)
 
 
 def _neighbour_mean(scores: np.ndarray, window: int) -> np.ndarray:
@@ -76,11 +89,20 @@ def hard_cuts(yuv: np.ndarray, threshold: float, adaptive_ratio: float, window: 
     return [Cut(i, "hard") for i in _strongest_apart(np.asarray(candidates, dtype=int), scores, window)]
 
 
-def _structure(yuv: np.ndarray) -> np.ndarray:
-    """Luma with each frame's brightness and contrast removed: fades and exposure changes vanish."""
-    luma = yuv[..., 0].astype(np.float32)
-    mean = luma.mean(axis=(1, 2), keepdims=True)
-    return (luma - mean) / np.maximum(luma.std(axis=(1, 2), keepdims=True), 8.0)
+def _structure_distance(yuv: np.ndarray) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """distance(first, second): mean |z(first[j]) - z(second[j])|, z being luma with each frame's
+    brightness and contrast removed, so fades and exposure changes do not count."""
+    luma = yuv[..., 0]
+    mean = _chunked(len(yuv), lambda a, b: luma[a:b].mean(axis=(1, 2)))
+    scale = np.maximum(_chunked(len(yuv), lambda a, b: luma[a:b].std(axis=(1, 2))), 8.0)
+
+    def z(idx: np.ndarray) -> np.ndarray:
+        return (luma[idx].astype(np.float32) - mean[idx, None, None]) / scale[idx, None, None]
+
+    def distance(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+        return _chunked(len(first), lambda a, b: np.abs(z(first[a:b]) - z(second[a:b])).mean(axis=(1, 2)))
+
+    return distance
 
 
 def dissolves(yuv: np.ndarray, avoid: np.ndarray) -> list[Cut]:
@@ -93,9 +115,10 @@ def dissolves(yuv: np.ndarray, avoid: np.ndarray) -> list[Cut]:
     test, but then the shots beside it change as much: the contrast test rejects it.
     Frames flagged in `avoid` (black, or next to a hard cut) are never a dissolve's middle.
     """
-    z = _structure(yuv)
-    n = len(z)
-    step = np.concatenate([[0.0], np.abs(z[1:] - z[:-1]).mean(axis=(1, 2))])
+    n = len(yuv)
+    distance = _structure_distance(yuv)
+    frames = np.arange(n)
+    step = np.concatenate([[0.0], distance(frames[:-1], frames[1:])])
     running = np.cumsum(step)
     strength = np.zeros(n, dtype=np.float32)
     for k in DISSOLVE_HALF_WIDTHS:
@@ -104,7 +127,7 @@ def dissolves(yuv: np.ndarray, avoid: np.ndarray) -> list[Cut]:
         mid = np.arange(3 * k, n - 3 * k)
 
         def change(offset: int) -> np.ndarray:  # structure change from mid+offset-k to mid+offset+k
-            return np.abs(z[mid + offset + k] - z[mid + offset - k]).mean(axis=(1, 2))
+            return distance(mid + offset - k, mid + offset + k)
 
         across = change(0)
         steady = across / np.maximum(running[mid + k] - running[mid - k], 1e-6)
@@ -117,7 +140,7 @@ def dissolves(yuv: np.ndarray, avoid: np.ndarray) -> list[Cut]:
 
 def black_frames(yuv: np.ndarray) -> np.ndarray:
     luma = yuv[..., 0].reshape(len(yuv), -1)
-    return np.percentile(luma, 99, axis=1) < BLACK_LUMA
+    return _chunked(len(yuv), lambda a, b: np.percentile(luma[a:b], 99, axis=1)) < BLACK_LUMA
 
 
 def black_edges(black: np.ndarray) -> list[Cut]:

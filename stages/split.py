@@ -71,7 +71,7 @@ def _window_edges(a: int, b: int, times_s: np.ndarray, ends_s: np.ndarray, max_s
     pieces = math.ceil((ends_s[b - 1] - times_s[a]) / max_s - 1e-9)
     while True:
         targets = times_s[a] + (ends_s[b - 1] - times_s[a]) * np.arange(1, pieces) / pieces
-        edges = [a, *(np.searchsorted(times_s[a:b], targets, side="right") - 1 + a), b]
+        edges = [a, *(np.searchsorted(times_s[a:b], targets - 1e-6) + a), b]  # first frame at or after each target
         lengths = [ends_s[q - 1] - times_s[p] for p, q in zip(edges[:-1], edges[1:]) if q > p]
         if max(lengths) <= max_s + 1e-6 or pieces >= b - a:
             return sorted(set(edges))

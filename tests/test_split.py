@@ -27,7 +27,7 @@ def test_long_shot_is_windowed_to_max_clip():
     spans = plan_spans([], np.zeros(250, bool), times, ends, SplitConfig(max_clip_s=3.0))
     assert len(spans) == 4
     assert all(s["end_s"] - s["start_s"] <= 3.0 for s in spans)
-    assert [s["start_frame"] for s in spans] == [0, 62, 125, 187]
+    assert [s["start_frame"] for s in spans] == [0, 63, 125, 188]
     assert spans[-1]["end_frame"] == 250 and spans[-1]["end_s"] == pytest.approx(10.0)
     assert [s["cut_kind"] for s in spans] == ["start", "window", "window", "window"]
 
