@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 # Weights of the Y, U, V planes in the difference score: luma carries most structure.
-_PLANE_WEIGHTS = np.array([0.5, 0.25, 0.25], dtype=np.float32)
+PLANE_WEIGHTS = np.array([0.5, 0.25, 0.25], dtype=np.float32)
 # A frame is black when even its brightest 1% of pixels stay below this luma: limited-range
 # black is 16, and the first frame of a fade-in already has highlights above 22.
 BLACK_LUMA = 22.0
@@ -45,9 +45,14 @@ def frame_differences(yuv: np.ndarray) -> np.ndarray:
 
     def part(a: int, b: int) -> np.ndarray:
         diff = np.abs(yuv[a + 1 : b + 1].astype(np.int16) - yuv[a:b].astype(np.int16)).mean(axis=(1, 2))
-        return diff @ _PLANE_WEIGHTS
+        return diff @ PLANE_WEIGHTS
 
     return np.concatenate([[0.0], _chunked(len(yuv) - 1, part)]).astype(np.float32)
+
+
+def frame_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """frame_differences' score for one pair of frames."""
+    return float(np.abs(a.astype(np.int16) - b.astype(np.int16)).mean(axis=(0, 1)) @ PLANE_WEIGHTS)
 
 
 def _neighbour_mean(scores: np.ndarray, window: int) -> np.ndarray:
@@ -64,8 +69,7 @@ def _is_flash(frames: np.ndarray, i: int, score: float, threshold: float) -> boo
     bar = max(threshold / 2, 0.35 * score)  # the scene keeps moving meanwhile
 
     def close(a: int, b: int) -> bool:
-        diff = np.abs(frames[a].astype(np.float32) - frames[b].astype(np.float32)).mean(axis=(0, 1))
-        return float(diff @ _PLANE_WEIGHTS) < bar
+        return frame_distance(frames[a], frames[b]) < bar
 
     after = range(i + 1, min(i + 1 + FLASH_LOOKAHEAD, len(frames)))
     before = range(max(i - 1 - FLASH_LOOKAHEAD, 0), i - 1)
