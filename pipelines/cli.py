@@ -16,6 +16,7 @@ EPILOG = """examples:
   vidcurate stage split --input runs/sample/probe --output runs/sample/split
   vidcurate inspect runs/sample            # ledger summary of a run
   vidcurate inspect runs/sample/shard/dataset -n 2   # samples from shards (also s3://...)
+  vidcurate report runs/sample             # runs/sample/report.html
 """
 
 
@@ -58,6 +59,14 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from pipelines.report import write_report
+
+    path = write_report(Path(args.run_dir), Path(args.out) if args.out else None, args.max_thumbnails)
+    print(f"report: {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vidcurate", description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -82,6 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("path", help="run directory, or shards: a folder, .tar or URL such as s3://bucket/dataset/")
     inspect.add_argument("-n", type=int, default=3, help="samples to print")
     inspect.set_defaults(func=cmd_inspect)
+
+    report = sub.add_parser("report", help="write a self-contained HTML report of a run")
+    report.add_argument("run_dir")
+    report.add_argument("--out", help="HTML file (default: RUN/report.html)")
+    report.add_argument("--max-thumbnails", type=int, default=60, help="per status (kept, rejected, failed)")
+    report.set_defaults(func=cmd_report)
     return parser
 
 
