@@ -10,13 +10,13 @@ from __future__ import annotations
 from prefect import flow, get_run_logger, task
 
 from pipelines.config import PipelineConfig
-from pipelines.runner import STAGES, Runner
+from pipelines.runner import STAGES, Runner, describe_marker
 
 
 @task(retries=2, retry_delay_seconds=5, task_run_name="{stage}")
 def run_stage(config: dict, stage: str) -> dict:
     marker = Runner(PipelineConfig.model_validate(config)).run_stage(stage)
-    get_run_logger().info("%s: %d rows %s in %.1f s", stage, marker["rows"], marker["counts"], marker["seconds"])
+    get_run_logger().info(describe_marker(marker))
     return marker
 
 

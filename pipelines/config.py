@@ -20,12 +20,26 @@ class RayConfig(_Strict):
     num_cpus: int | None = Field(None, ge=1, description="local runs only: CPUs Ray may use")
 
 
+class StageResources(_Strict):
+    """How Ray runs a stage's tasks; never part of a stage's fingerprint (it does not change output)."""
+
+    num_cpus: float = Field(1.0, gt=0)
+    num_gpus: float = Field(0.0, ge=0)
+    concurrency: int | None = Field(None, ge=1, description="tasks at a time; None: as many as resources allow")
+    batch_size: int = Field(1, ge=1, description="videos per task")
+
+    def map_batches_args(self) -> dict:
+        args = {"num_cpus": self.num_cpus, "batch_size": self.batch_size, "concurrency": self.concurrency}
+        return {**args, "num_gpus": self.num_gpus} if self.num_gpus else args
+
+
 class ProbeConfig(_Strict):
     min_duration_s: float = Field(0.5, ge=0)
     max_duration_s: float = Field(4 * 3600, gt=0)
     max_width: int = Field(7680, gt=0, description="decoder-bomb guard: larger declared sizes are rejected")
     max_height: int = Field(4320, gt=0)
     max_file_bytes: int = Field(50 * 2**30, gt=0)
+    resources: StageResources = StageResources()
 
 
 class SplitConfig(_Strict):
@@ -39,6 +53,7 @@ class SplitConfig(_Strict):
     clip_max_height: int = Field(360, ge=16, description="extracted clips are scaled down to at most this height")
     clip_crf: int = Field(23, ge=0, le=51)
     clip_preset: str = "veryfast"
+    resources: StageResources = StageResources()
 
     @model_validator(mode="after")
     def _lengths(self) -> SplitConfig:
@@ -69,7 +84,7 @@ class PipelineConfig(_Strict):
     def stage_hash(self, stage: str) -> str:
         """Fingerprint of what decides a stage's output, so a changed setting re-runs it."""
         section = getattr(self, stage, None)
-        payload = section.model_dump() if isinstance(section, BaseModel) else {}
+        payload = section.model_dump(exclude={"resources"}) if isinstance(section, BaseModel) else {}
         if stage == "probe":
             payload = {**payload, "inputs": self.inputs}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]

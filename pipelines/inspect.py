@@ -9,7 +9,7 @@ from typing import TextIO
 import pyarrow.parquet as pq
 
 from pipelines.ledger import summarize
-from pipelines.runner import STAGES, read_marker
+from pipelines.runner import STAGES, describe_marker, read_marker
 from schemas.readers import open_shards
 
 
@@ -24,8 +24,7 @@ def describe(location: str, n: int, out: TextIO) -> None:
 def _describe_run(run_dir: Path, out: TextIO) -> None:
     for stage in STAGES:
         marker = read_marker(run_dir / stage)
-        state = f"{marker['rows']} rows {marker['counts']} in {marker['seconds']} s" if marker else "not run"
-        print(f"{stage:>6}: {state}", file=out)
+        print(describe_marker(marker) if marker else f"{stage}: not run", file=out)
     stats = summarize(pq.read_table(run_dir / "ledger.parquet"), (read_marker(run_dir / "shard") or {}).get("shards", []))
     for entity in ("videos", "clips"):
         s = stats[entity]

@@ -66,6 +66,12 @@ def read_marker(stage_dir: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def describe_marker(marker: dict) -> str:
+    """One log line per stage: rows by status, time, and throughput where the stage has one."""
+    rate = f", {marker['frames']} frames at {marker['frames_per_s']} frames/s" if "frames_per_s" in marker else ""
+    return f"{marker['stage']}: {marker['rows']} rows {marker['counts']} in {marker['seconds']} s{rate}"
+
+
 def _digest(*parts: str) -> str:
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
@@ -119,10 +125,12 @@ class Runner:
             "seconds": round(time.monotonic() - started, 2),
             **extra,
         }
+        if "frames" in marker:
+            marker["frames_per_s"] = round(marker["frames"] / max(marker["seconds"], 1e-3), 1)
         (tmp / MARKER).write_text(json.dumps(marker, indent=2, sort_keys=True))
         shutil.rmtree(output_dir, ignore_errors=True)
         os.replace(tmp, output_dir)
-        log.info("%s: %d rows %s in %.1f s", stage, marker["rows"], marker["counts"], marker["seconds"])
+        log.info("%s", describe_marker(marker))
         return marker
 
     def _run_probe(self, _input_dir, _output_dir, tmp: Path) -> None:
@@ -137,12 +145,15 @@ class Runner:
         ds = ray.data.from_items([{"uri": u} for u in uris], override_num_blocks=min(len(uris), 1000))
         root = self.cfg.inputs if Path(self.cfg.inputs).is_dir() else None
         ds = ds.map_batches(
-            probe.probe_batch, fn_kwargs={"cfg": self.cfg.probe, "root": root}, batch_size=1, batch_format="pyarrow"
+            probe.probe_batch,
+            fn_kwargs={"cfg": self.cfg.probe, "root": root},
+            batch_format="pyarrow",
+            **self.cfg.probe.resources.map_batches_args(),
         )
         rows = probe.mark_exact_duplicates(ds.take_all())
         _write(tmp, sorted(rows, key=lambda r: r["uri"]), VIDEOS)
 
-    def _run_split(self, input_dir: Path, output_dir: Path, tmp: Path) -> None:
+    def _run_split(self, input_dir: Path, output_dir: Path, tmp: Path) -> dict:
         import ray
 
         videos = read_stage_table(input_dir, "probe").filter(pc.field("status") == KEPT)
@@ -153,12 +164,15 @@ class Runner:
             ds = ds.map_batches(
                 split.split_batch,
                 fn_kwargs={"cfg": self.cfg.split, "media_dir": str(media)},
-                batch_size=1,
                 batch_format="pyarrow",
+                **self.cfg.split.resources.map_batches_args(),
             )
             ds.write_parquet(str(tmp))
         if not any(tmp.glob("*.parquet")):
             _write(tmp, [], CLIPS)
+        table = read_stage_table(tmp, "split")
+        frames = pc.sum(pc.subtract(table.column("end_frame"), table.column("start_frame"))).as_py() or 0
+        return {"frames": frames}
 
     def _run_shard(self, input_dir: Path, _output_dir, tmp: Path) -> dict:
         clips = read_stage_table(input_dir, "split").filter(pc.field("status") == KEPT).to_pylist()
