@@ -125,7 +125,9 @@ class Runner:
             "seconds": round(time.monotonic() - started, 2),
             **extra,
         }
-        if "frames" in marker:
+        if "start_frame" in table.column_names:  # a table of frame spans: report throughput
+            spans = pc.subtract(table.column("end_frame"), table.column("start_frame"))
+            marker["frames"] = pc.sum(spans).as_py() or 0
             marker["frames_per_s"] = round(marker["frames"] / max(marker["seconds"], 1e-3), 1)
         (tmp / MARKER).write_text(json.dumps(marker, indent=2, sort_keys=True))
         shutil.rmtree(output_dir, ignore_errors=True)
@@ -153,7 +155,7 @@ class Runner:
         rows = probe.mark_exact_duplicates(ds.take_all())
         _write(tmp, sorted(rows, key=lambda r: r["uri"]), VIDEOS)
 
-    def _run_split(self, input_dir: Path, output_dir: Path, tmp: Path) -> dict:
+    def _run_split(self, input_dir: Path, output_dir: Path, tmp: Path) -> None:
         import ray
 
         videos = read_stage_table(input_dir, "probe").filter(pc.field("status") == KEPT)
@@ -170,9 +172,6 @@ class Runner:
             ds.write_parquet(str(tmp))
         if not any(tmp.glob("*.parquet")):
             _write(tmp, [], CLIPS)
-        table = read_stage_table(tmp, "split")
-        frames = pc.sum(pc.subtract(table.column("end_frame"), table.column("start_frame"))).as_py() or 0
-        return {"frames": frames}
 
     def _run_shard(self, input_dir: Path, _output_dir, tmp: Path) -> dict:
         clips = read_stage_table(input_dir, "split").filter(pc.field("status") == KEPT).to_pylist()

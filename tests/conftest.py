@@ -3,6 +3,7 @@ real decoders on real and synthetic videos. Nothing here is mocked."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import socket
@@ -38,6 +39,12 @@ def faststart_copy(src: Path, dst: Path) -> Path:
                 packet.stream = stream
                 out.mux(packet)
     return dst
+
+
+def dataset_digests(run_dir: Path) -> dict[str, str]:
+    """sha256 of every file trainers get (shards, sidecars, index, stats, card)."""
+    dataset = run_dir / "shard" / "dataset"
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(dataset.iterdir())}
 
 
 @pytest.fixture(scope="session")

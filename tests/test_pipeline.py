@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 from pathlib import Path
@@ -12,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
 
+from conftest import dataset_digests
 from flows.corpus import corpus_flow
 from pipelines.cli import main as cli_main
 from pipelines.config import load_config
@@ -23,10 +23,6 @@ from schemas.tables import clip_id
 def _run(inputs: Path, run_dir: Path, **overrides) -> dict:
     cfg = load_config(None, inputs=str(inputs), run_dir=str(run_dir), **overrides)
     return corpus_flow(cfg.model_dump())
-
-
-def _shard_digests(run_dir: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted((run_dir / "shard" / "dataset").glob("*"))}
 
 
 @pytest.fixture(scope="module")
@@ -88,11 +84,11 @@ def test_every_input_ends_in_the_ledger_once_with_a_reason(full_run, mixed_input
 def test_rerun_skips_completed_stages_and_gives_identical_shards(full_run, mixed_inputs):
     run_dir, _ = full_run
     before = {s: read_marker(run_dir / s) for s in ("probe", "split", "shard")}
-    digests = _shard_digests(run_dir)
+    digests = dataset_digests(run_dir)
     _run(mixed_inputs, run_dir, **{"split.max_clip_s": 8.0, "shard.maxcount": 4})
     after = {s: read_marker(run_dir / s) for s in ("probe", "split", "shard")}
     assert after == before  # markers untouched: nothing was recomputed
-    assert _shard_digests(run_dir) == digests
+    assert dataset_digests(run_dir) == digests
 
 
 def test_changed_setting_reruns_that_stage_and_later_ones(tmp_path, synthetic_videos, ray_local, prefect_server):
@@ -111,7 +107,7 @@ def test_independent_runs_give_byte_identical_shards(tmp_path, synthetic_videos,
     videos, _ = synthetic_videos
     _run(videos, tmp_path / "a")
     _run(videos, tmp_path / "b")
-    assert _shard_digests(tmp_path / "a") == _shard_digests(tmp_path / "b") != {}
+    assert dataset_digests(tmp_path / "a") == dataset_digests(tmp_path / "b") != {}
 
 
 def test_stages_run_alone_from_the_cli(tmp_path, synthetic_videos, ray_local, capsys):

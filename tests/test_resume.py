@@ -3,7 +3,6 @@ byte-identical to an uninterrupted run's and the ledger is complete."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import signal
 import subprocess
@@ -12,13 +11,8 @@ import time
 
 import pyarrow.parquet as pq
 
-from conftest import REPO
+from conftest import REPO, dataset_digests
 from pipelines.cli import main as cli_main
-
-
-def _digests(run_dir) -> dict[str, str]:
-    dataset = run_dir / "shard" / "dataset"
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(dataset.iterdir())}
 
 
 def _ledger(run_dir) -> list[tuple]:
@@ -43,5 +37,5 @@ def test_kill_9_midway_then_rerun_matches_an_uninterrupted_run(tmp_path, mixed_i
     assert (crashed / "probe" / "_SUCCESS.json").exists() and not (crashed / "split").exists()
 
     assert cli_main([*args, "--run-dir", str(crashed)]) == 0
-    assert _digests(crashed) == _digests(tmp_path / "clean")
+    assert dataset_digests(crashed) == dataset_digests(tmp_path / "clean")
     assert _ledger(crashed) == _ledger(tmp_path / "clean")
