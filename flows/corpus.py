@@ -10,7 +10,7 @@ from __future__ import annotations
 from prefect import flow, get_run_logger, task
 
 from pipelines.config import PipelineConfig
-from pipelines.runner import STAGES, Runner, describe_marker
+from pipelines.runner import Runner, describe_marker
 
 
 @task(retries=2, retry_delay_seconds=5, task_run_name="{stage}")
@@ -35,7 +35,7 @@ def write_ledger(config: dict) -> dict:
 
 @flow(name="vidcurate-corpus", log_prints=True)
 def corpus_flow(config: dict) -> dict:
-    """Full run: probe -> split -> shard, then the ledger and stats.json."""
-    for stage in STAGES:
+    """Full run: probe -> split -> the configured clip stages -> shard, then the ledger and stats.json."""
+    for stage in PipelineConfig.model_validate(config).pipeline():
         run_stage(config, stage)
     return write_ledger(config)

@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 
 from pipelines.config import load_config
+from pipelines.export import FORMATS
+from schemas.tables import TABLES
 
 EPILOG = """examples:
   vidcurate run --config pipelines/configs/sample.yaml
@@ -17,6 +19,7 @@ EPILOG = """examples:
   vidcurate inspect runs/sample            # ledger summary of a run
   vidcurate inspect runs/sample/shard/dataset -n 2   # samples from shards (also s3://...)
   vidcurate report runs/sample             # runs/sample/report.html
+  vidcurate export runs/sample/shard/dataset --format timesuite --out exports/
 """
 
 
@@ -67,6 +70,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from pipelines.export import export
+
+    print(json.dumps(export(args.source, args.format, args.out, copy_media=not args.no_media), indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vidcurate", description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -80,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
 
     stage = sub.add_parser("stage", help="run one stage on a previous stage's output")
-    stage.add_argument("name", choices=["probe", "split", "shard"])
+    stage.add_argument("name", choices=list(TABLES))
     stage.add_argument("--input", required=True, help="previous stage's directory (probe: the input spec)")
     stage.add_argument("--output", required=True, help="this stage's directory")
     stage.add_argument("--config", help="pipeline YAML (stage settings)")
@@ -97,6 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", help="HTML file (default: RUN/report.html)")
     report.add_argument("--max-thumbnails", type=int, default=60, help="per status (kept, rejected, failed)")
     report.set_defaults(func=cmd_report)
+    export = sub.add_parser("export", help="write trainer conversation JSON (+ media) from shards")
+    export.add_argument("source", help="shards: a dataset folder or URL (the run's shard/dataset)")
+    export.add_argument("--format", required=True, choices=FORMATS)
+    export.add_argument("--out", required=True, help="folder for <format>.json and media/")
+    export.add_argument("--no-media", action="store_true", help="do not copy clip mp4 files")
+    export.set_defaults(func=cmd_export)
     return parser
 
 
@@ -105,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Prefect's API calls, one line each
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # "no AVX512 build" notices
     try:
         return args.func(args)
     except (FileNotFoundError, ValueError) as exc:  # user errors: one clear line, no traceback

@@ -10,6 +10,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from schemas.tables import CLIP_STAGES
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -26,7 +28,7 @@ class StageResources(_Strict):
     num_cpus: float = Field(1.0, gt=0)
     num_gpus: float = Field(0.0, ge=0)
     concurrency: int | None = Field(None, ge=1, description="tasks at a time; None: as many as resources allow")
-    batch_size: int = Field(1, ge=1, description="videos per task")
+    batch_size: int = Field(1, ge=1, description="rows (videos or clips) per task")
 
     def map_batches_args(self) -> dict:
         args = {"num_cpus": self.num_cpus, "batch_size": self.batch_size, "concurrency": self.concurrency}
@@ -62,6 +64,100 @@ class SplitConfig(_Strict):
         return self
 
 
+class OpenAIEndpoint(_Strict):
+    base_url: str = Field("http://localhost:8000/v1", description="an OpenAI-compatible server, e.g. `vllm serve`")
+    api_key_env: str = Field("OPENAI_API_KEY", description="environment variable holding the key (never logged)")
+    concurrency: int = Field(8, ge=1, description="requests in flight per worker")
+    max_retries: int = Field(5, ge=0)
+    backoff_s: float = Field(1.0, ge=0, description="first retry delay; doubles each retry")
+    timeout_s: float = Field(300.0, gt=0)
+
+
+class CaptionConfig(_Strict):
+    backend: Literal["transformers", "vllm", "openai"] = "transformers"
+    model: str | None = Field(None, description="hub id or local path; None: the profile's model")
+    frames: int = Field(8, ge=1, description="frames per clip (when fps is not set)")
+    fps: float | None = Field(None, gt=0, description="sample at this rate instead, capped by max_frames")
+    max_frames: int = Field(32, ge=1)
+    frame_height: int = Field(336, ge=16, description="frames are scaled to this height before the model")
+    max_events: int = Field(8, ge=0)
+    min_event_s: float = Field(0.2, ge=0)
+    event_overlap: Literal["merge", "trim"] = "merge"
+    max_tokens: int = Field(512, ge=16)
+    temperature: float = Field(0.0, ge=0, description="first attempt; retries sample at retry_temperature")
+    retry_temperature: float = Field(0.7, ge=0)
+    max_attempts: int = Field(3, ge=1)
+    structured: Literal["auto", "on", "off"] = Field(
+        "auto", description="enforce the answer grammar: vLLM/openai always (auto), transformers for small vocabularies"
+    )
+    device: str = Field("auto", description="transformers backend: auto, cpu, cuda, cuda:1, ...")
+    vllm: dict = Field(default_factory=dict, description="extra vllm.LLM arguments (tensor_parallel_size, ...)")
+    openai: OpenAIEndpoint = OpenAIEndpoint()
+    resources: StageResources = StageResources(batch_size=4)
+
+    @model_validator(mode="after")
+    def _frames(self) -> CaptionConfig:
+        if self.frames > self.max_frames:
+            raise ValueError(f"frames ({self.frames}) must not exceed max_frames ({self.max_frames})")
+        return self
+
+
+class GroundConfig(_Strict):
+    max_window_s: float = Field(60.0, gt=0, description="video-level samples span contiguous clips up to this long")
+    rewrite: bool = Field(False, description="rephrase template questions with the captioner's model")
+    min_rewrite_score: float = Field(0.6, ge=0, le=1, description="verification a rewrite needs to replace the template")
+    rewrite_max_tokens: int = Field(96, ge=8)
+    resources: StageResources = StageResources(batch_size=16)
+
+
+class EmbedConfig(_Strict):
+    model: str | None = Field(None, description="open_clip model (ViT-B-32, ViT-L-14, ViT-B-16-SigLIP, ...); None: the profile's")
+    pretrained: str | None = Field("laion2b_s34b_b79k", description="open_clip pretrained tag or a checkpoint path")
+    keyframes: int = Field(4, ge=1, le=64, description="evenly spaced frames per clip")
+    device: str = "auto"
+    resources: StageResources = StageResources(batch_size=16)
+
+
+class QualityRule(_Strict):
+    """Bounds on one score; absolute (min/max) and/or corpus percentiles (0-100) of this run."""
+
+    score: str
+    min: float | None = None
+    max: float | None = None
+    percentile_min: float | None = Field(None, ge=0, le=100)
+    percentile_max: float | None = Field(None, ge=0, le=100)
+
+
+class QualityConfig(_Strict):
+    frames: int = Field(8, ge=2, description="frames per clip the technical scores look at")
+    aesthetic_head: str | None = Field(None, description="LAION-style linear head (.pth); None: seeded random head (tiny)")
+    rules: list[QualityRule] = Field(
+        default_factory=lambda: [
+            QualityRule(score="black_fraction", max=0.5),
+            QualityRule(score="brightness", min=12.0),
+            QualityRule(score="motion", min=0.5),
+            QualityRule(score="sharpness", min=20.0),
+            QualityRule(score="letterbox", max=0.4),
+        ],
+        description="a clip failing any rule is rejected, with every failing rule named",
+    )
+    rank_scores: list[str] = Field(
+        default_factory=lambda: ["sharpness", "aesthetic", "clip_score", "resolution"],
+        description="their mean percentile rank is the `quality` dedup keeps the best copy by",
+    )
+    resources: StageResources = StageResources(batch_size=8)
+
+
+class DedupConfig(_Strict):
+    near_cosine: float = Field(0.97, gt=0, le=1, description="embedding cosine at or above which clips are near-duplicates")
+    max_hamming: int | None = Field(6, ge=0, le=32, description="pHash bits that may differ for a near-duplicate; null: off")
+    semantic_eps: float | None = Field(0.05, gt=0, lt=1, description="SemDeDup: same cluster and cosine >= 1 - eps; null: off")
+    n_clusters: int | None = Field(None, ge=1, description="SemDeDup k-means clusters; None: sqrt(clips)")
+    flat_max: int = Field(200_000, ge=2, description="exact search up to this many clips; beyond, clustered search on Ray")
+    history: str | None = Field(None, description="folder of shipped clips shared by scheduled runs; null: this run only")
+    resources: StageResources = StageResources()
+
+
 class ShardConfig(_Strict):
     prefix: str = Field("vidcurate", pattern=r"^[A-Za-z0-9_-]+$")
     maxcount: int = Field(1000, ge=1, description="samples per shard at most")
@@ -72,6 +168,9 @@ class ShardConfig(_Strict):
     output: str | None = Field(None, description="publish the dataset here too: a directory or fsspec URL (s3://...)")
 
 
+STAGE_NEEDS = {"ground": "caption", "dedup": "embed"}
+
+
 class PipelineConfig(_Strict):
     inputs: str | None = Field(None, description="directory, glob, list file (.txt) or s3:// prefix; probe needs it")
     run_dir: str = "runs/default"
@@ -79,7 +178,29 @@ class PipelineConfig(_Strict):
     ray: RayConfig = RayConfig()
     probe: ProbeConfig = ProbeConfig()
     split: SplitConfig = SplitConfig()
+    stages: list[Literal["caption", "ground", "embed", "quality", "dedup"]] = Field(
+        default_factory=lambda: list(CLIP_STAGES),
+        description="optional clip stages between split and shard, in pipeline order",
+    )
+    caption: CaptionConfig = CaptionConfig()
+    ground: GroundConfig = GroundConfig()
+    embed: EmbedConfig = EmbedConfig()
+    quality: QualityConfig = QualityConfig()
+    dedup: DedupConfig = DedupConfig()
     shard: ShardConfig = ShardConfig()
+
+    @model_validator(mode="after")
+    def _stage_order(self) -> PipelineConfig:
+        if self.stages != sorted(set(self.stages), key=CLIP_STAGES.index):
+            raise ValueError(f"stages must be distinct and in the order {list(CLIP_STAGES)}; got {self.stages}")
+        for stage, needs in STAGE_NEEDS.items():
+            if stage in self.stages and needs not in self.stages:
+                raise ValueError(f"stage {stage!r} needs stage {needs!r}")
+        return self
+
+    def pipeline(self) -> tuple[str, ...]:
+        """Every stage this config runs, in order."""
+        return ("probe", "split", *self.stages, "shard")
 
     def stage_hash(self, stage: str) -> str:
         """Fingerprint of what decides a stage's output, so a changed setting re-runs it."""
@@ -87,6 +208,12 @@ class PipelineConfig(_Strict):
         payload = section.model_dump(exclude={"resources"}) if isinstance(section, BaseModel) else {}
         if stage == "probe":
             payload = {**payload, "inputs": self.inputs}
+        if stage in ("caption", "embed", "quality") or (stage == "ground" and self.ground.rewrite):
+            payload = {**payload, "profile": self.profile}  # the profile picks their models
+        if stage == "ground" and self.ground.rewrite:
+            payload = {**payload, "caption": self.caption.model_dump(exclude={"resources"})}
+        if stage == "shard" and "ground" in self.stages:
+            payload = {**payload, "max_window_s": self.ground.max_window_s}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 

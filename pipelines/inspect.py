@@ -9,7 +9,7 @@ from typing import TextIO
 import pyarrow.parquet as pq
 
 from pipelines.ledger import summarize
-from pipelines.runner import STAGES, describe_marker, read_marker
+from pipelines.runner import ALL_STAGES, describe_marker, read_marker
 from schemas.readers import open_shards
 
 
@@ -22,7 +22,7 @@ def describe(location: str, n: int, out: TextIO) -> None:
 
 
 def _describe_run(run_dir: Path, out: TextIO) -> None:
-    for stage in STAGES:
+    for stage in ALL_STAGES:
         marker = read_marker(run_dir / stage)
         print(describe_marker(marker) if marker else f"{stage}: not run", file=out)
     stats = summarize(pq.read_table(run_dir / "ledger.parquet"), (read_marker(run_dir / "shard") or {}).get("shards", []))

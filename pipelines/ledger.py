@@ -11,13 +11,15 @@ from collections import Counter
 
 import pyarrow as pa
 
-from schemas.tables import FAILED, KEPT, LEDGER, REJECTED, STATUSES, to_table
+from schemas.tables import CLIP_STAGES, FAILED, KEPT, LEDGER, REJECTED, STATUSES, to_table
+
+CLIP_LEVEL = ("split", *CLIP_STAGES, "shard")  # tables keyed by clip, in pipeline order
 
 
 def build_ledger(tables: dict[str, pa.Table]) -> pa.Table:
     rows: list[dict] = []
     clips: dict[str, dict] = {}
-    for stage in ("split", "shard"):  # later stages override earlier ones
+    for stage in CLIP_LEVEL:  # later stages override earlier ones
         for row in tables[stage].to_pylist() if stage in tables else []:
             clips[row["clip_id"]] = {
                 "entity": "clip",
@@ -27,7 +29,7 @@ def build_ledger(tables: dict[str, pa.Table]) -> pa.Table:
                 "stage": row["stage"],
                 "reason": row["reason"],
             }
-    last_stage = next((s for s in ("shard", "split") if s in tables), None)
+    last_stage = next((s for s in reversed(CLIP_LEVEL) if s in tables), None)
     by_video: dict[str, list[dict]] = {}
     for clip in clips.values():
         by_video.setdefault(clip["video_id"], []).append(clip)

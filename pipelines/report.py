@@ -1,7 +1,8 @@
 """`vidcurate report RUN`: one self-contained HTML page (inline CSS, SVG and JPEG thumbnails,
 no scripts) showing what a run kept, what it dropped and why, and where each clip came from.
 
-Every string from the data (file names, reasons) is HTML-escaped: input names are hostile.
+Every string from the data (file names, reasons, model output) is HTML-escaped: input names
+and captions are hostile.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 from collections import Counter
 from pathlib import Path
 
@@ -17,8 +19,9 @@ import numpy as np
 import pyarrow.parquet as pq
 from PIL import Image
 
+from pipelines.export import render
 from pipelines.ledger import reason_code
-from pipelines.runner import STAGES, read_marker, read_stage_table
+from pipelines.runner import ALL_STAGES, read_marker, read_stage_table
 from stages.media import local_copy
 
 THUMB_WIDTH = 160
@@ -31,7 +34,7 @@ table{border-collapse:collapse}td,th{border:1px solid #ddd;padding:3px 8px;text-
 .gallery{display:flex;flex-wrap:wrap;gap:10px}.card{width:170px;font-size:11px;word-break:break-all}
 .card img{width:160px;display:block;border:3px solid #ccc}.kept img{border-color:#2e7d32}
 .rejected img{border-color:#9e9e9e}.failed img{border-color:#c62828}
-.timeline{margin:6px 0 14px}.legend span{display:inline-block;width:12px;height:12px;margin:0 4px 0 12px}
+figure{display:inline-block;margin:0 16px 12px 0}.timeline{margin:6px 0 14px}.legend span{display:inline-block;width:12px;height:12px;margin:0 4px 0 12px}
 """
 
 
@@ -78,16 +81,64 @@ def _histogram_svg(values: list[float], title: str, bins: int = 12) -> str:
 
 
 def _timeline_svg(video: dict, clips: list[dict]) -> str:
+    """Clip spans coloured by status; below them each captioned clip's events (blue) and a
+    mark per grounded QA item at the start of its first span (orange), at source time."""
     duration = max(float(video["duration_s"] or 0), max((c["end_s"] for c in clips), default=0), 1e-3)
     w = 1000
+    x = lambda t: t / duration * w  # noqa: E731
+    events = "".join(
+        f'<rect class="event" x="{x(c["start_s"] + e["start_s"]):.1f}" y="21" width="{max(x(e["end_s"] - e["start_s"]) - 1, 1):.1f}" '
+        f'height="6" fill="#1565c0"><title>{c["start_s"] + e["start_s"]:.2f}-{c["start_s"] + e["end_s"]:.2f} s: {_e(e["text"])}</title></rect>'
+        for c in clips
+        for e in c.get("events_list", [])
+    )
+    qa = "".join(
+        f'<rect class="qa" x="{x(c["start_s"] + q["spans"][0][0]):.1f}" y="29" width="3" height="6" fill="#ef6c00">'
+        f'<title>{_e(q["task"])}: {_e(render(q["question"], q["spans"], "llava"))}</title></rect>'
+        for c in clips
+        for q in c.get("qa_list", [])
+        if q["spans"]
+    )
     segments = "".join(
         f'<rect class="span {c["status"]}" x="{c["start_s"] / duration * w:.1f}" y="0" '
         f'width="{max((c["end_s"] - c["start_s"]) / duration * w - 1, 1):.1f}" height="18" fill="{STATUS_COLOURS[c["status"]]}">'
         f"<title>{_e(c['clip_id'])} {c['start_s']:.2f}-{c['end_s']:.2f} s {_e(c['status'])} {_e(c['reason'] or c['cut_kind'])}</title></rect>"
         for c in clips
     )
-    ticks = "".join(f'<text x="{t / duration * w:.1f}" y="32" font-size="10">{t:.0f}s</text>' for t in np.linspace(0, duration, 6)[:-1])
-    return f'<svg class="timeline" width="{w}" height="36" role="img">{segments}{ticks}</svg>'
+    ticks = "".join(f'<text x="{t / duration * w:.1f}" y="48" font-size="10">{t:.0f}s</text>' for t in np.linspace(0, duration, 6)[:-1])
+    return f'<svg class="timeline" width="{w}" height="52" role="img">{segments}{events}{qa}{ticks}</svg>'
+
+
+SCORE_HISTOGRAMS = ("sharpness", "motion", "brightness", "aesthetic", "clip_score")
+
+
+def _attach_annotations(run_dir: Path, clips: list[dict]) -> None:
+    """Caption, events, QA and scores from the clip stages that ran, onto the split rows."""
+    by_id = {c["clip_id"]: c for c in clips}
+    loaders = {
+        "caption": lambda r: {"caption": r["caption"], "events_list": json.loads(r["events"] or "[]")},
+        "ground": lambda r: {"qa_list": json.loads(r["qa"] or "[]")},
+        "quality": lambda r: {"scores": json.loads(r["scores"] or "{}")},
+    }
+    for stage, load in loaders.items():
+        if read_marker(run_dir / stage):
+            for row in read_stage_table(run_dir / stage, stage).to_pylist():
+                if row["clip_id"] in by_id:
+                    by_id[row["clip_id"]].update(load(row))
+
+
+def _annotation_html(clip: dict) -> str:
+    events = "".join(f"<li>{e['start_s']:.2f}-{e['end_s']:.2f} s: {_e(e['text'])}</li>" for e in clip.get("events_list", []))
+    qa = "".join(
+        f"<tr><td>{_e(q['task'])}</td><td>{_e(render(q['question'], q['spans'], 'llava'))}</td>"
+        f"<td>{_e(render(q['answer'], q['spans'], 'llava'))}</td><td>{q['verification']:.2f}</td></tr>"
+        for q in clip.get("qa_list", [])
+    )
+    return (
+        f'<details class="annotation"><summary>{_e(clip["clip_id"])} ({clip["end_s"] - clip["start_s"]:.2f} s): '
+        f'{_e(clip["caption"][:120])}</summary><ul>{events or "<li>no events</li>"}</ul>'
+        f"<table><tr><th>task</th><th>question</th><th>answer</th><th>verification</th></tr>{qa}</table></details>"
+    )
 
 
 def build_report(run_dir: Path, max_thumbnails: int = 60) -> str:
@@ -98,6 +149,7 @@ def build_report(run_dir: Path, max_thumbnails: int = 60) -> str:
     clips = read_stage_table(run_dir / "split", "split").to_pylist() if read_marker(run_dir / "split") else []
     for c in clips:  # final status from the ledger (later stages may have overridden split's)
         c.update({k: clips_ledger[c["clip_id"]][k] for k in ("status", "stage", "reason")})
+    _attach_annotations(run_dir, clips)
     shard_marker = read_marker(run_dir / "shard") or {}
     samples = sum(s["samples"] for s in shard_marker.get("shards", []))
 
@@ -148,9 +200,18 @@ def build_report(run_dir: Path, max_thumbnails: int = 60) -> str:
         for uri, cs in sorted(by_video.items())
     )
     legend = "".join(f'<span style="background:{c}"></span>{s}' for s, c in STATUS_COLOURS.items())
+    legend += '<span style="background:#1565c0"></span>events<span style="background:#ef6c00"></span>QA items'
+    kept = [c for c in clips if c["status"] == "kept"]
+    score_histograms = "".join(
+        _histogram_svg(values, f"kept clips: {name}")
+        for name in SCORE_HISTOGRAMS
+        if (values := [c["scores"][name] for c in kept if name in c.get("scores", {})])
+    )
+    annotations = "".join(_annotation_html(c) for c in kept if "caption" in c and c["caption"] is not None)[: 400_000]
+    annotations = annotations or "<p>no captioned clips (the caption stage did not run or kept nothing)</p>"
     stages = "".join(
         f"<tr><td>{s}</td><td>{m['rows']}</td><td>{_e(m['counts'])}</td><td>{m['seconds']}</td></tr>"
-        for s in STAGES
+        for s in ALL_STAGES
         if (m := read_marker(run_dir / s))
     )
     return f"""<!doctype html>
@@ -163,8 +224,10 @@ def build_report(run_dir: Path, max_thumbnails: int = 60) -> str:
 <h2 id="distributions">Distributions</h2>
 {_histogram_svg([c["end_s"] - c["start_s"] for c in clips if c["status"] == "kept"], "kept clip duration (s)")}
 {_histogram_svg([v["duration_s"] for v in probe.values() if v["status"] == "kept"], "source video duration (s)")}
+{score_histograms}
 <h2 id="gallery">Clips</h2><div class="gallery">{"".join(gallery)}</div>
 <h2 id="timelines">Timelines</h2><p class="legend">clip spans by status:{legend}</p>{timelines}
+<h2 id="annotations">Captions, events and QA</h2>{annotations}
 <h2 id="inputs">Inputs</h2>
 <table><tr><th>input</th><th>status</th><th>stage</th><th>reason</th></tr>{inputs_html}</table>
 <h2 id="stages">Stages</h2><table><tr><th>stage</th><th>rows</th><th>by status</th><th>seconds</th></tr>{stages}</table>

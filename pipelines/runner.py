@@ -2,6 +2,8 @@
 
 Layout of a run directory:
     probe/   videos table        split/  clips table        media/clips/<clip_id>.mp4
+    caption/ ground/ embed/ quality/ dedup/   optional clip stages (config `stages`), each a
+             table keyed by clip_id holding the clips its upstream stage kept
     shard/   per-clip shard table; dataset/: <prefix>-NNNNNN.tar with a .parquet sidecar each,
              index.json (wids), stats.json, README.md (dataset card)
     ledger.parquet                 one final status per input video and per clip
@@ -32,17 +34,17 @@ from pipelines.config import PipelineConfig
 from pipelines.card import dataset_card
 from pipelines.ledger import build_ledger, summarize
 from schemas.readers import INDEX
-from schemas.tables import CLIPS, KEPT, SHARDED, TABLES, VIDEOS, to_table
+from schemas.tables import CLIPS, KEPT, SHARDED, STATUS_COLUMNS, TABLES, VIDEOS, to_table
 from stages import probe, shard, split
 from stages.media import list_inputs
 from stages.publish import publish
 
 log = logging.getLogger("vidcurate")
 
-STAGES = ("probe", "split", "shard")
-UPSTREAM = {"probe": None, "split": "probe", "shard": "split"}
+ALL_STAGES = tuple(TABLES)  # every stage a run directory can hold, in pipeline order
 MARKER = "_SUCCESS.json"
 DATASET = "dataset"  # inside the shard stage directory: what trainers read
+WINDOWS = "windows.jsonl"  # in dataset/: video-level grounded samples over shipped clips (with ground)
 
 
 def ensure_ray(cfg: PipelineConfig) -> None:
@@ -82,6 +84,8 @@ class Runner:
     def __init__(self, cfg: PipelineConfig):
         self.cfg = cfg
         self.run_dir = Path(cfg.run_dir)
+        order = cfg.pipeline()
+        self.upstream = {stage: (order[i - 1] if i else None) for i, stage in enumerate(order)}
 
     def stage_dir(self, stage: str) -> Path:
         return self.run_dir / stage
@@ -98,7 +102,9 @@ class Runner:
         return marker["fingerprint"] == self.fingerprint(stage, input_dir)
 
     def _dirs(self, stage: str, input_dir, output_dir) -> tuple[Path | None, Path]:
-        up = UPSTREAM[stage]
+        if stage not in self.upstream:
+            raise ValueError(f"stage {stage!r} is not in this config's pipeline {list(self.upstream)}")
+        up = self.upstream[stage]
         input_dir = Path(input_dir) if input_dir else (self.stage_dir(up) if up else None)
         return input_dir, Path(output_dir) if output_dir else self.stage_dir(stage)
 
@@ -106,7 +112,7 @@ class Runner:
         """Run one stage unless complete; returns its marker (with row counts by status)."""
         input_dir, output_dir = self._dirs(stage, input_dir, output_dir)
         if input_dir is not None and read_marker(input_dir) is None:
-            raise FileNotFoundError(f"{stage} needs a completed {UPSTREAM[stage]} stage at {input_dir} (no {MARKER})")
+            raise FileNotFoundError(f"{stage} needs a completed {self.upstream[stage]} stage at {input_dir} (no {MARKER})")
         if self.is_complete(stage, input_dir, output_dir):
             log.info("%s: complete, skipped (%s)", stage, output_dir)
             return read_marker(output_dir)
@@ -173,21 +179,111 @@ class Runner:
         if not any(tmp.glob("*.parquet")):
             _write(tmp, [], CLIPS)
 
+    def clip_view(self, input_dir: Path) -> list[dict]:
+        """Clips kept by the stage in `input_dir`, each row merged with the columns of split and
+        of every clip stage before it (sibling directories of `input_dir`), sorted by clip id."""
+        upstream = read_marker(input_dir)["stage"]
+        kept = set(read_stage_table(input_dir, upstream).filter(pc.field("status") == KEPT).column("clip_id").to_pylist())
+        rows = {r["clip_id"]: r for r in read_stage_table(input_dir.parent / "split", "split").to_pylist() if r["clip_id"] in kept}
+        order = self.cfg.pipeline()
+        for stage in order[order.index("split") + 1 : order.index(upstream) + 1]:
+            for extra in read_stage_table(input_dir.parent / stage, stage).to_pylist():
+                if extra["clip_id"] in rows:
+                    rows[extra["clip_id"]].update({k: v for k, v in extra.items() if k not in STATUS_COLUMNS})
+        return [rows[c] for c in sorted(rows)]
+
+    def _map_clips(self, stage: str, rows: list[dict], tmp: Path, fn, resources, **kwargs) -> None:
+        """Run a stage core over clip rows on Ray Data; `fn` is a function or an actor class."""
+        import ray
+
+        if rows:
+            ensure_ray(self.cfg)
+            args = resources.map_batches_args()
+            if isinstance(fn, type):
+                args["concurrency"] = args["concurrency"] or 1
+                kwargs = {"fn_constructor_kwargs": kwargs}
+            else:
+                kwargs = {"fn_kwargs": kwargs}
+            ds = ray.data.from_arrow(pa.Table.from_pylist(rows)).repartition(max(1, -(-len(rows) // resources.batch_size)))
+            ds.map_batches(fn, batch_format="pyarrow", **args, **kwargs).write_parquet(str(tmp))
+        if not any(tmp.glob("*.parquet")):
+            _write(tmp, [], TABLES[stage])
+
+    def _run_caption(self, input_dir: Path, _output_dir, tmp: Path) -> None:
+        from stages.caption import CaptionWorker
+
+        fields = ("clip_id", "video_id", "clip_uri", "start_s", "end_s")
+        rows = [{k: r[k] for k in fields} for r in self.clip_view(input_dir)]
+        self._map_clips("caption", rows, tmp, CaptionWorker, self.cfg.caption.resources, cfg=self.cfg.caption, profile=self.cfg.profile)
+
+    def _run_ground(self, input_dir: Path, _output_dir, tmp: Path) -> dict:
+        from stages.ground import GroundWorker, distractor_pool
+
+        clips = self.clip_view(input_dir)
+        pool = distractor_pool(clips)
+        fields = ("clip_id", "video_id", "start_s", "end_s", "caption", "events")
+        rows = [{**{k: c[k] for k in fields}, "distractors": pool[c["clip_id"]]} for c in clips]
+        kwargs = {"cfg": self.cfg.ground, "caption_cfg": self.cfg.caption, "profile": self.cfg.profile}
+        self._map_clips("ground", rows, tmp, GroundWorker, self.cfg.ground.resources, **kwargs)
+
+    def _run_embed(self, input_dir: Path, _output_dir, tmp: Path) -> None:
+        from stages.embed import EmbedWorker
+
+        fields = ("clip_id", "video_id", "clip_uri")
+        rows = [{**{k: c[k] for k in fields}, "caption": c.get("caption")} for c in self.clip_view(input_dir)]
+        self._map_clips("embed", rows, tmp, EmbedWorker, self.cfg.embed.resources, cfg=self.cfg.embed, profile=self.cfg.profile)
+
+    def _run_quality(self, input_dir: Path, _output_dir, tmp: Path) -> None:
+        from stages import quality
+
+        cfg = self.cfg.quality
+        fields = ("clip_id", "video_id", "clip_uri", "start_s", "end_s", "clip_width", "clip_height")
+        optional = ("caption", "clip_score", "image_emb")
+        rows = [{**{k: c[k] for k in fields}, **{k: c.get(k) for k in optional}} for c in self.clip_view(input_dir)]
+        kwargs = {"frames_per_clip": cfg.frames, "aesthetic_path": cfg.aesthetic_head, "with_aesthetic": "embed" in self.cfg.stages}
+        self._map_clips("quality", rows, tmp, quality.score_batch, cfg.resources, **kwargs)
+        scored = read_stage_table(tmp, "quality").to_pylist()
+        for part in tmp.glob("*.parquet"):
+            part.unlink()
+        _write(tmp, sorted(quality.decide(scored, cfg.rules, cfg.rank_scores), key=lambda r: r["clip_id"]), TABLES["quality"])
+
+    def _run_dedup(self, input_dir: Path, _output_dir, tmp: Path) -> dict:
+        from stages import dedup
+
+        cfg = self.cfg.dedup
+        rows = self.clip_view(input_dir)
+        clustered = dedup.clustered_pairs
+        if len(rows) > cfg.flat_max:
+            ensure_ray(self.cfg)
+            clustered = dedup.ray_clustered_pairs
+        history = dedup.load_history(cfg.history, dedup.run_id(self.run_dir))
+        decided = dedup.dedup(rows, cfg, history, clustered)
+        pq.write_table(dedup.dedup_table(decided), tmp / "part-000000.parquet")
+        return {"history_clips": len(history)}
+
     def _run_shard(self, input_dir: Path, _output_dir, tmp: Path) -> dict:
-        clips = read_stage_table(input_dir, "split").filter(pc.field("status") == KEPT).to_pylist()
+        by_id = {c["clip_id"]: c for c in self.clip_view(input_dir)}
         videos = {v["video_id"]: v for v in read_stage_table(input_dir.parent / "probe", "probe").to_pylist()}
-        by_id = {c["clip_id"]: c for c in clips}
         ordered = [by_id[c] for c in shard.sample_order(by_id, self.cfg.shard.shuffle_seed)]
         dataset = tmp / DATASET
-        rows, manifest = shard.write_shards(ordered, videos, dataset, self.cfg.shard)
+        upstream = read_marker(input_dir)["stage"]
+        stages = list(self.cfg.pipeline()[: self.cfg.pipeline().index(upstream) + 1])  # those each clip passed
+        rows, manifest = shard.write_shards(ordered, videos, dataset, self.cfg.shard, stages)
         index = shard.wids_index(manifest, self.cfg.shard.prefix)
         (dataset / INDEX).write_text(json.dumps(index, indent=1))
         _write(tmp, rows, SHARDED)
-        return {"shards": manifest}
+        if "ground" not in stages:
+            return {"shards": manifest}
+        from stages.ground import windows
+
+        shipped = [by_id[r["clip_id"]] for r in rows if r["status"] == KEPT]
+        video_windows = windows(shipped, self.cfg.ground.max_window_s)
+        (dataset / WINDOWS).write_text("".join(json.dumps(w, sort_keys=True) + "\n" for w in video_windows))
+        return {"shards": manifest, "windows": len(video_windows)}
 
     def finish(self) -> dict:
         """Write the ledger; with shards: stats.json and the dataset card, then publish if asked."""
-        tables = {s: read_stage_table(self.stage_dir(s), s) for s in STAGES if read_marker(self.stage_dir(s))}
+        tables = {s: read_stage_table(self.stage_dir(s), s) for s in self.cfg.pipeline() if read_marker(self.stage_dir(s))}
         ledger = build_ledger(tables)
         pq.write_table(ledger, self.run_dir / "ledger.parquet")
         shard_marker = read_marker(self.stage_dir("shard")) or {}
@@ -199,10 +295,20 @@ class Runner:
             if self.cfg.shard.output:
                 stats["published"] = publish(dataset, self.cfg.shard.output)
                 log.info("published %d shards to %s", len(stats["shards"]), self.cfg.shard.output)
+            if "dedup" in self.cfg.stages and self.cfg.dedup.history:
+                self._record_shipped()
         return stats
 
+    def _record_shipped(self) -> None:
+        """Add this run's shipped clips to the dedup history, so later runs never re-admit them."""
+        from stages.dedup import append_history, run_id
+
+        shipped = set(read_stage_table(self.stage_dir("shard"), "shard").filter(pc.field("status") == KEPT).column("clip_id").to_pylist())
+        rows = [r for r in self.clip_view(self.stage_dir("dedup")) if r["clip_id"] in shipped]
+        append_history(self.cfg.dedup.history, run_id(self.run_dir), rows)
+
     def run_all(self, on_stage: Callable[[str], None] | None = None) -> dict:
-        for stage in STAGES:
+        for stage in self.cfg.pipeline():
             if on_stage:
                 on_stage(stage)
             self.run_stage(stage)

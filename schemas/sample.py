@@ -11,9 +11,28 @@ import json
 import jsonschema
 import pyarrow as pa
 
-SCHEMA_VERSION = "1.0.0"
+SCHEMA_VERSION = "1.1.0"  # 1.1: optional caption, grounding and scores
 
 _SPAN_S = {"type": "number", "minimum": 0}
+_EVENT = {
+    "type": "object",
+    "required": ["start_s", "end_s", "text"],
+    "properties": {"start_s": _SPAN_S, "end_s": _SPAN_S, "text": {"type": "string", "minLength": 1}},
+}
+QA_ITEM = {
+    "type": "object",
+    "required": ["task", "question", "answer", "spans", "verification"],
+    "properties": {
+        "task": {"type": "string"},
+        "question": {"type": "string", "minLength": 1},
+        "answer": {"type": "string", "minLength": 1},
+        "spans": {"type": "array", "items": {"type": "array", "prefixItems": [_SPAN_S, _SPAN_S], "minItems": 2, "maxItems": 2}},
+        "options": {"type": "array", "items": {"type": "string"}},
+        "saliency": {"type": "array", "items": {"type": "number"}},
+        "generator": {"enum": ["template", "llm"]},
+        "verification": {"type": "number", "minimum": 0, "maximum": 1},
+    },
+}
 
 SAMPLE_SCHEMA = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -49,6 +68,22 @@ SAMPLE_SCHEMA = {
                 "source": {"type": "object"},
             },
         },
+        "caption": {
+            "type": "object",
+            "required": ["text", "events", "model", "frame_times"],
+            "properties": {
+                "text": {"type": "string"},
+                "events": {"type": "array", "items": _EVENT},
+                "model": {"type": "string"},
+                "frame_times": {"type": "array", "items": _SPAN_S},
+            },
+        },
+        "grounding": {
+            "type": "object",
+            "required": ["qa", "interleaved"],
+            "properties": {"qa": {"type": "array", "items": QA_ITEM}, "interleaved": {"type": "array"}},
+        },
+        "scores": {"type": "object", "additionalProperties": {"type": ["number", "boolean"]}},
         "ledger": {
             "type": "array",
             "description": "each stage's decision on this clip, in order",
@@ -66,8 +101,8 @@ _VALIDATOR = jsonschema.Draft202012Validator(SAMPLE_SCHEMA)
 SOURCE_FIELDS = ("duration_s", "fps", "width", "height", "codec", "container", "rotation")
 
 
-def build_sample(clip: dict, video: dict) -> dict:
-    """Annotation for one kept clip, validated against SAMPLE_SCHEMA."""
+def build_sample(clip: dict, video: dict, stages: list[str] | tuple[str, ...] = ("probe", "split")) -> dict:
+    """Annotation for one kept clip (its merged stage row), validated against SAMPLE_SCHEMA."""
     sample = {
         "schema_version": SCHEMA_VERSION,
         "clip_id": clip["clip_id"],
@@ -88,8 +123,19 @@ def build_sample(clip: dict, video: dict) -> dict:
             "cut_kind": clip["cut_kind"],
             "source": {k: video[k] for k in SOURCE_FIELDS},
         },
-        "ledger": [{"stage": "probe", "status": "kept"}, {"stage": "split", "status": "kept"}],
+        "ledger": [{"stage": stage, "status": "kept"} for stage in stages],
     }
+    if clip.get("caption") is not None:
+        sample["caption"] = {
+            "text": clip["caption"],
+            "events": json.loads(clip["events"]),
+            "model": clip["model"],
+            "frame_times": clip["frame_times"],
+        }
+    if clip.get("qa") is not None:
+        sample["grounding"] = {"qa": json.loads(clip["qa"]), "interleaved": json.loads(clip["interleaved"])}
+    if clip.get("scores") is not None:
+        sample["scores"] = json.loads(clip["scores"])
     validate_sample(sample)
     return sample
 

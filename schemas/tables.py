@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
+STATUS_COLUMNS = ("status", "stage", "reason")
 KEPT = "kept"
 REJECTED = "rejected"
 FAILED = "failed"
@@ -73,7 +74,55 @@ LEDGER = pa.schema(
     ]
 )
 
-TABLES = {"probe": VIDEOS, "split": CLIPS, "shard": SHARDED}
+def _clip_table(*fields: pa.Field) -> pa.Schema:
+    """A clip-level stage table: its own columns between the clip key and the status fields."""
+    key = [pa.field("clip_id", pa.string(), nullable=False), pa.field("video_id", pa.string(), nullable=False)]
+    return pa.schema([*key, *fields, *_STATUS_FIELDS])
+
+
+CAPTIONS = _clip_table(
+    pa.field("caption", pa.string()),
+    pa.field("events", pa.string()),  # JSON list of {start_s, end_s, text}, seconds from the clip start
+    pa.field("frame_times", pa.list_(pa.float64())),
+    pa.field("model", pa.string()),
+    pa.field("attempts", pa.int32()),
+    pa.field("raw_answer", pa.string()),  # the model's last answer, kept for debugging failures
+)
+
+GROUNDED = _clip_table(
+    pa.field("qa", pa.string()),  # JSON list of QA items, spans relative to the clip start
+    pa.field("interleaved", pa.string()),  # JSON list of {"frame": t} / {"text": ...} parts
+)
+
+EMBEDDED = _clip_table(
+    pa.field("image_emb", pa.binary()),  # float16, L2-normalised mean of keyframe embeddings
+    pa.field("text_emb", pa.binary()),  # float16, L2-normalised caption embedding (null without caption)
+    pa.field("clip_score", pa.float64()),  # mean cosine(frame, caption)
+    pa.field("phash", pa.int64()),  # 64-bit DCT hash of the middle keyframe
+    pa.field("embed_model", pa.string()),
+)
+
+SCORED = _clip_table(
+    pa.field("scores", pa.string()),  # JSON {score name: value}
+    pa.field("quality", pa.float64()),  # the combined score dedup uses to pick the copy to keep
+)
+
+DEDUPED = _clip_table(
+    pa.field("duplicate_of", pa.string()),
+    pa.field("dup_kind", pa.string()),  # exact | near | semantic | shipped (seen in an earlier run)
+)
+
+TABLES = {
+    "probe": VIDEOS,
+    "split": CLIPS,
+    "caption": CAPTIONS,
+    "ground": GROUNDED,
+    "embed": EMBEDDED,
+    "quality": SCORED,
+    "dedup": DEDUPED,
+    "shard": SHARDED,
+}
+CLIP_STAGES = ("caption", "ground", "embed", "quality", "dedup")  # optional, in this order
 
 
 def clip_id(video_id: str, start_s: float, end_s: float) -> str:

@@ -49,8 +49,11 @@ def keyframes_jpeg(media: bytes, count: int, height: int) -> list[bytes]:
     return out
 
 
-def write_shards(clips: list[dict], videos: dict[str, dict], out_dir: Path, cfg: ShardConfig) -> tuple[list[dict], list[dict]]:
-    """Write kept clips in the given order; returns (per-clip rows, shard manifest)."""
+def write_shards(
+    clips: list[dict], videos: dict[str, dict], out_dir: Path, cfg: ShardConfig, stages: list[str]
+) -> tuple[list[dict], list[dict]]:
+    """Write kept clips (merged stage rows) in the given order; `stages` are those each clip
+    passed. Returns (per-clip rows, shard manifest)."""
     rows: list[dict] = []
     sidecars: dict[str, list[dict]] = {}
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -59,7 +62,7 @@ def write_shards(clips: list[dict], videos: dict[str, dict], out_dir: Path, cfg:
         for clip in clips:
             row = {"clip_id": clip["clip_id"], "video_id": clip["video_id"], "stage": STAGE}
             try:
-                sample = build_sample(clip, videos[clip["video_id"]])
+                sample = build_sample(clip, videos[clip["video_id"]], stages)
                 with fsspec.open(clip["clip_uri"], "rb") as f:
                     media = f.read()
                 members = {"__key__": clip["clip_id"], "mp4": media, "json": json.dumps(sample, sort_keys=True).encode()}

@@ -8,6 +8,7 @@ import os
 import shutil
 import socket
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,9 @@ sys.path.insert(0, str(REPO / "sample_data"))
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+# Tiny models are built once per test session into a fresh cache (set before Ray starts, so
+# Ray workers build and read the same one).
+os.environ.setdefault("VIDCURATE_CACHE", tempfile.mkdtemp(prefix="vidcurate-cache-"))
 
 
 def _free_port() -> int:
@@ -110,3 +114,17 @@ def mixed_inputs(tmp_path_factory, synthetic_videos) -> Path:
     (root / "escaping link.mp4").symlink_to(SHARED_VIDEOS / "psd_counter.mp4")
     (root / "index_at_end_truncated.mp4").write_bytes((SHARED_VIDEOS / "psd_testvideo.mp4").read_bytes()[:100_000])
     return root
+
+
+@pytest.fixture(scope="session")
+def cut_clips(tmp_path_factory, synthetic_videos) -> list[dict]:
+    """Kept clip rows (with their mp4 files) of the first synthetic video, cut by the real
+    probe and split stages: input for the clip-level stages' tests."""
+    from pipelines.config import ProbeConfig, SplitConfig
+    from stages.probe import probe_video
+    from stages.split import split_video
+
+    videos, _ = synthetic_videos
+    video = probe_video(str(sorted(videos.glob("*.mp4"))[0]), ProbeConfig(), None)
+    rows = split_video(video, tmp_path_factory.mktemp("media"), SplitConfig(max_clip_s=4.0, clip_max_height=96))
+    return [r for r in rows if r["status"] == "kept"]

@@ -39,7 +39,11 @@ def report(tmp_path_factory, synthetic_videos, ray_local) -> Path:
     shutil.copy(SHARED_VIDEOS / "psd_testvideo.mp4", inputs / HOSTILE_NAME)
     (inputs / "broken.mp4").write_bytes(b"\x00" * 5000)
     run_dir = tmp_path_factory.mktemp("report-run")
-    Runner(load_config(None, inputs=str(inputs), run_dir=str(run_dir))).run_all()
+    tiny = {  # as in sample.yaml: sampling gives the random tiny model events; its embeddings are all alike
+        "caption.temperature": 1.0, "caption.max_events": 4, "caption.frames": 4, "caption.max_tokens": 1024,
+        "dedup.near_cosine": 0.9995, "dedup.semantic_eps": 0.0002,
+    }  # fmt: skip
+    Runner(load_config(None, inputs=str(inputs), run_dir=str(run_dir), **tiny)).run_all()
     assert cli_main(["report", str(run_dir)]) == 0
     return run_dir / "report.html"
 
@@ -65,6 +69,10 @@ def test_rendered_report_shows_funnel_reasons_gallery_and_timelines(report, tmp_
     assert len(re.findall(r'<img alt="[^"]*" src="data:image/jpeg;base64,', dom)) == len(cards)
     assert dom.count('class="timeline"') == 2
     assert len(re.findall(r'<rect class="span kept"', dom)) == cards.count("kept")
+    captioned = dom.count('<details class="annotation">')
+    assert captioned == cards.count("kept")  # every kept clip was captioned and grounded
+    assert dom.count('<rect class="event"') >= 1 and dom.count('<rect class="qa"') >= captioned
+    assert "kept clips: sharpness" in text and "kept clips: clip_score" in text
 
     screenshot = tmp_path / "report.png"
     _render(chromium, report, tmp_path, f"--screenshot={screenshot}", "--window-size=1280,2400")

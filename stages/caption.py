@@ -1,0 +1,144 @@
+"""Caption stage: per clip, sampled frames with their timestamps -> a caption and dense events.
+
+The model sees each frame after its time ("Frame at 1.50 s:") and must answer one JSON object
+(`stages.answer`). An invalid answer is retried with a new seed and some temperature; after
+`max_attempts` the clip is `failed` with the reason and the model's last raw answer kept.
+Seeds derive from the clip id, so a re-run asks the same questions and gets the same answers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+from PIL import Image
+
+from pipelines.config import CaptionConfig
+from schemas.readers import clip_frames
+from schemas.tables import CAPTIONS, FAILED, KEPT, to_table
+from stages.answer import InvalidAnswer, answer_regex, clean_events, clean_text, parse_answer, time_choices
+from stages.captioners import BackendError, Prompt
+from stages.models import DEFAULT_CAPTION_MODEL, tiny_qwen2vl
+
+log = logging.getLogger("vidcurate")
+STAGE = "caption"
+
+INSTRUCTION = (
+    "The frames above are from one video clip lasting {duration:.2f} seconds. Reply with a JSON object: "
+    '{{"caption": "<one paragraph describing the clip>", "events": [{{"start_s": <s>, "end_s": <s>, '
+    '"text": "<what happens>"}}, ...]}}. List at most {max_events} events in time order. Times are seconds '
+    "from the clip start and must be one of: {times}."
+)
+
+
+def frame_count(duration_s: float, cfg: CaptionConfig) -> int:
+    if cfg.fps is None:
+        return cfg.frames
+    return int(min(cfg.max_frames, max(1, round(duration_s * cfg.fps))))
+
+
+def sample_frames(media: bytes, duration_s: float, cfg: CaptionConfig) -> tuple[list[np.ndarray], list[float]]:
+    """Evenly spaced frames scaled to `frame_height`, with their times from the clip start."""
+    rgb, times = clip_frames(media, frame_count(duration_s, cfg))
+    frames = []
+    for frame in rgb:
+        image = Image.fromarray(frame)
+        width = max(2, round(image.width * cfg.frame_height / image.height))
+        frames.append(np.asarray(image.resize((width, cfg.frame_height), Image.Resampling.BILINEAR)))
+    return frames, [round(float(t), 3) for t in times]
+
+
+def seed_for(clip_id: str, attempt: int) -> int:
+    return int(hashlib.sha256(f"{clip_id}/{attempt}".encode()).hexdigest()[:8], 16)
+
+
+def build_prompt(clip_id: str, frames, times, duration_s: float, cfg: CaptionConfig, attempt: int) -> Prompt:
+    parts: list[tuple[str, object]] = []
+    for frame, t in zip(frames, times):
+        parts += [("text", f"Frame at {t:.2f} s:"), ("image", frame)]
+    choices = ", ".join(time_choices(times, duration_s))
+    parts.append(("text", INSTRUCTION.format(duration=duration_s, max_events=cfg.max_events, times=choices)))
+    return Prompt(
+        parts=parts,
+        regex=answer_regex(times, duration_s, cfg.max_events),
+        max_tokens=cfg.max_tokens,
+        temperature=cfg.temperature if attempt == 0 else cfg.retry_temperature,
+        seed=seed_for(clip_id, attempt),
+    )
+
+
+def caption_clips(clips: list[dict], captioner, cfg: CaptionConfig) -> list[dict]:
+    """Clips (clip_id, video_id, clip_uri, start_s, end_s) -> CAPTIONS rows, one per clip."""
+    rows, pending = {}, {}
+    for clip in clips:
+        base = {"clip_id": clip["clip_id"], "video_id": clip["video_id"], "stage": STAGE, "model": captioner.name}
+        duration = clip["end_s"] - clip["start_s"]
+        try:
+            with fsspec.open(clip["clip_uri"], "rb") as f:
+                frames, times = sample_frames(f.read(), duration, cfg)
+        except Exception as exc:  # noqa: BLE001 - an unreadable clip fails alone, with its error
+            rows[clip["clip_id"]] = {**base, "status": FAILED, "reason": f"frames: {type(exc).__name__}: {exc}", "attempts": 0}
+            continue
+        pending[clip["clip_id"]] = {**base, "duration": duration, "frames": frames, "frame_times": times}
+    for attempt in range(cfg.max_attempts):
+        if not pending:
+            break
+        ids = sorted(pending)
+        prompts = [build_prompt(i, pending[i]["frames"], pending[i]["frame_times"], pending[i]["duration"], cfg, attempt) for i in ids]
+        try:
+            answers = captioner.generate(prompts)
+        except BackendError as exc:
+            for i in ids:
+                rows[i] = _row(pending.pop(i), FAILED, f"backend: {exc}", attempt + 1)
+            break
+        for i, raw in zip(ids, answers):
+            item = pending[i]
+            item["raw_answer"] = raw
+            try:
+                answer = parse_answer(raw)
+            except InvalidAnswer as exc:
+                item["error"] = str(exc)
+                continue
+            events = clean_events(answer["events"], item["duration"], cfg.min_event_s, cfg.event_overlap)
+            caption = clean_text(answer["caption"])
+            rows[i] = _row(pending.pop(i), KEPT, None, attempt + 1, caption=caption, events=json.dumps(events))
+    for i, item in pending.items():
+        rows[i] = _row(item, FAILED, f"invalid_output: {item['error']}", cfg.max_attempts)
+    return [rows[c["clip_id"]] for c in clips]
+
+
+def _row(item: dict, status: str, reason: str | None, attempts: int, **fields) -> dict:
+    keep = ("clip_id", "video_id", "stage", "model", "frame_times", "raw_answer")
+    return {**{k: item.get(k) for k in keep}, "status": status, "reason": reason, "attempts": attempts, **fields}
+
+
+def make_captioner(cfg: CaptionConfig, profile: str):
+    """The configured backend with the profile's model unless `model` names one."""
+    if cfg.backend == "transformers":
+        from stages.captioners import TransformersCaptioner
+
+        model = cfg.model or (str(tiny_qwen2vl()) if profile == "tiny" else DEFAULT_CAPTION_MODEL)
+        return TransformersCaptioner(model, device=cfg.device, structured=cfg.structured)
+    model = cfg.model or (DEFAULT_CAPTION_MODEL if profile == "default" else str(tiny_qwen2vl()))
+    if cfg.backend == "vllm":
+        from stages.captioners import VllmCaptioner
+
+        return VllmCaptioner(model, max_images=cfg.max_frames, structured=cfg.structured, **cfg.vllm)
+    from stages.captioners import OpenAICaptioner
+
+    return OpenAICaptioner(model, structured=cfg.structured, **cfg.openai.model_dump())
+
+
+class CaptionWorker:
+    """Ray Data actor: loads the model once, then captions batches of clips."""
+
+    def __init__(self, cfg: CaptionConfig, profile: str):
+        self.cfg = cfg
+        self.captioner = make_captioner(cfg, profile)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return to_table(caption_clips(batch.to_pylist(), self.captioner, self.cfg), CAPTIONS)

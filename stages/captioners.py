@@ -1,0 +1,199 @@
+"""Captioning backends behind one interface: `generate(prompts) -> answers`, in order.
+
+- `transformers`: in-process model (CPU or GPU); the grammar is enforced token by token.
+- `vllm`: vLLM's offline `LLM` engine (one per Ray actor); grammar via structured outputs.
+- `openai`: any OpenAI-compatible server (`vllm serve`, ...), with bounded concurrency and
+  retries with backoff; the grammar is sent as vLLM's `structured_outputs` when enabled.
+
+A prompt is a list of parts, ("text", str) or ("image", RGB uint8 array), so every backend
+renders the same interleaving of frame timestamps and frames.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import logging
+import os
+import random
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from stages.answer import RegexConstraint
+
+log = logging.getLogger("vidcurate")
+
+SMALL_VOCAB = 4096  # token-by-token regex checks are cheap below this vocabulary size
+
+
+@dataclass
+class Prompt:
+    parts: list[tuple[str, object]]
+    regex: str | None
+    max_tokens: int
+    temperature: float
+    seed: int
+
+
+class BackendError(RuntimeError):
+    """The backend could not answer (server down after retries, ...): the clip fails with this."""
+
+
+def _pil(rgb: np.ndarray) -> Image.Image:
+    return Image.fromarray(np.ascontiguousarray(rgb))
+
+
+def _jpeg_data_url(rgb: np.ndarray) -> str:
+    buf = io.BytesIO()
+    _pil(rgb).save(buf, format="JPEG", quality=90)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def chat_messages(prompt: Prompt, image_part) -> list[dict]:
+    """OpenAI-style chat messages; `image_part` renders a frame in the backend's own way."""
+    content = [{"type": "text", "text": value} if kind == "text" else image_part(value) for kind, value in prompt.parts]
+    return [{"role": "user", "content": content}]
+
+
+class TransformersCaptioner:
+    def __init__(self, model: str, device: str = "auto", structured: str = "auto"):
+        import torch
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        self.name = model
+        self.device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+        dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
+        self.processor = AutoProcessor.from_pretrained(model)
+        self.model = AutoModelForImageTextToText.from_pretrained(model, dtype=dtype).to(self.device).eval()
+        vocab = len(self.processor.tokenizer)
+        self.structured = structured == "on" or (structured == "auto" and vocab <= SMALL_VOCAB)
+
+    def generate(self, prompts: list[Prompt]) -> list[str]:
+        return [self._one(p) for p in prompts]
+
+    def _one(self, prompt: Prompt) -> str:
+        import torch
+
+        messages = chat_messages(prompt, lambda _rgb: {"type": "image"})
+        text = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        images = [_pil(v) for kind, v in prompt.parts if kind == "image"] or None
+        inputs = self.processor(text=[text], images=images, return_tensors="pt").to(self.device)
+        prompt_len = inputs["input_ids"].shape[1]
+        tokenizer = self.processor.tokenizer
+        constraint = None
+        if self.structured and prompt.regex:
+            constraint = RegexConstraint(prompt.regex, tokenizer, prompt_len, self.model.generation_config.eos_token_id)
+        torch.manual_seed(prompt.seed)
+        with torch.inference_mode():
+            out = self.model.generate(
+                **inputs,
+                max_new_tokens=prompt.max_tokens,
+                do_sample=prompt.temperature > 0,
+                temperature=prompt.temperature if prompt.temperature > 0 else None,
+                top_p=None,
+                top_k=None,
+                prefix_allowed_tokens_fn=constraint,
+            )
+        return tokenizer.decode(out[0, prompt_len:], skip_special_tokens=True)
+
+
+class VllmCaptioner:
+    """vLLM's offline engine; frames go in as PIL images, the grammar as structured outputs."""
+
+    def __init__(self, model: str, max_images: int, structured: str = "auto", **engine_args):
+        from vllm import LLM
+
+        self.name = model
+        self.structured = structured != "off"
+        self.llm = LLM(model=model, limit_mm_per_prompt={"image": max_images}, seed=0, **engine_args)
+
+    def generate(self, prompts: list[Prompt]) -> list[str]:
+        conversations = [vllm_conversation(p) for p in prompts]
+        params = [vllm_sampling_params(p, self.structured) for p in prompts]
+        outputs = self.llm.chat(conversations, sampling_params=params, use_tqdm=False)
+        return [o.outputs[0].text for o in outputs]
+
+
+def vllm_conversation(prompt: Prompt) -> list[dict]:
+    return chat_messages(prompt, lambda rgb: {"type": "image_pil", "image_pil": _pil(rgb)})
+
+
+def vllm_sampling_params(prompt: Prompt, structured: bool):
+    from vllm import SamplingParams
+    from vllm.sampling_params import StructuredOutputsParams
+
+    guide = StructuredOutputsParams(regex=prompt.regex) if structured and prompt.regex else None
+    return SamplingParams(
+        temperature=prompt.temperature, max_tokens=prompt.max_tokens, seed=prompt.seed, structured_outputs=guide
+    )
+
+
+RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+
+
+class OpenAICaptioner:
+    """Chat completions over HTTP. The API key is read from an environment variable and
+    never logged; retries back off exponentially (honouring Retry-After)."""
+
+    def __init__(
+        self,
+        model: str,
+        base_url: str,
+        api_key_env: str = "OPENAI_API_KEY",
+        concurrency: int = 4,
+        max_retries: int = 5,
+        backoff_s: float = 1.0,
+        timeout_s: float = 300.0,
+        structured: str = "auto",
+    ):
+        import httpx
+
+        self.name = model
+        self.url = base_url.rstrip("/") + "/chat/completions"
+        key = os.environ.get(api_key_env, "")
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self.client = httpx.Client(headers=headers, timeout=timeout_s)
+        self.concurrency, self.max_retries, self.backoff_s = concurrency, max_retries, backoff_s
+        self.structured = structured != "off"
+
+    def generate(self, prompts: list[Prompt]) -> list[str]:
+        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+            return list(pool.map(self._one, prompts))
+
+    def request_body(self, prompt: Prompt) -> dict:
+        body = {
+            "model": self.name,
+            "messages": chat_messages(prompt, lambda rgb: {"type": "image_url", "image_url": {"url": _jpeg_data_url(rgb)}}),
+            "max_tokens": prompt.max_tokens,
+            "temperature": prompt.temperature,
+            "seed": prompt.seed,
+        }
+        if self.structured and prompt.regex:
+            body["structured_outputs"] = {"regex": prompt.regex}
+        return body
+
+    def _one(self, prompt: Prompt) -> str:
+        import httpx
+
+        body = self.request_body(prompt)
+        for attempt in range(self.max_retries + 1):
+            delay = self.backoff_s * 2**attempt * (0.5 + random.random())
+            try:
+                response = self.client.post(self.url, json=body)
+            except httpx.TransportError as exc:
+                problem = f"{type(exc).__name__}: {exc}"
+            else:
+                if response.status_code == 200:
+                    return response.json()["choices"][0]["message"]["content"] or ""
+                problem = f"HTTP {response.status_code}"
+                if response.status_code not in RETRY_STATUS:
+                    raise BackendError(f"{problem}: {response.text[:200]}")
+                delay = float(response.headers.get("retry-after") or delay)
+            if attempt < self.max_retries:
+                log.warning("openai backend: %s, retry %d/%d in %.1f s", problem, attempt + 1, self.max_retries, delay)
+                time.sleep(delay)
+        raise BackendError(f"{problem} after {self.max_retries} retries")

@@ -1,0 +1,290 @@
+"""Dedup stage: exact, near and semantic duplicates, keeping the best copy of each group.
+
+- exact: identical clip bytes (extraction is deterministic, so same content -> same sha256);
+- near: middle-keyframe pHash within `max_hamming` bits, or embedding cosine >= `near_cosine`;
+- semantic (SemDeDup): k-means clusters of the embeddings, then pairs with cosine >= 1 - eps
+  inside a cluster.
+Pairs join into groups (union-find); each group keeps its highest `quality` clip (ties: the
+smallest clip id) and the rest are rejected with `duplicate_of`. A persisted history of
+shipped clips makes scheduled runs reject clips an earlier run already shipped.
+
+Cosine pairs use exact FAISS range search up to `flat_max` vectors; beyond, vectors are
+clustered and each cluster searched alone (soft-assigned to its 2 nearest centroids so pairs
+across a boundary are still found) - on Ray, one task per cluster group, so no machine
+holds more than its clusters.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from schemas.tables import DEDUPED, KEPT, REJECTED
+
+STAGE = "dedup"
+KINDS = ("exact", "near", "semantic", "shipped")  # strongest first
+HISTORY_SCHEMA = pa.schema(
+    [
+        pa.field("clip_id", pa.string()),
+        pa.field("run_id", pa.string()),
+        pa.field("clip_sha256", pa.string()),
+        pa.field("phash", pa.int64()),
+        pa.field("image_emb", pa.binary()),
+    ]
+)
+
+
+def _faiss():
+    import faiss
+
+    return faiss
+
+
+def flat_pairs(emb: np.ndarray, threshold: float) -> np.ndarray:
+    """All pairs i < j with cosine >= threshold (exact FAISS range search)."""
+    faiss = _faiss()
+    index = faiss.IndexFlatIP(emb.shape[1])
+    index.add(emb)
+    lims, _, ids = index.range_search(emb, threshold)
+    rows = np.repeat(np.arange(len(emb)), np.diff(lims).astype(np.int64))
+    keep = rows < ids
+    return np.stack([rows[keep], ids[keep]], axis=1).astype(np.int64)
+
+
+def train_centroids(emb: np.ndarray, n_clusters: int, seed: int = 1) -> np.ndarray:
+    """Spherical k-means (FAISS; on the GPU when faiss has one) on a bounded sample."""
+    faiss = _faiss()
+    rng = np.random.default_rng(seed)
+    sample = emb[rng.choice(len(emb), size=min(len(emb), n_clusters * 64), replace=False)]
+    kmeans = faiss.Kmeans(emb.shape[1], n_clusters, niter=12, seed=seed, spherical=True, gpu=faiss.get_num_gpus() > 0)
+    kmeans.train(np.ascontiguousarray(sample))
+    return kmeans.centroids
+
+
+def assign(emb: np.ndarray, centroids: np.ndarray, soft: int) -> np.ndarray:
+    """Each vector's `soft` nearest centroids, (n, soft)."""
+    faiss = _faiss()
+    index = faiss.IndexFlatIP(centroids.shape[1])
+    index.add(centroids)
+    return index.search(emb, soft)[1]
+
+
+def cluster_pairs(emb: np.ndarray, members: np.ndarray, threshold: float) -> np.ndarray:
+    """Pairs inside one cluster, as global indices."""
+    local = flat_pairs(np.ascontiguousarray(emb[members]), threshold)
+    return members[local] if len(local) else np.empty((0, 2), np.int64)
+
+
+def clustered_pairs(emb: np.ndarray, threshold: float, n_clusters: int, soft: int) -> np.ndarray:
+    """Pairs within clusters (`soft` = 1: SemDeDup; 2: near-dup search at scale), in-process."""
+    labels = assign(emb, train_centroids(emb, n_clusters), soft)
+    order = np.argsort(labels.ravel(), kind="stable")
+    flat = labels.ravel()[order]
+    owners = order // soft
+    bounds = np.flatnonzero(np.diff(flat)) + 1
+    found = [cluster_pairs(emb, group, threshold) for group in np.split(owners, bounds) if len(group) > 1]
+    return unique_pairs(np.concatenate(found) if found else np.empty((0, 2), np.int64))
+
+
+def unique_pairs(pairs: np.ndarray) -> np.ndarray:
+    if not len(pairs):
+        return pairs.reshape(0, 2)
+    return np.unique(np.sort(pairs, axis=1), axis=0)
+
+
+def _codes(hashes) -> np.ndarray:
+    """64-bit hashes as the 8-byte codes FAISS binary indexes take."""
+    return np.asarray(hashes, np.int64).astype(">i8").view(np.uint8).reshape(-1, 8)
+
+
+def phash_pairs(hashes: np.ndarray, max_hamming: int) -> np.ndarray:
+    """Pairs of 64-bit hashes within `max_hamming` bits (FAISS binary range search)."""
+    faiss = _faiss()
+    codes = _codes(hashes)
+    index = faiss.IndexBinaryFlat(64)
+    index.add(codes)
+    lims, _, ids = index.range_search(codes, max_hamming + 1)  # strict: distance < radius
+    rows = np.repeat(np.arange(len(codes)), np.diff(lims).astype(np.int64))
+    keep = rows < ids
+    return np.stack([rows[keep], ids[keep]], axis=1).astype(np.int64)
+
+
+def exact_pairs(keys: list[str | None]) -> np.ndarray:
+    first: dict[str, int] = {}
+    pairs = []
+    for i, key in enumerate(keys):
+        if key is None:
+            continue
+        if key in first:
+            pairs.append((first[key], i))
+        else:
+            first[key] = i
+    return np.asarray(pairs, np.int64).reshape(-1, 2)
+
+
+class UnionFind:
+    def __init__(self, n: int):
+        self.parent = list(range(n))
+
+    def find(self, i: int) -> int:
+        while self.parent[i] != i:
+            self.parent[i] = self.parent[self.parent[i]]
+            i = self.parent[i]
+        return i
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+
+def embeddings(rows: list[dict]) -> np.ndarray:
+    emb = np.stack([np.frombuffer(r["image_emb"], dtype=np.float16) for r in rows]).astype(np.float32)
+    return emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+
+
+def find_pairs(rows: list[dict], cfg, clustered=clustered_pairs) -> dict[str, np.ndarray]:
+    """Duplicate pairs by kind among `rows` (clip_sha256, phash, image_emb). `clustered` runs
+    the per-cluster search: in-process by default, on Ray via `ray_clustered_pairs`."""
+    pairs = {"exact": exact_pairs([r.get("clip_sha256") for r in rows])}
+    if len(rows) < 2:
+        return pairs
+    emb = embeddings(rows)
+    if len(emb) <= cfg.flat_max:
+        near = [flat_pairs(emb, cfg.near_cosine)]
+    else:
+        near = [clustered(emb, cfg.near_cosine, n_clusters=max(1, int(4 * np.sqrt(len(emb)))), soft=2)]
+    if cfg.max_hamming is not None:
+        near.append(phash_pairs(np.asarray([r["phash"] for r in rows], np.int64), cfg.max_hamming))
+    pairs["near"] = unique_pairs(np.concatenate(near))
+    if cfg.semantic_eps is not None:
+        k = cfg.n_clusters or max(1, int(np.sqrt(len(rows))))
+        pairs["semantic"] = clustered(emb, 1 - cfg.semantic_eps, n_clusters=min(k, len(rows)), soft=1)
+    return pairs
+
+
+def resolve(rows: list[dict], pairs: dict[str, np.ndarray]) -> list[dict]:
+    """Groups from pairs; the best `quality` (then smallest clip id) of each group is kept."""
+    uf = UnionFind(len(rows))
+    kind_of: dict[int, str] = {}
+    for kind in KINDS:
+        for a, b in pairs.get(kind, ()):
+            uf.union(int(a), int(b))
+            for i in (int(a), int(b)):
+                kind_of.setdefault(i, kind)
+    groups: dict[int, list[int]] = {}
+    for i in range(len(rows)):
+        groups.setdefault(uf.find(i), []).append(i)
+    out = [None] * len(rows)
+    for members in groups.values():
+        best = min(members, key=lambda i: (-(rows[i].get("quality") or 0.0), rows[i]["clip_id"]))
+        for i in members:
+            base = {"clip_id": rows[i]["clip_id"], "video_id": rows[i]["video_id"], "stage": STAGE}
+            if i == best:
+                out[i] = {**base, "status": KEPT, "reason": None}
+            else:
+                kind = kind_of.get(i, "near")
+                reason = f"dedup: duplicate_of={rows[best]['clip_id']} ({kind})"
+                out[i] = {**base, "status": REJECTED, "reason": reason, "duplicate_of": rows[best]["clip_id"], "dup_kind": kind}
+    return out
+
+
+def run_id(run_dir: str | Path) -> str:
+    return hashlib.sha256(str(Path(run_dir).resolve()).encode()).hexdigest()[:16]
+
+
+def load_history(path: str | None, exclude_run: str) -> list[dict]:
+    """Clips shipped by earlier runs (not this one), from `<history>/*.parquet`."""
+    if not path or not Path(path).is_dir():
+        return []
+    parts = sorted(Path(path).glob("*.parquet"))
+    rows = [r for p in parts for r in pq.read_table(p, schema=HISTORY_SCHEMA).to_pylist()]
+    return [r for r in rows if r["run_id"] != exclude_run]
+
+
+def against_history(rows: list[dict], history: list[dict], cfg) -> dict[int, str]:
+    """Index of each new row that duplicates a shipped clip -> that clip's id. The same tests
+    as within a run: equal bytes, close pHash, or cosine at the near (or semantic) threshold."""
+    if not history or not rows:
+        return {}
+    faiss = _faiss()
+    found: dict[int, str] = {}
+    sha = {h["clip_sha256"]: h["clip_id"] for h in history}
+    for i, r in enumerate(rows):
+        if r.get("clip_sha256") in sha:
+            found[i] = sha[r["clip_sha256"]]
+    threshold = min(cfg.near_cosine, 1 - cfg.semantic_eps) if cfg.semantic_eps is not None else cfg.near_cosine
+    index = faiss.IndexFlatIP(len(history[0]["image_emb"]) // 2)
+    index.add(embeddings(history))
+    sims, ids = index.search(embeddings(rows), 1)
+    for i, (s, j) in enumerate(zip(sims[:, 0], ids[:, 0])):
+        if s >= threshold:
+            found.setdefault(i, history[j]["clip_id"])
+    if cfg.max_hamming is not None:
+        binary = faiss.IndexBinaryFlat(64)
+        binary.add(_codes([h["phash"] for h in history]))
+        dist, ids = binary.search(_codes([r["phash"] for r in rows]), 1)
+        for i, (d, j) in enumerate(zip(dist[:, 0], ids[:, 0])):
+            if d <= cfg.max_hamming:
+                found.setdefault(i, history[j]["clip_id"])
+    return found
+
+
+def dedup(rows: list[dict], cfg, history: list[dict], clustered=clustered_pairs) -> list[dict]:
+    """DEDUPED rows for clips (merged stage rows), in input order."""
+    shipped = against_history(rows, history, cfg)
+    fresh = [r for i, r in enumerate(rows) if i not in shipped]
+    decided = {d["clip_id"]: d for d in resolve(fresh, find_pairs(fresh, cfg, clustered))}
+    out = []
+    for i, r in enumerate(rows):
+        if i in shipped:
+            reason = f"dedup: duplicate_of={shipped[i]} (shipped)"
+            out.append({"clip_id": r["clip_id"], "video_id": r["video_id"], "stage": STAGE, "status": REJECTED,
+                        "reason": reason, "duplicate_of": shipped[i], "dup_kind": "shipped"})
+        else:
+            out.append(decided[r["clip_id"]])
+    return out
+
+
+def append_history(path: str, run: str, shipped: list[dict]) -> None:
+    """Record this run's shipped clips (one file per run: re-running rewrites, never doubles)."""
+    folder = Path(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = [{"clip_id": r["clip_id"], "run_id": run, "clip_sha256": r["clip_sha256"], "phash": r["phash"], "image_emb": r["image_emb"]} for r in shipped]
+    tmp = folder / f".{run}.parquet.tmp"
+    pq.write_table(pa.Table.from_pylist(rows, schema=HISTORY_SCHEMA), tmp)
+    tmp.replace(folder / f"shipped-{run}.parquet")
+
+
+def ray_clustered_pairs(emb: np.ndarray, threshold: float, n_clusters: int, soft: int) -> np.ndarray:
+    """`clustered_pairs` with the per-cluster search spread over the Ray cluster: vectors are
+    assigned to centroids in parallel, grouped by cluster, and each group searched by one task."""
+    import ray
+
+    centroids = train_centroids(emb, n_clusters)
+    ds = ray.data.from_items([{"idx": i} for i in range(len(emb))], override_num_blocks=max(1, len(emb) // 50_000))
+    emb_ref = ray.put(emb)
+
+    def explode(batch: dict) -> dict:
+        vectors = ray.get(emb_ref)
+        labels = assign(np.ascontiguousarray(vectors[batch["idx"]]), centroids, soft)
+        return {"cluster": labels.ravel(), "idx": np.repeat(batch["idx"], soft)}
+
+    def search(group: dict) -> dict:
+        vectors = ray.get(emb_ref)
+        found = cluster_pairs(vectors, np.sort(group["idx"]), threshold)
+        return {"a": found[:, 0], "b": found[:, 1]}
+
+    pairs = ds.map_batches(explode, batch_format="numpy").groupby("cluster").map_groups(search, batch_format="numpy")
+    rows = pairs.take_all()
+    return unique_pairs(np.asarray([(r["a"], r["b"]) for r in rows], np.int64).reshape(-1, 2))
+
+
+def dedup_table(decided: list[dict]) -> pa.Table:
+    from schemas.tables import to_table
+
+    return to_table(decided, DEDUPED)

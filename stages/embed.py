@@ -1,0 +1,160 @@
+"""Embed stage: open_clip image embeddings of each clip's keyframes, text embeddings of its
+caption, the frame-caption CLIP score, and a perceptual hash for near-duplicate search.
+
+Frames are resized, cropped and normalised with torch on the model's device (the GPU when
+present), so preprocessing does not bottleneck a fast encoder. Embeddings are stored as
+L2-normalised float16 bytes: what dedup indexes and trainers may reuse.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+
+from schemas.readers import clip_frames
+from schemas.tables import EMBEDDED, FAILED, KEPT, to_table
+from stages.models import TINY_CLIP_MODEL, cache_dir, tiny_clip_config
+
+STAGE = "embed"
+
+
+def tiny_clip_checkpoint() -> str:
+    """Register the tiny open_clip config and save seeded random weights once, so every worker
+    and every machine loads the same model."""
+    import open_clip
+    import torch
+
+    folder = cache_dir() / TINY_CLIP_MODEL
+    config, weights = folder / f"{TINY_CLIP_MODEL}.json", folder / "open_clip_model.pt"
+    if not config.is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = config.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(tiny_clip_config()))
+        os.replace(tmp, config)
+    open_clip.add_model_config(str(config))
+    if not weights.is_file():
+        torch.manual_seed(0)
+        model = open_clip.create_model(TINY_CLIP_MODEL, pretrained=None)
+        tmp = weights.with_suffix(f".tmp{os.getpid()}")
+        torch.save(model.state_dict(), tmp)
+        os.replace(tmp, weights)
+    return str(weights)
+
+
+def phash(gray: np.ndarray) -> int:
+    """64-bit DCT perceptual hash of a grayscale frame (the classic pHash: 32x32 -> 8x8 low DCT)."""
+    from PIL import Image
+
+    small = np.asarray(Image.fromarray(gray).resize((32, 32), Image.Resampling.BILINEAR), dtype=np.float64)
+    n = np.arange(32)
+    basis = np.cos(np.pi * (2 * n[None, :] + 1) * n[:, None] / 64)  # DCT-II rows
+    low = (basis @ small @ basis.T)[:8, :8].ravel()
+    bits = low > np.median(low[1:])
+    return int(np.packbits(bits).view(">i8")[0])
+
+
+class ClipEncoder:
+    """open_clip model + tokenizer on one device, with batched GPU-side preprocessing."""
+
+    def __init__(self, model: str, pretrained: str | None, device: str = "auto", precision: str = "auto"):
+        import open_clip
+        import torch
+
+        self.device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+        if precision == "auto":
+            precision = "fp16" if self.device.startswith("cuda") else "fp32"
+        self.model = open_clip.create_model(model, pretrained=pretrained, precision=precision, device=self.device).eval()
+        self.tokenizer = open_clip.get_tokenizer(model)
+        cfg = self.model.visual.preprocess_cfg
+        self.size = cfg["size"] if isinstance(cfg["size"], int) else cfg["size"][0]
+        self.mean = torch.tensor(cfg["mean"], device=self.device).view(1, 3, 1, 1)
+        self.std = torch.tensor(cfg["std"], device=self.device).view(1, 3, 1, 1)
+        self.dtype = next(self.model.parameters()).dtype
+        self.name = f"{model}/{pretrained or 'random'}"
+
+    def preprocess(self, frames):
+        """uint8 (n, h, w, 3) -> normalised (n, 3, size, size): short side resize + centre crop."""
+        import torch
+        import torch.nn.functional as F
+
+        x = torch.as_tensor(frames).to(self.device, non_blocking=True).permute(0, 3, 1, 2).float() / 255
+        h, w = x.shape[-2:]
+        scale = self.size / min(h, w)
+        x = F.interpolate(x, size=(max(self.size, round(h * scale)), max(self.size, round(w * scale))), mode="bilinear", antialias=True, align_corners=False)
+        top, left = (x.shape[-2] - self.size) // 2, (x.shape[-1] - self.size) // 2
+        x = x[..., top : top + self.size, left : left + self.size]
+        return ((x - self.mean) / self.std).to(self.dtype)
+
+    def images(self, frames) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            out = self.model.encode_image(self.preprocess(frames), normalize=True)
+        return out.float().cpu().numpy()
+
+    def texts(self, texts: list[str]) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            out = self.model.encode_text(self.tokenizer(texts).to(self.device), normalize=True)
+        return out.float().cpu().numpy()
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    return v / max(float(np.linalg.norm(v)), 1e-12)
+
+
+def embed_clips(clips: list[dict], encoder: ClipEncoder, keyframes: int) -> list[dict]:
+    """Clips (clip_id, video_id, clip_uri, caption) -> EMBEDDED rows; all frames of the batch
+    go through the image encoder together."""
+    rows, frames, owners = {}, [], []
+    for clip in clips:
+        row = {"clip_id": clip["clip_id"], "video_id": clip["video_id"], "stage": STAGE, "embed_model": encoder.name}
+        try:
+            with fsspec.open(clip["clip_uri"], "rb") as f:
+                rgb, _ = clip_frames(f.read(), keyframes)
+        except Exception as exc:  # noqa: BLE001 - one unreadable clip fails alone
+            rows[clip["clip_id"]] = {**row, "status": FAILED, "reason": f"frames: {type(exc).__name__}: {exc}"}
+            continue
+        gray = rgb[len(rgb) // 2].mean(axis=2).astype(np.uint8)
+        rows[clip["clip_id"]] = {**row, "status": KEPT, "reason": None, "phash": phash(gray)}
+        frames.extend(encoder.images(rgb))
+        owners.extend([clip["clip_id"]] * len(rgb))
+    per_clip: dict[str, list[np.ndarray]] = {}
+    for owner, emb in zip(owners, frames):
+        per_clip.setdefault(owner, []).append(emb)
+    captioned = [c for c in clips if c.get("caption") and c["clip_id"] in per_clip]
+    text_embs = encoder.texts([c["caption"] for c in captioned]) if captioned else []
+    for clip, text in zip(captioned, text_embs):
+        row = rows[clip["clip_id"]]
+        row["text_emb"] = text.astype(np.float16).tobytes()
+        row["clip_score"] = round(float(np.mean(np.stack(per_clip[clip["clip_id"]]) @ text)), 6)
+    for clip_id, embs in per_clip.items():
+        rows[clip_id]["image_emb"] = _unit(np.mean(embs, axis=0)).astype(np.float16).tobytes()
+    return [rows[c["clip_id"]] for c in clips]
+
+
+def make_encoder(cfg, profile: str) -> ClipEncoder:
+    if profile == "tiny" and cfg.model is None:
+        return ClipEncoder(TINY_CLIP_MODEL, tiny_clip_checkpoint(), cfg.device)
+    return ClipEncoder(cfg.model or "ViT-B-32", cfg.pretrained, cfg.device)
+
+
+class EmbedWorker:
+    """Ray Data actor: one encoder per actor, batches of clips in."""
+
+    def __init__(self, cfg, profile: str):
+        self.cfg = cfg
+        self.encoder = make_encoder(cfg, profile)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return to_table(embed_clips(batch.to_pylist(), self.encoder, self.cfg.keyframes), EMBEDDED)
+
+
+def unpack(blob: bytes | None) -> np.ndarray | None:
+    """A stored embedding back to float32."""
+    return None if blob is None else np.frombuffer(blob, dtype=np.float16).astype(np.float32)

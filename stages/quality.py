@@ -1,0 +1,179 @@
+"""Quality stage: technical, aesthetic and text scores per clip, then keep/reject by rules.
+
+Scores are computed per clip (Ray tasks); rules are applied afterwards over the whole set,
+because a rule may be a corpus percentile ("drop the blurriest 10%"). Percentiles come from
+the sorted values, so shuffling the clips never changes a decision. A rejection names every
+failing rule with its value and threshold.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+
+from schemas.readers import clip_frames
+from schemas.tables import FAILED, KEPT, REJECTED, SCORED, to_table
+from stages.answer import clean_text
+
+STAGE = "quality"
+ANALYSIS_HEIGHT = 128  # frames are scored at this height, so thresholds do not depend on resolution
+BLACK_LUMA = 22  # a frame whose 99th-percentile luma is below this is black (as in split)
+_STOPWORDS = set("a an the and or of to in on at is are was were it this that with for as by from he she they".split())
+
+
+def _gray(rgb: np.ndarray) -> np.ndarray:
+    from PIL import Image
+
+    image = Image.fromarray(rgb).convert("L")
+    width = max(8, round(image.width * ANALYSIS_HEIGHT / image.height))
+    return np.asarray(image.resize((width, ANALYSIS_HEIGHT), Image.Resampling.BILINEAR), dtype=np.float32)
+
+
+def _laplacian_var(gray: np.ndarray) -> float:
+    lap = gray[1:-1, :-2] + gray[1:-1, 2:] + gray[:-2, 1:-1] + gray[2:, 1:-1] - 4 * gray[1:-1, 1:-1]
+    return float(lap.var())
+
+
+def _letterbox(gray: np.ndarray) -> float:
+    """Share of rows and columns, at the borders, that are black bars."""
+    dark_rows = np.percentile(gray, 99, axis=1) < BLACK_LUMA
+    dark_cols = np.percentile(gray, 99, axis=0) < BLACK_LUMA
+    edge = lambda dark: int(np.argmin(dark)) + int(np.argmin(dark[::-1])) if not dark.all() else len(dark)  # noqa: E731
+    return round(max(edge(dark_rows) / len(dark_rows), edge(dark_cols) / len(dark_cols)), 4)
+
+
+def technical_scores(frames: np.ndarray, duration_s: float, width: int, height: int) -> dict:
+    """Sharpness, brightness, black frames, letterbox, motion and size from RGB frames."""
+    grays = [_gray(f) for f in frames]
+    motion = [float(np.abs(a - b).mean()) for a, b in zip(grays, grays[1:])]
+    return {
+        "sharpness": round(float(np.median([_laplacian_var(g) for g in grays])), 3),
+        "brightness": round(float(np.mean([g.mean() for g in grays])), 3),
+        "black_fraction": round(float(np.mean([np.percentile(g, 99) < BLACK_LUMA for g in grays])), 3),
+        "letterbox": float(np.median([_letterbox(g) for g in grays])),
+        "motion": round(float(np.mean(motion)) if motion else 0.0, 4),
+        "resolution": float(min(width, height)),
+        "duration_s": round(duration_s, 3),
+    }
+
+
+def text_scores(text: str | None) -> dict:
+    """Caption quality: length, ftfy repairs, word repetition, and how English-like it reads."""
+    if not text:
+        return {}
+    fixed = clean_text(text)
+    words = re.findall(r"[^\W\d_]+", fixed.lower())
+    trigrams = list(zip(words, words[1:], words[2:]))
+    repeated = sum(c - 1 for c in Counter(trigrams).values()) / max(1, len(trigrams))
+    letters = [ch for ch in fixed if ch.isalpha()]
+    return {
+        "text_words": float(len(words)),
+        "text_fixed": float(fixed != " ".join(text.split())),
+        "text_repetition": round(repeated, 4),
+        "text_latin": round(sum(ch.isascii() for ch in letters) / max(1, len(letters)), 4),
+        "text_stopwords": round(sum(w in _STOPWORDS for w in words) / max(1, len(words)), 4),
+    }
+
+
+class AestheticHead:
+    """Linear head on CLIP image embeddings (LAION aesthetic predictor v1 layout: weight (1, d),
+    bias (1,)). Loads a real head from a path; the tiny profile uses seeded random weights."""
+
+    def __init__(self, path: str | None, dim: int):
+        if path:
+            import torch
+
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            weight = next(v for k, v in state.items() if k.endswith("weight"))
+            bias = next(v for k, v in state.items() if k.endswith("bias"))
+            self.weight, self.bias = weight.float().numpy().reshape(-1), float(bias.float().numpy().reshape(-1)[0])
+        else:
+            rng = np.random.default_rng(0)
+            self.weight, self.bias = rng.normal(0, 1 / np.sqrt(dim), dim), 5.0
+        if self.weight.shape[0] != dim:
+            raise ValueError(f"aesthetic head expects {self.weight.shape[0]}-d embeddings, the embed model gives {dim}")
+
+    def __call__(self, emb: np.ndarray) -> float:
+        return round(float(emb @ self.weight + self.bias), 4)
+
+
+def score_clip(clip: dict, frames_per_clip: int, aesthetic: AestheticHead | None) -> dict:
+    """All scores of one clip (a merged stage row) as a flat dict of numbers."""
+    with fsspec.open(clip["clip_uri"], "rb") as f:
+        frames, _ = clip_frames(f.read(), frames_per_clip)
+    scores = technical_scores(frames, clip["end_s"] - clip["start_s"], clip["clip_width"], clip["clip_height"])
+    scores.update(text_scores(clip.get("caption")))
+    if clip.get("clip_score") is not None:
+        scores["clip_score"] = clip["clip_score"]
+    if aesthetic is not None and clip.get("image_emb") is not None:
+        scores["aesthetic"] = aesthetic(np.frombuffer(clip["image_emb"], dtype=np.float16).astype(np.float32))
+    return scores
+
+
+def score_batch(batch: pa.Table, frames_per_clip: int, aesthetic_path: str | None, with_aesthetic: bool) -> pa.Table:
+    """Ray Data adapter: scores per clip; decisions come later, over the whole set."""
+    rows = []
+    head = None
+    for clip in batch.to_pylist():
+        row = {"clip_id": clip["clip_id"], "video_id": clip["video_id"], "stage": STAGE}
+        try:
+            if with_aesthetic and head is None and clip.get("image_emb") is not None:
+                head = AestheticHead(aesthetic_path, len(clip["image_emb"]) // 2)
+            scores = score_clip(clip, frames_per_clip, head)
+        except Exception as exc:  # noqa: BLE001 - a clip that cannot be scored fails alone
+            rows.append({**row, "status": FAILED, "reason": f"score: {type(exc).__name__}: {exc}"})
+            continue
+        rows.append({**row, "status": KEPT, "reason": None, "scores": json.dumps(scores, sort_keys=True)})
+    return to_table(rows, SCORED)
+
+
+def thresholds(rules: list, rows: list[dict]) -> list[tuple]:
+    """Rules -> (score, op, threshold, label) with percentile rules resolved on this set."""
+    values: dict[str, list[float]] = {}
+    for row in rows:
+        for name, value in json.loads(row["scores"]).items():
+            values.setdefault(name, []).append(value)
+    out = []
+    for rule in rules:
+        for op, bound, pct in (("min", rule.min, rule.percentile_min), ("max", rule.max, rule.percentile_max)):
+            if bound is not None:
+                out.append((rule.score, op, bound, f"{op} {bound}"))
+            if pct is not None and values.get(rule.score):
+                cut = float(np.percentile(np.sort(values[rule.score]), pct, method="lower"))
+                out.append((rule.score, op, cut, f"p{pct:g} = {cut:.4g}"))
+    return out
+
+
+def decide(rows: list[dict], rules: list, rank_scores: list[str]) -> list[dict]:
+    """Keep/reject each scored row; every failing rule is named in the reason. Also sets
+    `quality`: the mean percentile rank over `rank_scores`, used to pick a duplicate to keep."""
+    scored = [r for r in rows if r["status"] == KEPT]
+    limits = thresholds(rules, scored)
+    ranks = {}
+    for name in rank_scores:
+        vals = sorted(v for r in scored if (v := json.loads(r["scores"]).get(name)) is not None)
+        if vals:
+            ranks[name] = (np.asarray(vals), len(vals))
+    out = []
+    for row in rows:
+        if row["status"] != KEPT:
+            out.append(row)
+            continue
+        scores = json.loads(row["scores"])
+        failing = []
+        for name, op, bound, label in limits:
+            value = scores.get(name)
+            if value is not None and ((op == "min" and value < bound) or (op == "max" and value > bound)):
+                failing.append(f"{name}={value:.4g} ({label})")
+        pct = [np.searchsorted(v, scores[n], side="right") / n_ for n, (v, n_) in ranks.items() if n in scores]
+        quality = round(float(np.mean(pct)), 6) if pct else 0.0
+        if failing:
+            out.append({**row, "status": REJECTED, "reason": "quality: " + ", ".join(failing), "quality": quality})
+        else:
+            out.append({**row, "quality": quality})
+    return out

@@ -1,0 +1,128 @@
+"""Captioning: the answer grammar, strict parsing, event clean-up, and the real backends
+(tiny Qwen2-VL through transformers, and through a real OpenAI-compatible HTTP server)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import regex
+
+from conftest import _free_port
+from pipelines.config import CaptionConfig, OpenAIEndpoint
+from stages.answer import InvalidAnswer, answer_regex, clean_events, parse_answer
+from stages.caption import caption_clips, make_captioner
+from stages.captioners import OpenAICaptioner
+from schemas.tables import FAILED, KEPT
+
+CFG = CaptionConfig(frames=4, frame_height=112, max_events=3, max_tokens=1024, temperature=1.0)
+
+
+@pytest.fixture(scope="module")
+def clips(cut_clips):
+    assert len(cut_clips) >= 3
+    return cut_clips[:3]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return make_captioner(CFG, "tiny")
+
+
+def test_grammar_accepts_exactly_the_answer_shape():
+    pattern = regex.compile(answer_regex([0.0, 1.5], 3.0, max_events=2))
+    good = '{"caption": "A dog runs.", "events": [{"start_s": 0.00, "end_s": 1.50, "text": "dog runs"}]}'
+    assert pattern.fullmatch(good)
+    assert pattern.fullmatch('{"caption": "x", "events": []}')
+    assert not pattern.fullmatch(good.replace("1.50", "1.49"))  # times are the sampled frames or the end
+    three = good.replace("]}", ', {"start_s": 0.00, "end_s": 3.00, "text": "a"}, {"start_s": 0.00, "end_s": 3.00, "text": "b"}]}')
+    assert not pattern.fullmatch(three)  # max_events
+    assert pattern.fullmatch(good[:30], partial=True)
+
+
+@pytest.mark.parametrize(
+    "raw, error",
+    [
+        ("The clip shows a dog.", "not JSON"),
+        ('{"caption": "a", "events": []} trailing', "not JSON"),
+        ('{"caption": "a"}', "'events' is a required property"),
+        ('{"caption": "a", "events": [{"start_s": "1", "end_s": 2, "text": "x"}]}', "events/0/start_s"),
+        ('{"caption": "", "events": []}', "caption"),
+    ],
+)
+def test_malformed_answers_are_rejected_with_the_reason(raw, error):
+    with pytest.raises(InvalidAnswer, match=error):
+        parse_answer(raw)
+
+
+def test_fenced_json_answer_is_accepted():
+    assert parse_answer('```json\n{"caption": "a", "events": []}\n```')["caption"] == "a"
+
+
+def test_events_are_clipped_sorted_and_merged_or_trimmed():
+    events = [
+        {"start_s": 4.0, "end_s": 9.0, "text": "late, past the end"},
+        {"start_s": 2.0, "end_s": 1.0, "text": "reversed"},
+        {"start_s": 1.5, "end_s": 3.0, "text": "overlaps"},
+        {"start_s": 3.5, "end_s": 3.55, "text": "too short"},
+        {"start_s": 0.0, "end_s": 0.5, "text": "Ã©lan  first"},
+    ]
+    merged = clean_events(events, duration_s=5.0, min_event_s=0.2, overlap="merge")
+    assert merged == [
+        {"start_s": 0.0, "end_s": 0.5, "text": "élan first"},
+        {"start_s": 1.0, "end_s": 3.0, "text": "reversed; overlaps"},
+        {"start_s": 4.0, "end_s": 5.0, "text": "late, past the end"},
+    ]
+    trimmed = clean_events(events, duration_s=5.0, min_event_s=0.2, overlap="trim")
+    assert [(e["start_s"], e["end_s"]) for e in trimmed] == [(0.0, 0.5), (1.0, 2.0), (2.0, 3.0), (4.0, 5.0)]
+
+
+def _check_events(rows, clips):
+    for row, clip in zip(rows, clips):
+        events = json.loads(row["events"])
+        duration = clip["end_s"] - clip["start_s"]
+        assert all(0 <= e["start_s"] < e["end_s"] <= duration + 1e-6 for e in events)
+        assert all(a["end_s"] <= b["start_s"] for a, b in zip(events, events[1:]))
+        assert row["caption"]
+
+
+def test_tiny_model_under_the_grammar_gives_valid_deterministic_captions(clips, tiny):
+    rows = caption_clips(clips, tiny, CFG)
+    assert [r["status"] for r in rows] == [KEPT] * 3
+    _check_events(rows, clips)
+    assert len(rows[0]["frame_times"]) == 4 and rows[0]["frame_times"][0] == 0.0
+    assert caption_clips(clips, tiny, CFG) == rows  # seeded per clip: a re-run asks and answers the same
+
+
+def test_unconstrained_noise_fails_the_clip_with_its_raw_answer(clips):
+    cfg = CFG.model_copy(update={"structured": "off", "max_tokens": 24, "max_attempts": 2})
+    rows = caption_clips(clips[:2], make_captioner(cfg, "tiny"), cfg)
+    for row in rows:
+        assert row["status"] == FAILED
+        assert row["reason"].startswith("invalid_output: not JSON")
+        assert row["attempts"] == 2 and row["raw_answer"]
+
+
+def test_openai_backend_retries_and_sends_the_grammar(clips, tiny):
+    from openai_server import OpenAIServer
+
+    with OpenAIServer(tiny, _free_port(), fail_first=2) as server:
+        endpoint = OpenAIEndpoint(base_url=server.base_url, concurrency=2, backoff_s=0.05)
+        captioner = OpenAICaptioner(tiny.name, structured="auto", **endpoint.model_dump())
+        rows = caption_clips(clips, captioner, CFG)
+    assert [r["status"] for r in rows] == [KEPT] * 3
+    _check_events(rows, clips)
+    assert len(server.requests) == 3 + 2  # two 503s retried
+    body = server.requests[-1]
+    assert body["structured_outputs"]["regex"].startswith('\\{"caption": ')
+    assert body["messages"][0]["content"][1]["image_url"]["url"].startswith("data:image/jpeg;base64,")
+
+
+def test_openai_backend_gives_up_after_retries_and_the_clip_fails(clips, tiny):
+    from openai_server import OpenAIServer
+
+    with OpenAIServer(tiny, _free_port(), fail_first=100) as server:
+        endpoint = OpenAIEndpoint(base_url=server.base_url, max_retries=1, backoff_s=0.01)
+        rows = caption_clips(clips[:1], OpenAICaptioner(tiny.name, **endpoint.model_dump()), CFG)
+    assert rows[0]["status"] == FAILED
+    assert rows[0]["reason"] == "backend: HTTP 503 after 1 retries"

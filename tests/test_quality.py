@@ -1,0 +1,92 @@
+"""Quality: real encoded clips that are black, static or blurred are rejected for exactly that
+reason; percentile rules do not depend on row order."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import av
+import numpy as np
+import pyarrow as pa
+import pytest
+from PIL import Image, ImageFilter
+
+from pipelines.config import QualityConfig, QualityRule
+from stages.quality import decide, score_batch, text_scores
+
+SIZE = (96, 128)  # height, width
+
+
+def _texture(rng: np.random.Generator) -> np.ndarray:
+    base = rng.integers(0, 256, (SIZE[0] // 4, SIZE[1] // 4, 3), dtype=np.uint8)
+    return np.asarray(Image.fromarray(base).resize((SIZE[1], SIZE[0]), Image.Resampling.NEAREST))
+
+
+def _frames(kind: str, n: int = 24) -> list[np.ndarray]:
+    rng = np.random.default_rng(3)
+    texture = np.tile(_texture(rng), (1, 2, 1))
+    if kind == "black":
+        return [np.full((*SIZE, 3), 4, np.uint8)] * n
+    if kind == "static":
+        return [texture[:, : SIZE[1]]] * n
+    moving = [np.ascontiguousarray(texture[:, 4 * i : 4 * i + SIZE[1]]) for i in range(n)]
+    if kind == "blurred":
+        return [np.asarray(Image.fromarray(f).filter(ImageFilter.GaussianBlur(5))) for f in moving]
+    return moving
+
+
+def _encode(frames: list[np.ndarray], path) -> None:
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=24)
+        stream.width, stream.height, stream.pix_fmt = SIZE[1], SIZE[0], "yuv420p"
+        for f in frames:
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
+        out.mux(stream.encode())
+
+
+@pytest.fixture(scope="module")
+def scored(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("quality")
+    rows = []
+    for kind in ("good", "black", "static", "blurred"):
+        _encode(_frames(kind), folder / f"{kind}.mp4")
+        rows.append({"clip_id": kind, "video_id": "v", "clip_uri": str(folder / f"{kind}.mp4"), "start_s": 0.0, "end_s": 1.0,
+                     "clip_width": SIZE[1], "clip_height": SIZE[0], "caption": "a textured wall slides past", "clip_score": 0.3, "image_emb": None})
+    table = score_batch(pa.Table.from_pylist(rows), frames_per_clip=8, aesthetic_path=None, with_aesthetic=False)
+    return table.to_pylist()
+
+
+def test_black_static_and_blurred_clips_are_rejected_for_their_reason(scored):
+    cfg = QualityConfig()
+    decided = {r["clip_id"]: r for r in decide(scored, cfg.rules, cfg.rank_scores)}
+    assert decided["good"]["status"] == "kept"
+    assert decided["black"]["status"] == "rejected"
+    assert "black_fraction=1 (max 0.5)" in decided["black"]["reason"] and "brightness=" in decided["black"]["reason"]
+    assert decided["static"]["status"] == "rejected"
+    assert decided["static"]["reason"].startswith("quality: motion=") and "sharpness" not in decided["static"]["reason"]
+    assert decided["blurred"]["status"] == "rejected"
+    assert decided["blurred"]["reason"].startswith("quality: sharpness=") and "motion" not in decided["blurred"]["reason"]
+    assert decided["good"]["quality"] > decided["blurred"]["quality"]
+
+
+def test_percentile_rules_are_stable_under_shuffling():
+    rng = random.Random(0)
+    rows = [{"clip_id": f"c{i:03d}", "video_id": "v", "status": "kept", "stage": "quality", "reason": None,
+             "scores": json.dumps({"sharpness": rng.uniform(0, 500), "aesthetic": rng.uniform(3, 7)})} for i in range(200)]
+    rules = [QualityRule(score="sharpness", percentile_min=10), QualityRule(score="aesthetic", percentile_max=95)]
+    reference = {r["clip_id"]: (r["status"], r.get("reason"), r["quality"]) for r in decide(rows, rules, ["sharpness", "aesthetic"])}
+    assert 20 <= sum(s == "rejected" for s, _, _ in reference.values()) <= 32  # ~10% + ~5%
+    for seed in range(5):
+        shuffled = rows[:]
+        random.Random(seed).shuffle(shuffled)
+        again = {r["clip_id"]: (r["status"], r.get("reason"), r["quality"]) for r in decide(shuffled, rules, ["sharpness", "aesthetic"])}
+        assert again == reference
+
+
+def test_text_scores_flag_repetition_and_mojibake():
+    clean = text_scores("A man opens the door and the dog runs out into the garden.")
+    looped = text_scores("the dog runs the dog runs the dog runs the dog runs")
+    assert clean["text_repetition"] == 0 and looped["text_repetition"] > 0.5
+    assert text_scores("cafÃ© by the sea")["text_fixed"] == 1.0 and clean["text_fixed"] == 0.0
+    assert clean["text_latin"] == 1.0 and text_scores("Собака бежит по саду")["text_latin"] == 0.0
