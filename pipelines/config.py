@@ -170,6 +170,20 @@ class ShardConfig(_Strict):
 
 STAGE_NEEDS = {"ground": "caption", "dedup": "embed"}
 
+# Profile `tiny` runs random-initialised models. Greedy decoding of a random model repeats one
+# token until the length limit, and its embeddings are all alike (cosine ~0.97), so these
+# settings apply unless the config sets them: sampling, short answers, and embedding-dedup
+# thresholds that only match near-identical clips.
+TINY_DEFAULTS = {
+    "caption.temperature": 1.0,
+    "caption.frames": 4,
+    "caption.frame_height": 112,
+    "caption.max_events": 4,
+    "caption.max_tokens": 1024,
+    "dedup.near_cosine": 0.9995,
+    "dedup.semantic_eps": 0.0002,
+}
+
 
 class PipelineConfig(_Strict):
     inputs: str | None = Field(None, description="directory, glob, list file (.txt) or s3:// prefix; probe needs it")
@@ -188,6 +202,19 @@ class PipelineConfig(_Strict):
     quality: QualityConfig = QualityConfig()
     dedup: DedupConfig = DedupConfig()
     shard: ShardConfig = ShardConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _profile_defaults(cls, data):
+        if isinstance(data, dict) and data.get("profile", "tiny") == "tiny":
+            data = {**data}
+            for dotted, value in TINY_DEFAULTS.items():
+                section, key = dotted.split(".")
+                part = data.get(section)
+                part = dict(part) if isinstance(part, dict) else part.model_dump() if isinstance(part, BaseModel) else {}
+                part.setdefault(key, value)
+                data[section] = part
+        return data
 
     @model_validator(mode="after")
     def _stage_order(self) -> PipelineConfig:

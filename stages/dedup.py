@@ -59,8 +59,8 @@ def train_centroids(emb: np.ndarray, n_clusters: int, seed: int = 1) -> np.ndarr
     """Spherical k-means (FAISS; on the GPU when faiss has one) on a bounded sample."""
     faiss = _faiss()
     rng = np.random.default_rng(seed)
-    sample = emb[rng.choice(len(emb), size=min(len(emb), n_clusters * 64), replace=False)]
-    kmeans = faiss.Kmeans(emb.shape[1], n_clusters, niter=12, seed=seed, spherical=True, gpu=faiss.get_num_gpus() > 0)
+    sample = emb[rng.choice(len(emb), size=min(len(emb), n_clusters * 40), replace=False)]
+    kmeans = faiss.Kmeans(emb.shape[1], n_clusters, niter=10, seed=seed, spherical=True, gpu=faiss.get_num_gpus() > 0)
     kmeans.train(np.ascontiguousarray(sample))
     return kmeans.centroids
 
@@ -77,6 +77,12 @@ def cluster_pairs(emb: np.ndarray, members: np.ndarray, threshold: float) -> np.
     """Pairs inside one cluster, as global indices."""
     local = flat_pairs(np.ascontiguousarray(emb[members]), threshold)
     return members[local] if len(local) else np.empty((0, 2), np.int64)
+
+
+def near_clusters(n: int) -> int:
+    """Clusters for the near-duplicate search: sqrt(n) keeps both k-means and the per-cluster
+    all-pairs work near O(n^1.5) (about 2n^1.5 dot products with soft assignment)."""
+    return max(1, int(np.sqrt(n)))
 
 
 def clustered_pairs(emb: np.ndarray, threshold: float, n_clusters: int, soft: int) -> np.ndarray:
@@ -157,7 +163,7 @@ def find_pairs(rows: list[dict], cfg, clustered=clustered_pairs) -> dict[str, np
     if len(emb) <= cfg.flat_max:
         near = [flat_pairs(emb, cfg.near_cosine)]
     else:
-        near = [clustered(emb, cfg.near_cosine, n_clusters=max(1, int(4 * np.sqrt(len(emb)))), soft=2)]
+        near = [clustered(emb, cfg.near_cosine, n_clusters=near_clusters(len(emb)), soft=2)]
     if cfg.max_hamming is not None:
         near.append(phash_pairs(np.asarray([r["phash"] for r in rows], np.int64), cfg.max_hamming))
     pairs["near"] = unique_pairs(np.concatenate(near))

@@ -16,14 +16,9 @@ from pipelines.export import FORMATS, parse_times
 from schemas.readers import open_shards
 from schemas.sample import validate_sample
 
-TINY = {  # as in pipelines/configs/sample.yaml
-    "caption.temperature": 1.0, "caption.max_events": 4, "caption.frames": 4, "caption.frame_height": 112,
-    "caption.max_tokens": 1024, "dedup.near_cosine": 0.9995, "dedup.semantic_eps": 0.0002, "split.max_clip_s": 6.0,
-}  # fmt: skip
-
-
 def _run(inputs, run_dir, history) -> dict:
-    cfg = load_config(None, inputs=str(inputs), run_dir=str(run_dir), **{**TINY, "dedup.history": str(history)})
+    overrides = {"split.max_clip_s": 6.0, "dedup.history": str(history)}  # profile tiny: TINY_DEFAULTS apply
+    cfg = load_config(None, inputs=str(inputs), run_dir=str(run_dir), **overrides)
     return corpus_flow(cfg.model_dump())
 
 

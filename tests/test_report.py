@@ -39,11 +39,7 @@ def report(tmp_path_factory, synthetic_videos, ray_local) -> Path:
     shutil.copy(SHARED_VIDEOS / "psd_testvideo.mp4", inputs / HOSTILE_NAME)
     (inputs / "broken.mp4").write_bytes(b"\x00" * 5000)
     run_dir = tmp_path_factory.mktemp("report-run")
-    tiny = {  # as in sample.yaml: sampling gives the random tiny model events; its embeddings are all alike
-        "caption.temperature": 1.0, "caption.max_events": 4, "caption.frames": 4, "caption.max_tokens": 1024,
-        "dedup.near_cosine": 0.9995, "dedup.semantic_eps": 0.0002,
-    }  # fmt: skip
-    Runner(load_config(None, inputs=str(inputs), run_dir=str(run_dir), **tiny)).run_all()
+    Runner(load_config(None, inputs=str(inputs), run_dir=str(run_dir))).run_all()
     assert cli_main(["report", str(run_dir)]) == 0
     return run_dir / "report.html"
 

@@ -1,0 +1,152 @@
+"""Captioning throughput per backend: clips/s and generated tokens/s.
+
+    python benchmarks/caption_bench.py [--shape tiny|2b] [--device cpu|cuda] [--clips 8]
+                                       [--frames 8] [--new-tokens 128] [--backends transformers,openai]
+
+Random-initialised Qwen2-VL models (no hub here): `tiny` is the CI profile's model; `2b` has
+Qwen2-VL-2B's shapes (1.5k hidden, 28 layers, 675M-parameter vision tower), for GPU runs. Every
+clip generates exactly `--new-tokens` tokens (EOS ignored), so tokens/s is comparable across
+models and backends. Frames come from real clips of the synthetic sample videos.
+
+Backends: `transformers` in-process; `openai` sends the same prompts over HTTP to a local
+OpenAI-compatible server wrapping the same model (the client's overhead: encoding, HTTP,
+concurrency). `vllm` needs a vLLM install (not in this environment: see docs/vllm.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
+
+from stages.captioners import Prompt, TransformersCaptioner  # noqa: E402
+from stages.models import tiny_qwen2vl  # noqa: E402
+
+QWEN2_VL_2B = {
+    "text_config": {"hidden_size": 1536, "intermediate_size": 8960, "num_hidden_layers": 28, "num_attention_heads": 12,
+                    "num_key_value_heads": 2, "vocab_size": 151936, "max_position_embeddings": 32768,
+                    "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]}},
+    "vision_config": {"depth": 32, "embed_dim": 1280, "hidden_size": 1536, "num_heads": 16, "mlp_ratio": 4, "patch_size": 14},
+}  # fmt: skip
+
+
+def build_2b(folder: Path) -> Path:
+    """Qwen2-VL-2B shapes, random bf16 weights, the tiny profile's processor and tokenizer."""
+    import torch
+    from transformers import AutoProcessor, Qwen2VLConfig, Qwen2VLForConditionalGeneration
+
+    tiny = AutoProcessor.from_pretrained(tiny_qwen2vl())
+    tok = tiny.tokenizer
+    ids = {t: tok.convert_tokens_to_ids(t) for t in ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")}
+    config = Qwen2VLConfig(
+        **QWEN2_VL_2B,
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+    )
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        model = Qwen2VLForConditionalGeneration(config).to(torch.bfloat16)
+    model.save_pretrained(folder)
+    tiny.save_pretrained(folder)
+    return folder
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def clip_frames_pool(count: int, frames: int) -> list[list[np.ndarray]]:
+    """Frames of real clips: the synthetic sample videos, sampled like the caption stage."""
+    import av
+
+    videos = sorted((REPO / "sample_data" / "videos").glob("synthetic_*.mp4"))
+    out = []
+    for i in range(count):
+        with av.open(str(videos[i % len(videos)])) as container:
+            decoded = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+        start = (i * 37) % max(1, len(decoded) - frames * 6)
+        out.append(decoded[start : start + frames * 6 : 6])
+    return out
+
+
+def prompts(pool, new_tokens: int) -> list[Prompt]:
+    out = []
+    for i, frames in enumerate(pool):
+        parts = []
+        for k, frame in enumerate(frames):
+            parts += [("text", f"Frame at {k * 0.25:.2f} s:"), ("image", frame)]
+        parts.append(("text", "Describe the clip."))
+        out.append(Prompt(parts, None, new_tokens, 1.0, i))
+    return out
+
+
+class FixedLength(TransformersCaptioner):
+    """Generation of exactly max_tokens (EOS ignored), for comparable tokens/s."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.model.generation_config.eos_token_id = None
+
+    def _one(self, prompt: Prompt) -> str:
+        self.model.generation_config.min_new_tokens = prompt.max_tokens
+        return super()._one(prompt)
+
+
+def bench(name: str, captioner, batch: list[Prompt]) -> dict:
+    captioner.generate(batch[:1])  # warm-up: kernels, caches
+    started = time.perf_counter()
+    captioner.generate(batch)
+    seconds = time.perf_counter() - started
+    tokens = sum(p.max_tokens for p in batch)
+    return {"backend": name, "clips": len(batch), "seconds": round(seconds, 2), "clips_per_s": round(len(batch) / seconds, 3),
+            "tokens_per_s": round(tokens / seconds, 1)}  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shape", choices=["tiny", "2b"], default="tiny")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--clips", type=int, default=8)
+    parser.add_argument("--frames", type=int, default=8)
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--backends", default="transformers,openai")
+    args = parser.parse_args()
+
+    model = str(tiny_qwen2vl()) if args.shape == "tiny" else str(build_2b(Path(tempfile.mkdtemp()) / "qwen2-vl-2b-shaped"))
+    captioner = FixedLength(model, device=args.device, structured="off")
+    batch = prompts(clip_frames_pool(args.clips, args.frames), args.new_tokens)
+    results = []
+    if "transformers" in args.backends:
+        results.append(bench("transformers", captioner, batch))
+    if "openai" in args.backends:
+        from openai_server import OpenAIServer
+
+        from stages.captioners import OpenAICaptioner
+
+        with OpenAIServer(captioner, free_port()) as server:
+            client = OpenAICaptioner(model, server.base_url, concurrency=4, structured="off")
+            results.append(bench("openai (local server, same model)", client, batch))
+    if "vllm" in args.backends:
+        from stages.captioners import VllmCaptioner
+
+        results.append(bench("vllm", VllmCaptioner(model, max_images=args.frames), batch))
+    meta = {"shape": args.shape, "device": captioner.device, "frames_per_clip": args.frames, "new_tokens": args.new_tokens}
+    print(json.dumps({**meta, "results": results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
