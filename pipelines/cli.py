@@ -15,6 +15,8 @@ from schemas.tables import TABLES
 
 EPILOG = """examples:
   vidcurate run --config pipelines/configs/sample.yaml
+  vidcurate run --config corpus.yaml --incremental      # only inputs not seen by earlier increments
+  vidcurate serve --config corpus.yaml --cron "0 3 * * *"   # the same, scheduled (Prefect)
   vidcurate stage split --input runs/sample/probe --output runs/sample/split
   vidcurate inspect runs/sample            # ledger summary of a run
   vidcurate inspect runs/sample/shard/dataset -n 2   # samples from shards (also s3://...)
@@ -32,12 +34,26 @@ def _config(args: argparse.Namespace, **extra):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    if args.incremental:
+        from flows.incremental import incremental_flow
+
+        print(json.dumps(incremental_flow(cfg.model_dump()), indent=2))
+        return 0
     from flows.corpus import corpus_flow
 
-    cfg = _config(args)
     stats = corpus_flow(cfg.model_dump())
     print(json.dumps({k: stats[k] for k in ("videos", "clips", "samples")}, indent=2))
     print(f"shards: {Path(cfg.run_dir) / 'shard' / 'dataset'}  ledger: {Path(cfg.run_dir) / 'ledger.parquet'}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """A Prefect deployment of the incremental flow on a cron schedule, served by this process."""
+    from flows.incremental import incremental_flow
+
+    cfg = _config(args)
+    incremental_flow.serve(name=args.name, cron=args.cron, parameters={"config": cfg.model_dump()})
     return 0
 
 
@@ -87,7 +103,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--inputs", help="directory, glob, list file or s3:// prefix (overrides the config)")
     run.add_argument("--run-dir", help="where stage outputs go (overrides the config)")
     run.add_argument("--ray-address", help="'auto' or ray://host:port; default: local Ray")
+    run.add_argument("--incremental", action="store_true", help="only inputs no earlier increment saw (run-dir: the corpus root)")
     run.set_defaults(func=cmd_run)
+
+    serve = sub.add_parser("serve", help="serve the incremental flow as a Prefect deployment on a cron schedule")
+    serve.add_argument("--cron", required=True, help='e.g. "0 3 * * *" (daily at 03:00)')
+    serve.add_argument("--config", help="pipeline YAML (run_dir: the corpus root)")
+    serve.add_argument("--inputs")
+    serve.add_argument("--run-dir")
+    serve.add_argument("--ray-address")
+    serve.add_argument("--name", default="scheduled", help="deployment name")
+    serve.set_defaults(func=cmd_serve)
 
     stage = sub.add_parser("stage", help="run one stage on a previous stage's output")
     stage.add_argument("name", choices=list(TABLES))

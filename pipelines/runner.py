@@ -52,7 +52,8 @@ def ensure_ray(cfg: PipelineConfig) -> None:
 
     if ray.is_initialized():
         return
-    kwargs = {"address": cfg.ray.address} if cfg.ray.address else {"num_cpus": cfg.ray.num_cpus}
+    # "local": a fresh local Ray even where `ray start` left a cluster behind; join one by address.
+    kwargs = {"address": cfg.ray.address} if cfg.ray.address else {"address": "local", "num_cpus": cfg.ray.num_cpus}
     ray.init(**kwargs, include_dashboard=False, configure_logging=False, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = True
 
