@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO / "sample_data"))
 from make_synthetic import make  # noqa: E402
 
 from pipelines.config import SplitConfig  # noqa: E402
-from stages.detect import detect_cuts  # noqa: E402
+from stages.split import find_cuts  # noqa: E402
 from stages.media import read_small_frames  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data" / "videos"
@@ -52,7 +52,7 @@ def score(predicted: list[int], truth: dict) -> tuple[int, int, int]:
 
 def ours(path: str, cfg: SplitConfig) -> list[int]:
     frames = read_small_frames(path, cfg.analysis_width)
-    cuts, black = detect_cuts(frames.yuv, cfg.threshold, cfg.adaptive_ratio, cfg.window)
+    cuts, black = find_cuts(frames.yuv, cfg)
     # a fade to black that runs to the end starts no new shot
     return [c.frame for c in cuts if not (c.kind == "to_black" and black[c.frame :].all())]
 
@@ -88,6 +88,8 @@ def evaluate(name: str, videos: dict[str, dict], repeat: int) -> dict:
     methods = {
         "decode-only (PyAV)": decode_only,
         "vidcurate": lambda p: ours(p, cfg),
+        "vidcurate transnetv2": lambda p: ours(p, cfg.model_copy(update={"detector": "transnetv2"})),
+        "vidcurate combined": lambda p: ours(p, cfg.model_copy(update={"detector": "combined"})),
         "PySceneDetect ContentDetector": pyscenedetect("content"),
         "PySceneDetect AdaptiveDetector": pyscenedetect("adaptive"),
     }

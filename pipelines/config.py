@@ -45,6 +45,12 @@ class ProbeConfig(_Strict):
 
 
 class SplitConfig(_Strict):
+    detector: Literal["content", "transnetv2", "combined"] = Field(
+        "content", description="content: frame differences + dissolve/black analysis; transnetv2: the bundled "
+        "TransNetV2 network; combined: content cuts plus TransNetV2's transitions away from them"
+    )
+    transnet_threshold: float = Field(0.5, gt=0, lt=1, description="TransNetV2 transition probability")
+    device: str = Field("auto", description="TransNetV2: auto, cpu, cuda")
     threshold: float = Field(12.0, gt=0, description="min frame-difference score (0-255 scale) of a hard cut")
     adaptive_ratio: float = Field(3.0, ge=1, description="a cut's score must exceed this multiple of its neighbours'")
     window: int = Field(8, ge=1, description="frames on each side used for the adaptive ratio")

@@ -187,13 +187,24 @@ def _finish(span: dict, encoder: _ClipEncoder) -> None:
     span["clip_width"], span["clip_height"] = encoder.size
 
 
+def find_cuts(yuv: np.ndarray, cfg: SplitConfig) -> tuple[list[Cut], np.ndarray]:
+    """The configured detector's cuts and the per-frame black mask."""
+    if cfg.detector == "content":
+        return detect_cuts(yuv, cfg.threshold, cfg.adaptive_ratio, cfg.window)
+    from stages import transnet
+
+    if cfg.detector == "transnetv2":
+        return transnet.transnet_cuts(yuv, cfg.transnet_threshold, cfg.device)
+    return transnet.combined_cuts(yuv, cfg)
+
+
 def split_video(video: dict, media_dir: Path, cfg: SplitConfig) -> list[dict]:
     """One kept video row -> its clip rows; a video-level error becomes one failed whole-video row."""
     base = {"video_id": video["video_id"], "source_uri": video["uri"], "stage": STAGE}
     try:
         with local_copy(video["uri"]) as path:
             frames = read_small_frames(path, cfg.analysis_width)
-            cuts, black = detect_cuts(frames.yuv, cfg.threshold, cfg.adaptive_ratio, cfg.window)
+            cuts, black = find_cuts(frames.yuv, cfg)
             ends = frame_end_times(frames.times_s, video.get("duration_s"))
             spans = plan_spans(cuts, black, frames.times_s, ends, cfg)
             for span in spans:

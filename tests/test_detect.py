@@ -67,3 +67,17 @@ def test_flash_or_fast_pan_inside_a_shot_is_no_cut(tmp_path, event):
     encode([shot.frame(t).clip(0, 255).astype(np.uint8) for t in range(shot.frames)], path)
     cuts, black = _detect(path)
     assert cuts == [] and not black.any()
+
+
+@pytest.mark.parametrize("detector", ["transnetv2", "combined"])
+def test_transnetv2_finds_every_transition_of_a_video(videos, detector):
+    """The bundled TransNetV2 weights, on the same analysis frames (CPU here)."""
+    from stages.split import find_cuts
+
+    path, truth = videos[0]
+    cfg = SplitConfig(detector=detector)
+    cuts, black = find_cuts(read_small_frames(str(path), cfg.analysis_width).yuv, cfg)
+    for t in truth["transitions"]:
+        a, b = t["frames"]
+        assert any(a - TOLERANCE <= c.frame <= b + TOLERANCE for c in cuts), (t, cuts)
+    assert len(black) == len(read_small_frames(str(path), cfg.analysis_width).times_s)
