@@ -206,7 +206,8 @@ class Runner:
             else:
                 kwargs = {"fn_kwargs": kwargs}
             ds = ray.data.from_arrow(pa.Table.from_pylist(rows)).repartition(max(1, -(-len(rows) // resources.batch_size)))
-            ds.map_batches(fn, batch_format="pyarrow", **args, **kwargs).write_parquet(str(tmp))
+            # materialize first: an actor pool holding every CPU would starve the write tasks
+            ds.map_batches(fn, batch_format="pyarrow", **args, **kwargs).materialize().write_parquet(str(tmp))
         if not any(tmp.glob("*.parquet")):
             _write(tmp, [], TABLES[stage])
 
