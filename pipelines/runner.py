@@ -193,8 +193,10 @@ class Runner:
                     rows[extra["clip_id"]].update({k: v for k, v in extra.items() if k not in STATUS_COLUMNS})
         return [rows[c] for c in sorted(rows)]
 
-    def _map_clips(self, stage: str, rows: list[dict], tmp: Path, fn, resources, **kwargs) -> None:
-        """Run a stage core over clip rows on Ray Data; `fn` is a function or an actor class."""
+    def _map_clips(self, stage: str, rows: list[dict], tmp: Path, fn, resources, decode=None, **kwargs) -> None:
+        """Run a stage core over clip rows on Ray Data; `fn` is a function or an actor class.
+        `decode` = (function, kwargs): a CPU step (Ray tasks) streaming into `fn`, so decoding
+        runs in parallel with the model instead of inside the (GPU) actors."""
         import ray
 
         if rows:
@@ -206,17 +208,21 @@ class Runner:
             else:
                 kwargs = {"fn_kwargs": kwargs}
             ds = ray.data.from_arrow(pa.Table.from_pylist(rows)).repartition(max(1, -(-len(rows) // resources.batch_size)))
+            if decode is not None:
+                ds = ds.map_batches(decode[0], fn_kwargs=decode[1], batch_format="pyarrow", batch_size=resources.batch_size, num_cpus=1)
             # materialize first: an actor pool holding every CPU would starve the write tasks
             ds.map_batches(fn, batch_format="pyarrow", **args, **kwargs).materialize().write_parquet(str(tmp))
         if not any(tmp.glob("*.parquet")):
             _write(tmp, [], TABLES[stage])
 
     def _run_caption(self, input_dir: Path, _output_dir, tmp: Path) -> None:
-        from stages.caption import CaptionWorker
+        from stages import caption
 
         fields = ("clip_id", "video_id", "clip_uri", "start_s", "end_s")
         rows = [{k: r[k] for k in fields} for r in self.clip_view(input_dir)]
-        self._map_clips("caption", rows, tmp, CaptionWorker, self.cfg.caption.resources, cfg=self.cfg.caption, profile=self.cfg.profile)
+        cfg = self.cfg.caption
+        decode = (caption.decode_batch, {"cfg": cfg})
+        self._map_clips("caption", rows, tmp, caption.CaptionWorker, cfg.resources, decode, cfg=cfg, profile=self.cfg.profile)
 
     def _run_ground(self, input_dir: Path, _output_dir, tmp: Path) -> dict:
         from stages.ground import GroundWorker, distractor_pool
@@ -226,14 +232,16 @@ class Runner:
         fields = ("clip_id", "video_id", "start_s", "end_s", "caption", "events")
         rows = [{**{k: c[k] for k in fields}, "distractors": pool[c["clip_id"]]} for c in clips]
         kwargs = {"cfg": self.cfg.ground, "caption_cfg": self.cfg.caption, "profile": self.cfg.profile}
-        self._map_clips("ground", rows, tmp, GroundWorker, self.cfg.ground.resources, **kwargs)
+        self._map_clips("ground", rows, tmp, GroundWorker, self.cfg.ground.resources, None, **kwargs)
 
     def _run_embed(self, input_dir: Path, _output_dir, tmp: Path) -> None:
-        from stages.embed import EmbedWorker
+        from stages import embed
 
         fields = ("clip_id", "video_id", "clip_uri")
         rows = [{**{k: c[k] for k in fields}, "caption": c.get("caption")} for c in self.clip_view(input_dir)]
-        self._map_clips("embed", rows, tmp, EmbedWorker, self.cfg.embed.resources, cfg=self.cfg.embed, profile=self.cfg.profile)
+        cfg = self.cfg.embed
+        decode = (embed.decode_batch, {"keyframes": cfg.keyframes})
+        self._map_clips("embed", rows, tmp, embed.EmbedWorker, cfg.resources, decode, cfg=cfg, profile=self.cfg.profile)
 
     def _run_quality(self, input_dir: Path, _output_dir, tmp: Path) -> None:
         from stages import quality
@@ -243,7 +251,7 @@ class Runner:
         optional = ("caption", "clip_score", "image_emb")
         rows = [{**{k: c[k] for k in fields}, **{k: c.get(k) for k in optional}} for c in self.clip_view(input_dir)]
         kwargs = {"frames_per_clip": cfg.frames, "aesthetic_path": cfg.aesthetic_head, "with_aesthetic": "embed" in self.cfg.stages}
-        self._map_clips("quality", rows, tmp, quality.score_batch, cfg.resources, **kwargs)
+        self._map_clips("quality", rows, tmp, quality.score_batch, cfg.resources, None, **kwargs)
         scored = read_stage_table(tmp, "quality").to_pylist()
         for part in tmp.glob("*.parquet"):
             part.unlink()

@@ -22,6 +22,7 @@ from schemas.readers import clip_frames
 from schemas.tables import CAPTIONS, FAILED, KEPT, to_table
 from stages.answer import InvalidAnswer, answer_regex, clean_events, clean_text, parse_answer, time_choices
 from stages.captioners import BackendError, Prompt
+from stages.media import pack_frames, unpack_frames
 from stages.models import DEFAULT_CAPTION_MODEL, tiny_qwen2vl
 
 log = logging.getLogger("vidcurate")
@@ -71,19 +72,38 @@ def build_prompt(clip_id: str, frames, times, duration_s: float, cfg: CaptionCon
     )
 
 
-def caption_clips(clips: list[dict], captioner, cfg: CaptionConfig) -> list[dict]:
-    """Clips (clip_id, video_id, clip_uri, start_s, end_s) -> CAPTIONS rows, one per clip."""
-    rows, pending = {}, {}
+def decode_clips(clips: list[dict], cfg: CaptionConfig) -> list[dict]:
+    """CPU half of the stage: each clip's sampled frames (packed) and their times, or the
+    decoding error. Runs in Ray tasks that stream into the model actors."""
+    out = []
     for clip in clips:
-        base = {"clip_id": clip["clip_id"], "video_id": clip["video_id"], "stage": STAGE, "model": captioner.name}
-        duration = clip["end_s"] - clip["start_s"]
+        item = {k: clip[k] for k in ("clip_id", "video_id", "start_s", "end_s")}
         try:
             with fsspec.open(clip["clip_uri"], "rb") as f:
-                frames, times = sample_frames(f.read(), duration, cfg)
+                frames, times = sample_frames(f.read(), clip["end_s"] - clip["start_s"], cfg)
+            item.update(frames=pack_frames(frames), frame_times=times, error=None)
         except Exception as exc:  # noqa: BLE001 - an unreadable clip fails alone, with its error
-            rows[clip["clip_id"]] = {**base, "status": FAILED, "reason": f"frames: {type(exc).__name__}: {exc}", "attempts": 0}
+            item.update(frames=None, frame_times=None, error=f"frames: {type(exc).__name__}: {exc}")
+        out.append(item)
+    return out
+
+
+def caption_clips(clips: list[dict], captioner, cfg: CaptionConfig) -> list[dict]:
+    """Clips (clip_id, video_id, clip_uri, start_s, end_s) -> CAPTIONS rows, one per clip."""
+    return caption_decoded(decode_clips(clips, cfg), captioner, cfg)
+
+
+def caption_decoded(decoded: list[dict], captioner, cfg: CaptionConfig) -> list[dict]:
+    """Model half of the stage: decoded clips -> CAPTIONS rows, in input order."""
+    rows, pending = {}, {}
+    for clip in decoded:
+        base = {"clip_id": clip["clip_id"], "video_id": clip["video_id"], "stage": STAGE, "model": captioner.name}
+        if clip["error"]:
+            rows[clip["clip_id"]] = {**base, "status": FAILED, "reason": clip["error"], "attempts": 0}
             continue
-        pending[clip["clip_id"]] = {**base, "duration": duration, "frames": frames, "frame_times": times}
+        frames = list(unpack_frames(clip["frames"]))
+        duration = clip["end_s"] - clip["start_s"]
+        pending[clip["clip_id"]] = {**base, "duration": duration, "frames": frames, "frame_times": list(clip["frame_times"])}
     for attempt in range(cfg.max_attempts):
         if not pending:
             break
@@ -108,7 +128,7 @@ def caption_clips(clips: list[dict], captioner, cfg: CaptionConfig) -> list[dict
             rows[i] = _row(pending.pop(i), KEPT, None, attempt + 1, caption=caption, events=json.dumps(events))
     for i, item in pending.items():
         rows[i] = _row(item, FAILED, f"invalid_output: {item['error']}", cfg.max_attempts)
-    return [rows[c["clip_id"]] for c in clips]
+    return [rows[c["clip_id"]] for c in decoded]
 
 
 def _row(item: dict, status: str, reason: str | None, attempts: int, **fields) -> dict:
@@ -134,11 +154,16 @@ def make_captioner(cfg: CaptionConfig, profile: str):
 
 
 class CaptionWorker:
-    """Ray Data actor: loads the model once, then captions batches of clips."""
+    """Ray Data actor: loads the model once, then captions batches of decoded clips."""
 
     def __init__(self, cfg: CaptionConfig, profile: str):
         self.cfg = cfg
         self.captioner = make_captioner(cfg, profile)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        return to_table(caption_clips(batch.to_pylist(), self.captioner, self.cfg), CAPTIONS)
+        return to_table(caption_decoded(batch.to_pylist(), self.captioner, self.cfg), CAPTIONS)
+
+
+def decode_batch(batch: pa.Table, cfg: CaptionConfig) -> pa.Table:
+    """Ray Data adapter of the CPU half (tasks)."""
+    return pa.Table.from_pylist(decode_clips(batch.to_pylist(), cfg))

@@ -17,6 +17,7 @@ import pyarrow as pa
 
 from schemas.readers import clip_frames
 from schemas.tables import EMBEDDED, FAILED, KEPT, to_table
+from stages.media import pack_frames, unpack_frames
 from stages.models import TINY_CLIP_MODEL, cache_dir, tiny_clip_config
 
 STAGE = "embed"
@@ -89,11 +90,13 @@ class ClipEncoder:
         x = x[..., top : top + self.size, left : left + self.size]
         return ((x - self.mean) / self.std).to(self.dtype)
 
-    def images(self, frames) -> np.ndarray:
+    def images(self, clips: list[np.ndarray]) -> np.ndarray:
+        """Frames of several clips (each (n, h, w, 3), sizes may differ) in one encoder call."""
         import torch
 
         with torch.inference_mode():
-            out = self.model.encode_image(self.preprocess(frames), normalize=True)
+            batch = torch.cat([self.preprocess(frames) for frames in clips])
+            out = self.model.encode_image(batch, normalize=True)
         return out.float().cpu().numpy()
 
     def texts(self, texts: list[str]) -> np.ndarray:
@@ -108,26 +111,44 @@ def _unit(v: np.ndarray) -> np.ndarray:
     return v / max(float(np.linalg.norm(v)), 1e-12)
 
 
-def embed_clips(clips: list[dict], encoder: ClipEncoder, keyframes: int) -> list[dict]:
-    """Clips (clip_id, video_id, clip_uri, caption) -> EMBEDDED rows; all frames of the batch
-    go through the image encoder together."""
-    rows, frames, owners = {}, [], []
+def decode_keyframes(clips: list[dict], keyframes: int) -> list[dict]:
+    """CPU half of the stage: evenly spaced keyframes (packed) and the middle one's pHash."""
+    out = []
     for clip in clips:
-        row = {"clip_id": clip["clip_id"], "video_id": clip["video_id"], "stage": STAGE, "embed_model": encoder.name}
+        item = {"clip_id": clip["clip_id"], "video_id": clip["video_id"], "caption": clip.get("caption")}
         try:
             with fsspec.open(clip["clip_uri"], "rb") as f:
                 rgb, _ = clip_frames(f.read(), keyframes)
+            gray = rgb[len(rgb) // 2].mean(axis=2).astype(np.uint8)
+            item.update(frames=pack_frames(rgb), phash=phash(gray), error=None)
         except Exception as exc:  # noqa: BLE001 - one unreadable clip fails alone
-            rows[clip["clip_id"]] = {**row, "status": FAILED, "reason": f"frames: {type(exc).__name__}: {exc}"}
+            item.update(frames=None, phash=None, error=f"frames: {type(exc).__name__}: {exc}")
+        out.append(item)
+    return out
+
+
+def embed_clips(clips: list[dict], encoder: ClipEncoder, keyframes: int) -> list[dict]:
+    """Clips (clip_id, video_id, clip_uri, caption) -> EMBEDDED rows."""
+    return embed_decoded(decode_keyframes(clips, keyframes), encoder)
+
+
+def embed_decoded(decoded: list[dict], encoder: ClipEncoder) -> list[dict]:
+    """Model half: all frames of the batch go through the image encoder together."""
+    rows, frames, owners = {}, [], []
+    for clip in decoded:
+        row = {"clip_id": clip["clip_id"], "video_id": clip["video_id"], "stage": STAGE, "embed_model": encoder.name}
+        if clip["error"]:
+            rows[clip["clip_id"]] = {**row, "status": FAILED, "reason": clip["error"]}
             continue
-        gray = rgb[len(rgb) // 2].mean(axis=2).astype(np.uint8)
-        rows[clip["clip_id"]] = {**row, "status": KEPT, "reason": None, "phash": phash(gray)}
-        frames.extend(encoder.images(rgb))
+        rows[clip["clip_id"]] = {**row, "status": KEPT, "reason": None, "phash": clip["phash"]}
+        rgb = unpack_frames(clip["frames"])
+        frames.append(rgb)
         owners.extend([clip["clip_id"]] * len(rgb))
+    embs = encoder.images(frames) if frames else []
     per_clip: dict[str, list[np.ndarray]] = {}
-    for owner, emb in zip(owners, frames):
+    for owner, emb in zip(owners, embs):
         per_clip.setdefault(owner, []).append(emb)
-    captioned = [c for c in clips if c.get("caption") and c["clip_id"] in per_clip]
+    captioned = [c for c in decoded if c.get("caption") and c["clip_id"] in per_clip]
     text_embs = encoder.texts([c["caption"] for c in captioned]) if captioned else []
     for clip, text in zip(captioned, text_embs):
         row = rows[clip["clip_id"]]
@@ -135,7 +156,7 @@ def embed_clips(clips: list[dict], encoder: ClipEncoder, keyframes: int) -> list
         row["clip_score"] = round(float(np.mean(np.stack(per_clip[clip["clip_id"]]) @ text)), 6)
     for clip_id, embs in per_clip.items():
         rows[clip_id]["image_emb"] = _unit(np.mean(embs, axis=0)).astype(np.float16).tobytes()
-    return [rows[c["clip_id"]] for c in clips]
+    return [rows[c["clip_id"]] for c in decoded]
 
 
 def make_encoder(cfg, profile: str) -> ClipEncoder:
@@ -145,14 +166,19 @@ def make_encoder(cfg, profile: str) -> ClipEncoder:
 
 
 class EmbedWorker:
-    """Ray Data actor: one encoder per actor, batches of clips in."""
+    """Ray Data actor: one encoder per actor, batches of decoded clips in."""
 
     def __init__(self, cfg, profile: str):
         self.cfg = cfg
         self.encoder = make_encoder(cfg, profile)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        return to_table(embed_clips(batch.to_pylist(), self.encoder, self.cfg.keyframes), EMBEDDED)
+        return to_table(embed_decoded(batch.to_pylist(), self.encoder), EMBEDDED)
+
+
+def decode_batch(batch: pa.Table, keyframes: int) -> pa.Table:
+    """Ray Data adapter of the CPU half (tasks)."""
+    return pa.Table.from_pylist(decode_keyframes(batch.to_pylist(), keyframes))
 
 
 def unpack(blob: bytes | None) -> np.ndarray | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import io
 import os
 import shutil
 import tempfile
@@ -120,3 +121,15 @@ def read_small_frames(path: str, analysis_width: int = 64) -> FrameBatch:
         raise ValueError("no decodable video frames")
     order = np.argsort(np.asarray(times), kind="stable")  # decoders emit in pts order; guard anyway
     return FrameBatch(np.stack(frames)[order], np.asarray(times, dtype=np.float64)[order])
+
+
+def pack_frames(frames) -> bytes:
+    """Frames (n, h, w, 3) uint8 -> .npy bytes: how decoded frames travel from CPU decode tasks
+    to model actors through Ray's object store."""
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(np.stack(list(frames))), allow_pickle=False)
+    return buf.getvalue()
+
+
+def unpack_frames(blob: bytes) -> np.ndarray:
+    return np.load(io.BytesIO(blob), allow_pickle=False)
