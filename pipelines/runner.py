@@ -201,6 +201,14 @@ class Runner:
 
         if rows:
             ensure_ray(self.cfg)
+            if ray.cluster_resources().get("CPU", 0) < 2:
+                # Ray Data's budget never grants one operator every CPU, so on a 1-CPU cluster
+                # an actor (or a task beside it) would wait forever: run the core here instead.
+                table = pa.Table.from_pylist(rows)
+                table = decode[0](table, **decode[1]) if decode else table
+                out = fn(**kwargs)(table) if isinstance(fn, type) else fn(table, **kwargs)
+                pq.write_table(out, tmp / "part-000000.parquet")
+                return
             args = resources.map_batches_args()
             if isinstance(fn, type):
                 args["concurrency"] = args["concurrency"] or 1
