@@ -218,8 +218,7 @@ class Runner:
             ds = ray.data.from_arrow(pa.Table.from_pylist(rows)).repartition(max(1, -(-len(rows) // resources.batch_size)))
             if decode is not None:
                 ds = ds.map_batches(decode[0], fn_kwargs=decode[1], batch_format="pyarrow", batch_size=resources.batch_size, num_cpus=1)
-            # materialize first: an actor pool holding every CPU would starve the write tasks
-            ds.map_batches(fn, batch_format="pyarrow", **args, **kwargs).materialize().write_parquet(str(tmp))
+            ds.map_batches(fn, batch_format="pyarrow", **args, **kwargs).write_parquet(str(tmp))
         if not any(tmp.glob("*.parquet")):
             _write(tmp, [], TABLES[stage])
 
