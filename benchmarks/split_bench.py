@@ -6,7 +6,7 @@ boundaries fall inside); detections in 'dont_care' spans are ignored for every d
 Speed: frames/s over all files (best of --repeat), and decode-only frames/s of the same
 files with PyAV as the physical limit.
 
-    python benchmarks/split_bench.py --synthetic 6 --repeat 2
+    python benchmarks/split_bench.py --synthetic 8 --repeat 3 [--height 720] [--transnet]
 """
 
 from __future__ import annotations
@@ -27,8 +27,7 @@ sys.path.insert(0, str(REPO / "sample_data"))
 from make_synthetic import make  # noqa: E402
 
 from pipelines.config import SplitConfig  # noqa: E402
-from stages.split import find_cuts  # noqa: E402
-from stages.media import read_small_frames  # noqa: E402
+from stages.split import analysis_frames, find_cuts  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data" / "videos"
 TOLERANCE = 2
@@ -51,7 +50,7 @@ def score(predicted: list[int], truth: dict) -> tuple[int, int, int]:
 
 
 def ours(path: str, cfg: SplitConfig) -> list[int]:
-    frames = read_small_frames(path, cfg.analysis_width)
+    frames = analysis_frames(path, cfg)
     cuts, black = find_cuts(frames.yuv, cfg)
     # a fade to black that runs to the end starts no new shot
     return [c.frame for c in cuts if not (c.kind == "to_black" and black[c.frame :].all())]
@@ -83,16 +82,18 @@ def count_frames(path: str) -> int:
         return sum(1 for _ in container.demux(container.streams.video[0]) if _.size)
 
 
-def evaluate(name: str, videos: dict[str, dict], repeat: int) -> dict:
+def evaluate(name: str, videos: dict[str, dict], repeat: int, transnet: bool) -> dict:
     cfg = SplitConfig()
     methods = {
         "decode-only (PyAV)": decode_only,
         "vidcurate": lambda p: ours(p, cfg),
-        "vidcurate transnetv2": lambda p: ours(p, cfg.model_copy(update={"detector": "transnetv2"})),
-        "vidcurate combined": lambda p: ours(p, cfg.model_copy(update={"detector": "combined"})),
+        "vidcurate decode=reference": lambda p: ours(p, cfg.model_copy(update={"decode": "reference"})),
         "PySceneDetect ContentDetector": pyscenedetect("content"),
         "PySceneDetect AdaptiveDetector": pyscenedetect("adaptive"),
     }
+    if transnet:
+        methods["vidcurate transnetv2"] = lambda p: ours(p, cfg.model_copy(update={"detector": "transnetv2"}))
+        methods["vidcurate combined"] = lambda p: ours(p, cfg.model_copy(update={"detector": "combined"}))
     frames = sum(count_frames(p) for p in videos)
     results = {m: {"tp": 0, "fp": 0, "fn": 0, "seconds": 0.0} for m in methods}
     for path, truth in videos.items():
@@ -125,6 +126,7 @@ def evaluate(name: str, videos: dict[str, dict], repeat: int) -> dict:
         f"F1 vidcurate - ContentDetector: {ours_r['f1'] - content['f1']:+.3f}; "
         f"speed vidcurate / ContentDetector: {ours_r['fps'] / content['fps']:.2f}x; "
         f"/ AdaptiveDetector: {ours_r['fps'] / adaptive['fps']:.2f}x; "
+        f"decode=reference / ContentDetector: {results['vidcurate decode=reference']['fps'] / content['fps']:.2f}x; "
         f"decode-only / ContentDetector: {results['decode-only (PyAV)']['fps'] / content['fps']:.2f}x"
     )
     return results
@@ -134,6 +136,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--synthetic", type=int, default=6, help="synthetic videos (360p) with exact truth")
     parser.add_argument("--repeat", type=int, default=2, help="timing: best of this many runs per file")
+    parser.add_argument("--height", type=int, default=360, help="synthetic videos' height (width 16:9)")
+    parser.add_argument("--transnet", action="store_true", help="also the TransNetV2 detectors (slow on CPU)")
     args = parser.parse_args()
     logging.getLogger("pyscenedetect").setLevel(logging.WARNING)
 
@@ -141,12 +145,17 @@ def main() -> None:
     shared = {str(SHARED / name): t for name, t in truth.items()}
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "videos"
-        make(out, args.synthetic, seed=100, height=360, width=640)
+        make(out, args.synthetic, seed=100, height=args.height, width=args.height * 16 // 9 // 2 * 2)
         synthetic = {
             str(out / f"{t.stem}.mp4"): json.loads(t.read_text()) for t in sorted((Path(tmp) / "truth").glob("*.json"))
         }
-        evaluate("shared (PySceneDetect resources)", shared, args.repeat)
-        evaluate("synthetic (hard cuts, dissolves, fades; flashes and fast pans inside shots)", synthetic, args.repeat)
+        evaluate("shared (PySceneDetect resources)", shared, args.repeat, args.transnet)
+        evaluate(
+            f"synthetic {args.height}p (hard cuts, dissolves, fades; flashes and fast pans inside shots)",
+            synthetic,
+            args.repeat,
+            args.transnet,
+        )
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ black, black lead-ins), whose edges become cuts so the black itself can be cut o
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,19 +39,34 @@ def _chunked(n: int, fn, chunk: int = CHUNK) -> np.ndarray:
     return np.concatenate([fn(i, min(i + chunk, n)) for i in range(0, n, chunk)]).astype(np.float32)
 
 
+def pair_distances(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """Mean absolute difference (0-255 scale, planes weighted) of each frame pair of two stacks."""
+    pixels = first.shape[1] * first.shape[2]
+    diff = np.maximum(first, second) - np.minimum(first, second)  # |a - b| without leaving uint8
+    return diff.reshape(len(first), -1).astype(np.float32) @ (np.tile(PLANE_WEIGHTS, pixels) / pixels)
+
+
 def frame_differences(yuv: np.ndarray) -> np.ndarray:
     """Mean absolute difference of consecutive frames (0-255 scale); element 0 is 0."""
-
-    def part(a: int, b: int) -> np.ndarray:
-        diff = np.abs(yuv[a + 1 : b + 1].astype(np.int16) - yuv[a:b].astype(np.int16)).mean(axis=(1, 2))
-        return diff @ PLANE_WEIGHTS
-
-    return np.concatenate([[0.0], _chunked(len(yuv) - 1, part)]).astype(np.float32)
+    diffs = _chunked(len(yuv) - 1, lambda a, b: pair_distances(yuv[a:b], yuv[a + 1 : b + 1]))
+    return np.concatenate([[0.0], diffs]).astype(np.float32)
 
 
 def frame_distance(a: np.ndarray, b: np.ndarray) -> float:
     """frame_differences' score for one pair of frames."""
-    return float(np.abs(a.astype(np.int16) - b.astype(np.int16)).mean(axis=(0, 1)) @ PLANE_WEIGHTS)
+    return float(pair_distances(a[None], b[None])[0])
+
+
+def cut_like_steps(frames: np.ndarray, gaps: np.ndarray, threshold: float, adaptive_ratio: float, window: int) -> np.ndarray:
+    """For frames `gaps` apart (display frames between consecutive ones): True per consecutive
+    pair whose change could hide a hard cut. A cut's change does not grow with the gap but
+    motion's does, so the adaptive test compares with the neighbours' change per frame times the
+    gap; a change that keeps the picture's structure (fade, flash, exposure) is no cut. Looser
+    than hard_cuts (three quarters of the threshold, half the ratio): a miss costs exactness."""
+    steps = pair_distances(frames[:-1], frames[1:])
+    per_frame = _neighbour_mean(steps / gaps, window)
+    structural = structure_changes(frames, (1,))[1][:-1] >= DISSOLVE_MIN_CHANGE / 2
+    return (steps >= 0.75 * threshold) & (steps >= 0.5 * adaptive_ratio * gaps * per_frame) & structural
 
 
 def _neighbour_mean(scores: np.ndarray, window: int) -> np.ndarray:
@@ -93,20 +107,27 @@ def hard_cuts(yuv: np.ndarray, threshold: float, adaptive_ratio: float, window: 
     return [Cut(i, "hard") for i in _strongest_apart(np.asarray(candidates, dtype=int), scores, window)]
 
 
-def _structure_distance(yuv: np.ndarray) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
-    """distance(first, second): mean |z(first[j]) - z(second[j])|, z being luma with each frame's
-    brightness and contrast removed, so fades and exposure changes do not count."""
+def structure_changes(yuv: np.ndarray, lags: tuple[int, ...]) -> dict[int, np.ndarray]:
+    """For each lag L: out[i] = mean |z(i) - z(i+L)| (0 where i+L is past the end), z being luma
+    with each frame's brightness and contrast removed, so fades and exposure changes do not count.
+
+    Every comparison a dissolve test needs is one of these lagged series, so z is computed
+    once per chunk of frames rather than once per comparison.
+    """
+    n, reach = len(yuv), max(lags)
     luma = yuv[..., 0]
-    mean = _chunked(len(yuv), lambda a, b: luma[a:b].mean(axis=(1, 2)))
-    scale = np.maximum(_chunked(len(yuv), lambda a, b: luma[a:b].std(axis=(1, 2))), 8.0)
-
-    def z(idx: np.ndarray) -> np.ndarray:
-        return (luma[idx].astype(np.float32) - mean[idx, None, None]) / scale[idx, None, None]
-
-    def distance(first: np.ndarray, second: np.ndarray) -> np.ndarray:
-        return _chunked(len(first), lambda a, b: np.abs(z(first[a:b]) - z(second[a:b])).mean(axis=(1, 2)))
-
-    return distance
+    out = {lag: np.zeros(n, dtype=np.float32) for lag in lags}
+    for a in range(0, n, CHUNK):
+        b = min(a + CHUNK, n)
+        block = luma[a : min(b + reach, n)].astype(np.float32)
+        block = block.reshape(len(block), -1)
+        block -= block.mean(axis=1, keepdims=True)
+        block /= np.maximum(np.sqrt((block * block).mean(axis=1, keepdims=True)), 8.0)
+        for lag in lags:
+            stop = min(b, n - lag)
+            if stop > a:
+                out[lag][a:stop] = np.abs(block[lag : lag + stop - a] - block[: stop - a]).mean(axis=1)
+    return out
 
 
 def dissolves(yuv: np.ndarray, avoid: np.ndarray) -> list[Cut]:
@@ -120,22 +141,17 @@ def dissolves(yuv: np.ndarray, avoid: np.ndarray) -> list[Cut]:
     Frames flagged in `avoid` (black, or next to a hard cut) are never a dissolve's middle.
     """
     n = len(yuv)
-    distance = _structure_distance(yuv)
-    frames = np.arange(n)
-    step = np.concatenate([[0.0], distance(frames[:-1], frames[1:])])
-    running = np.cumsum(step)
+    changes = structure_changes(yuv, (1, *(2 * k for k in DISSOLVE_HALF_WIDTHS)))
+    running = np.concatenate([[0.0], np.cumsum(changes[1][:-1])])  # summed frame-to-frame change up to i
     strength = np.zeros(n, dtype=np.float32)
     for k in DISSOLVE_HALF_WIDTHS:
         if n <= 6 * k:
             continue
         mid = np.arange(3 * k, n - 3 * k)
-
-        def change(offset: int) -> np.ndarray:  # structure change from mid+offset-k to mid+offset+k
-            return distance(mid + offset - k, mid + offset + k)
-
-        across = change(0)
+        lagged = changes[2 * k]  # lagged[i]: change from frame i to frame i + 2k
+        across = lagged[mid - k]
         steady = across / np.maximum(running[mid + k] - running[mid - k], 1e-6)
-        calm = across >= DISSOLVE_CONTRAST * np.maximum(change(-2 * k), change(2 * k))
+        calm = across >= DISSOLVE_CONTRAST * np.maximum(lagged[mid - 3 * k], lagged[mid + k])
         ok = (across >= DISSOLVE_MIN_CHANGE) & (steady >= DISSOLVE_MIN_STEADINESS) & calm & ~avoid[mid]
         strength[mid] = np.maximum(strength[mid], np.where(ok, across * steady, 0))
     picked = _strongest_apart(np.flatnonzero(strength > 0), strength, 2 * max(DISSOLVE_HALF_WIDTHS))

@@ -69,10 +69,12 @@ def local_copy(uri: str) -> Iterator[str]:
 
 @dataclass(frozen=True)
 class FrameBatch:
-    """Downscaled frames of one video: planes stacked as (n, h, w, 3) Y/U/V uint8, times in seconds."""
+    """Downscaled frames of one video: planes stacked as (n, h, w, 3) Y/U/V uint8, times in seconds
+    from the first frame, and each frame's pts (how a later decode pass finds frame i again)."""
 
     yuv: np.ndarray
     times_s: np.ndarray
+    pts: np.ndarray
 
 
 def rotation_of(frame: av.VideoFrame) -> int:
@@ -80,20 +82,28 @@ def rotation_of(frame: av.VideoFrame) -> int:
     return int(round(getattr(frame, "rotation", 0) or 0)) % 360
 
 
-def _small_yuv(frame: av.VideoFrame, step: int) -> np.ndarray:
-    """Subsample Y and chroma planes by striding: far cheaper than a full swscale resize."""
+def _plane(frame: av.VideoFrame, index: int, rows: int, cols: int) -> np.ndarray:
+    """A zero-copy view of one decoded plane (its rows are line_size apart, padding included)."""
+    plane = frame.planes[index]
+    return np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)[:rows, :cols]
+
+
+def small_yuv(frame: av.VideoFrame, step: int) -> np.ndarray:
+    """Subsample Y and chroma planes by striding views of the decoder's buffers: only the kept
+    pixels are copied, far cheaper than a full swscale resize or a whole-frame copy."""
     h, w = frame.height, frame.width
     if frame.format.name not in ("yuv420p", "yuvj420p") or h % 2 or w % 2:
         small = frame.to_ndarray(width=max(w // step, 1), height=max(h // step, 1), format="yuv444p")
         return np.moveaxis(small, 0, -1)
-    planes = frame.to_ndarray()  # (h*3/2, w): the Y plane, then the U and V quarter planes
-    chroma = planes[h:].reshape(2, h // 2, w // 2)
     half = max(step // 2, 1)
-    u = chroma[0, ::half, ::half]
-    v = chroma[1, ::half, ::half]
-    y = planes[:h:step, :w:step]
+    y = _plane(frame, 0, h, w)[::step, ::step]
+    u = _plane(frame, 1, h // 2, w // 2)[::half, ::half]
+    v = _plane(frame, 2, h // 2, w // 2)[::half, ::half]
     rows, cols = min(y.shape[0], u.shape[0]), min(y.shape[1], u.shape[1])
-    return np.stack([y[:rows, :cols], u[:rows, :cols], v[:rows, :cols]], axis=-1)
+    small = np.empty((rows, cols, 3), np.uint8)
+    for channel, plane in enumerate((y, u, v)):
+        small[..., channel] = plane[:rows, :cols]
+    return small
 
 
 def read_small_frames(path: str, analysis_width: int = 64) -> FrameBatch:
@@ -104,6 +114,7 @@ def read_small_frames(path: str, analysis_width: int = 64) -> FrameBatch:
     """
     frames: list[np.ndarray] = []
     times: list[float] = []
+    pts: list[int] = []
     with av.open(path) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
@@ -115,12 +126,13 @@ def read_small_frames(path: str, analysis_width: int = 64) -> FrameBatch:
             if frame.time is None:
                 continue
             start = frame.time if start is None else start
-            frames.append(_small_yuv(frame, step))
+            frames.append(small_yuv(frame, step))
             times.append(frame.time - start)
+            pts.append(frame.pts)
     if not frames:
         raise ValueError("no decodable video frames")
     order = np.argsort(np.asarray(times), kind="stable")  # decoders emit in pts order; guard anyway
-    return FrameBatch(np.stack(frames)[order], np.asarray(times, dtype=np.float64)[order])
+    return FrameBatch(np.stack(frames)[order], np.asarray(times, dtype=np.float64)[order], np.asarray(pts, dtype=np.int64)[order])
 
 
 def pack_frames(frames) -> bytes:

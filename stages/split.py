@@ -18,8 +18,9 @@ import pyarrow as pa
 
 from pipelines.config import SplitConfig
 from schemas.tables import CLIPS, FAILED, KEPT, REJECTED, clip_id, to_table
-from stages.detect import Cut, detect_cuts
-from stages.media import local_copy, read_small_frames
+from stages.detect import Cut, cut_like_steps, detect_cuts
+from stages.media import FrameBatch, local_copy, read_small_frames
+from stages.sparse_frames import read_frames_skipping
 
 STAGE = "split"
 
@@ -140,23 +141,39 @@ class _ClipEncoder:
         self.tmp.unlink(missing_ok=True)
 
 
-def extract_clips(path: str, spans: list[dict], out_dir: Path, video: dict, cfg: SplitConfig) -> None:
-    """Cut every kept span of one video in a single decode pass; fills clip_uri/sha or failure."""
+def extract_clips(path: str, spans: list[dict], out_dir: Path, video: dict, cfg: SplitConfig, pts: np.ndarray) -> None:
+    """Cut every kept span of one video in a single decode pass; fills clip_uri/sha or failure.
+
+    Frame i of the spans is the frame whose pts is pts[i] (the analysis pass's frames), so a
+    frame either pass could not decode shifts nothing.
+    """
     todo = sorted((s for s in spans if s["status"] == KEPT), key=lambda s: s["start_frame"])
     if not todo:
         return
     rotation = int(video.get("rotation") or 0)
     size = clip_size(video["width"], video["height"], rotation, cfg.clip_max_height)
     out_dir.mkdir(parents=True, exist_ok=True)
-    current, encoder, index = 0, None, -1
+    current, encoder, cursor = 0, None, 0
     try:
         with av.open(path) as container:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
             for frame in container.decode(stream):
-                if frame.time is None:
+                if frame.pts is None:
                     continue
-                index += 1
+                while cursor < len(pts) and pts[cursor] < frame.pts:
+                    cursor += 1
+                if cursor == len(pts) or pts[cursor] != frame.pts:
+                    continue  # a frame the analysis pass never saw
+                index, cursor = cursor, cursor + 1
+                while current < len(todo) and index >= todo[current]["end_frame"]:  # its last frames never came
+                    if encoder is None:
+                        _no_frames(todo[current])
+                    else:
+                        _finish(todo[current], encoder)
+                    encoder, current = None, current + 1
+                if current == len(todo):
+                    break
                 span = todo[current]
                 if index < span["start_frame"]:
                     continue
@@ -181,6 +198,10 @@ def extract_clips(path: str, spans: list[dict], out_dir: Path, video: dict, cfg:
             span.update(status=FAILED, reason="extract: stream ended before the clip's first frame")
 
 
+def _no_frames(span: dict) -> None:
+    span.update(status=FAILED, reason="extract: none of the clip's frames decoded")
+
+
 def _finish(span: dict, encoder: _ClipEncoder) -> None:
     span["clip_sha256"] = encoder.close()
     span["clip_uri"] = str(encoder.path)
@@ -198,18 +219,28 @@ def find_cuts(yuv: np.ndarray, cfg: SplitConfig) -> tuple[list[Cut], np.ndarray]
     return transnet.combined_cuts(yuv, cfg)
 
 
+def analysis_frames(path: str, cfg: SplitConfig) -> FrameBatch:
+    """The detector's downscaled frames. TransNetV2 sees every frame decoded; the content detector
+    needs exact frames only where neighbours differ like a hard cut."""
+    if cfg.decode == "all" or cfg.detector != "content":
+        return read_small_frames(path, cfg.analysis_width)
+    return read_frames_skipping(
+        path, cfg.analysis_width, lambda frames, gaps: cut_like_steps(frames, gaps, cfg.threshold, cfg.adaptive_ratio, cfg.window)
+    )
+
+
 def split_video(video: dict, media_dir: Path, cfg: SplitConfig) -> list[dict]:
     """One kept video row -> its clip rows; a video-level error becomes one failed whole-video row."""
     base = {"video_id": video["video_id"], "source_uri": video["uri"], "stage": STAGE}
     try:
         with local_copy(video["uri"]) as path:
-            frames = read_small_frames(path, cfg.analysis_width)
+            frames = analysis_frames(path, cfg)
             cuts, black = find_cuts(frames.yuv, cfg)
             ends = frame_end_times(frames.times_s, video.get("duration_s"))
             spans = plan_spans(cuts, black, frames.times_s, ends, cfg)
             for span in spans:
                 span.update(base, clip_id=clip_id(video["video_id"], span["start_s"], span["end_s"]))
-            extract_clips(path, spans, media_dir, video, cfg)
+            extract_clips(path, spans, media_dir, video, cfg, frames.pts)
         return spans
     except Exception as exc:  # noqa: BLE001 - recorded in the ledger, the run goes on
         end_s = float(video.get("duration_s") or 0.0)
