@@ -251,13 +251,20 @@ class Runner:
         self._map_clips("embed", rows, tmp, embed.EmbedWorker, cfg.resources, decode, cfg=cfg, profile=self.cfg.profile)
 
     def _run_quality(self, input_dir: Path, _output_dir, tmp: Path) -> None:
-        from stages import quality
+        from stages import content_flags, quality
 
         cfg = self.cfg.quality
         fields = ("clip_id", "video_id", "clip_uri", "start_s", "end_s", "clip_width", "clip_height")
         optional = ("caption", "clip_score", "image_emb")
         rows = [{**{k: c[k] for k in fields}, **{k: c.get(k) for k in optional}} for c in self.clip_view(input_dir)]
-        kwargs = {"frames_per_clip": cfg.frames, "aesthetic_path": cfg.aesthetic_head, "with_aesthetic": "embed" in self.cfg.stages}
+        content_flags.require(cfg.ocr, cfg.nsfw)
+        flags = {"ocr": cfg.ocr, "nsfw": cfg.nsfw, "count": cfg.flag_frames}
+        kwargs = {
+            "frames_per_clip": cfg.frames,
+            "aesthetic_path": cfg.aesthetic_head,
+            "with_aesthetic": "embed" in self.cfg.stages,
+            "flags": flags,
+        }
         self._map_clips("quality", rows, tmp, quality.score_batch, cfg.resources, None, **kwargs)
         scored = read_stage_table(tmp, "quality").to_pylist()
         for part in tmp.glob("*.parquet"):

@@ -19,6 +19,7 @@ import pyarrow as pa
 from schemas.readers import clip_frames
 from schemas.tables import FAILED, KEPT, REJECTED, SCORED, to_table
 from stages.answer import clean_text
+from stages.content_flags import flag_scores
 
 STAGE = "quality"
 ANALYSIS_HEIGHT = 128  # frames are scored at this height, so thresholds do not depend on resolution
@@ -102,11 +103,14 @@ class AestheticHead:
         return round(float(emb @ self.weight + self.bias), 4)
 
 
-def score_clip(clip: dict, frames_per_clip: int, aesthetic: AestheticHead | None) -> dict:
-    """All scores of one clip (a merged stage row) as a flat dict of numbers."""
+def score_clip(clip: dict, frames_per_clip: int, aesthetic: AestheticHead | None, flags: dict | None = None) -> dict:
+    """All scores of one clip (a merged stage row) as a flat dict of numbers; `flags` holds the
+    optional detectors' settings (ocr, nsfw, count)."""
     with fsspec.open(clip["clip_uri"], "rb") as f:
         frames, _ = clip_frames(f.read(), frames_per_clip)
     scores = technical_scores(frames, clip["end_s"] - clip["start_s"], clip["clip_width"], clip["clip_height"])
+    if flags:
+        scores.update(flag_scores(frames, **flags))
     scores.update(text_scores(clip.get("caption")))
     if clip.get("clip_score") is not None:
         scores["clip_score"] = clip["clip_score"]
@@ -115,7 +119,9 @@ def score_clip(clip: dict, frames_per_clip: int, aesthetic: AestheticHead | None
     return scores
 
 
-def score_batch(batch: pa.Table, frames_per_clip: int, aesthetic_path: str | None, with_aesthetic: bool) -> pa.Table:
+def score_batch(
+    batch: pa.Table, frames_per_clip: int, aesthetic_path: str | None, with_aesthetic: bool, flags: dict | None = None
+) -> pa.Table:
     """Ray Data adapter: scores per clip; decisions come later, over the whole set."""
     rows = []
     head = None
@@ -124,7 +130,7 @@ def score_batch(batch: pa.Table, frames_per_clip: int, aesthetic_path: str | Non
         try:
             if with_aesthetic and head is None and clip.get("image_emb") is not None:
                 head = AestheticHead(aesthetic_path, len(clip["image_emb"]) // 2)
-            scores = score_clip(clip, frames_per_clip, head)
+            scores = score_clip(clip, frames_per_clip, head, flags)
         except Exception as exc:  # noqa: BLE001 - a clip that cannot be scored fails alone
             rows.append({**row, "status": FAILED, "reason": f"score: {type(exc).__name__}: {exc}"})
             continue

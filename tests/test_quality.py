@@ -90,3 +90,53 @@ def test_text_scores_flag_repetition_and_mojibake():
     assert clean["text_repetition"] == 0 and looped["text_repetition"] > 0.5
     assert text_scores("cafÃ© by the sea")["text_fixed"] == 1.0 and clean["text_fixed"] == 0.0
     assert clean["text_latin"] == 1.0 and text_scores("Собака бежит по саду")["text_latin"] == 0.0
+
+
+def _titled(n: int = 12) -> list[np.ndarray]:
+    """A moving texture with a burned-in two-line title, at a size the text detector reads."""
+    from PIL import ImageDraw, ImageFont
+
+    rng = np.random.default_rng(5)
+    texture = np.asarray(Image.fromarray(_texture(rng)).resize((2 * 426, 240)))
+    font = ImageFont.load_default(size=40)
+    frames = []
+    for i in range(n):
+        image = Image.fromarray(np.ascontiguousarray(texture[:, 8 * i : 8 * i + 426]))
+        draw = ImageDraw.Draw(image)
+        draw.rectangle((20, 60, 406, 180), fill=(20, 20, 20))
+        draw.text((30, 70), "BREAKING NEWS", fill=(255, 255, 255), font=font)
+        draw.text((30, 125), "LIVE AT NINE", fill=(255, 255, 255), font=font)
+        frames.append(np.asarray(image))
+    return frames
+
+
+def test_ocr_and_nsfw_scores_from_the_bundled_detectors(tmp_path):
+    rows = []
+    for kind, frames in (("titled", _titled()), ("plain", [np.asarray(Image.fromarray(f).resize((426, 240))) for f in _frames("good", 12)])):
+        path = tmp_path / f"{kind}.mp4"
+        with av.open(str(path), "w") as out:
+            stream = out.add_stream("libx264", rate=24)
+            stream.width, stream.height, stream.pix_fmt = 426, 240, "yuv420p"
+            for f in frames:
+                out.mux(stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
+            out.mux(stream.encode())
+        rows.append({"clip_id": kind, "video_id": "v", "clip_uri": str(path), "start_s": 0.0, "end_s": 0.5,
+                     "clip_width": 426, "clip_height": 240, "caption": None, "clip_score": None, "image_emb": None})
+    flags = {"ocr": True, "nsfw": True, "count": 2}
+    scored = score_batch(pa.Table.from_pylist(rows), frames_per_clip=4, aesthetic_path=None, with_aesthetic=False, flags=flags)
+    scores = {r["clip_id"]: json.loads(r["scores"]) for r in scored.to_pylist()}
+    assert scores["titled"]["ocr_coverage"] > 0.08 and scores["plain"]["ocr_coverage"] < 0.02, scores
+    assert scores["titled"]["nsfw"] < 0.5 and scores["plain"]["nsfw"] < 0.5
+    rules = [QualityRule(score="ocr_coverage", max=0.05), QualityRule(score="nsfw", max=0.5)]
+    decided = {r["clip_id"]: r for r in decide(scored.to_pylist(), rules, ["ocr_coverage"])}
+    assert decided["plain"]["status"] == "kept"
+    assert decided["titled"]["status"] == "rejected" and decided["titled"]["reason"].startswith("quality: ocr_coverage=")
+
+
+def test_missing_flag_package_fails_before_any_work(monkeypatch):
+    from stages import content_flags
+
+    monkeypatch.setitem(content_flags.PACKAGES, "nsfw", ("no_such_module_here", "nudenet"))
+    content_flags.require(ocr=True, nsfw=False)
+    with pytest.raises(RuntimeError, match=r"quality.nsfw needs the package nudenet: pip install 'vidcurate\[flags\]'"):
+        content_flags.require(ocr=False, nsfw=True)
