@@ -44,13 +44,41 @@ def _faiss():
     return faiss
 
 
+GPU_K = 256  # neighbours per query from GPU k-NN; a row that fills them is finished by CPU range search
+QUERY_BLOCK = 65_536  # queries per GPU k-NN call (bounds the k-NN result arrays to ~200 MB)
+
+
 def flat_pairs(emb: np.ndarray, threshold: float) -> np.ndarray:
-    """All pairs i < j with cosine >= threshold (exact FAISS range search)."""
+    """All pairs i < j with cosine >= threshold: exact FAISS range search, on every GPU when faiss
+    has GPUs (FAISS has no GPU range search, so k-NN there plus CPU range search for the rows
+    whose k-th neighbour still passes)."""
     faiss = _faiss()
     index = faiss.IndexFlatIP(emb.shape[1])
     index.add(emb)
-    lims, _, ids = index.range_search(emb, threshold)
-    rows = np.repeat(np.arange(len(emb)), np.diff(lims).astype(np.int64))
+    if faiss.get_num_gpus() == 0:
+        lims, _, ids = index.range_search(emb, threshold)
+        return _pairs_from_ranges(lims, ids)
+    options = faiss.GpuMultipleClonerOptions()
+    options.shard, options.useFloat16 = True, True
+    return knn_range_pairs(emb, threshold, faiss.index_cpu_to_all_gpus(index, options), index, GPU_K)
+
+
+def knn_range_pairs(emb: np.ndarray, threshold: float, knn_index, exact_index, k: int) -> np.ndarray:
+    """flat_pairs through k-NN (`knn_index`, e.g. on GPUs) and exact range search (`exact_index`)
+    for the queries whose k nearest all pass the threshold, block by block of queries."""
+    from faiss.contrib.exhaustive_search import range_search_gpu
+
+    found = []
+    for start in range(0, len(emb), QUERY_BLOCK):
+        block = np.ascontiguousarray(emb[start : start + QUERY_BLOCK])
+        lims, _, ids = range_search_gpu(block, threshold, knn_index, exact_index, gpu_k=k)
+        found.append(_pairs_from_ranges(lims, ids, offset=start))
+    return np.concatenate(found) if found else np.empty((0, 2), np.int64)
+
+
+def _pairs_from_ranges(lims: np.ndarray, ids: np.ndarray, offset: int = 0) -> np.ndarray:
+    """Range-search results (query i's hits are ids[lims[i]:lims[i+1]]) -> pairs i < j."""
+    rows = np.repeat(np.arange(len(lims) - 1) + offset, np.diff(lims).astype(np.int64))
     keep = rows < ids
     return np.stack([rows[keep], ids[keep]], axis=1).astype(np.int64)
 

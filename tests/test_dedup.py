@@ -94,3 +94,22 @@ def test_a_later_run_never_readmits_a_shipped_clip(planted, tmp_path):
     assert again["c0005"]["dup_kind"] == "shipped" and again["c0005"]["duplicate_of"] == "c0005"
     fresh = _row(999, _unit(np.random.default_rng(9).normal(size=D)), 0.5)
     assert _decided([*planted[:3], fresh], history=dedup.load_history(str(history), "run-b"))["c0999"]["status"] == "kept"
+
+
+@pytest.mark.parametrize("k", [3, 64])
+def test_knn_range_search_used_on_gpus_equals_exact_range_search(k, monkeypatch):
+    """The GPU path (k-NN, then exact range search for rows whose k nearest all pass) run with CPU
+    indexes: groups of 6 copies overflow k=3, so both halves of the emulation are exercised."""
+    import faiss
+
+    rng = np.random.default_rng(1)
+    centres = _unit(rng.normal(size=(50, D)))
+    emb = _unit(np.concatenate([centres, *(centres[:20] + 0.02 * rng.normal(size=(20, D)) for _ in range(5))]))
+    emb = np.ascontiguousarray(emb.astype(np.float32))
+    index = faiss.IndexFlatIP(D)
+    index.add(emb)
+    monkeypatch.setattr(dedup, "QUERY_BLOCK", 37)  # several query blocks, offsets included
+    emulated = dedup.knn_range_pairs(emb, 0.95, index, index, k)
+    exact = dedup.flat_pairs(emb, 0.95)
+    assert len(exact) == 20 * 15  # every pair inside each group of 6
+    assert set(map(tuple, emulated.tolist())) == set(map(tuple, exact.tolist()))
