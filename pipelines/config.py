@@ -49,6 +49,12 @@ class SplitConfig(_Strict):
         "content", description="content: frame differences + dissolve/black analysis; transnetv2: the bundled "
         "TransNetV2 network; combined: content cuts plus TransNetV2's transitions away from them"
     )
+    decode: Literal["all", "reference"] = Field(
+        "all", description="all: decode every frame; reference (content detector, H.264/HEVC): decode reference "
+        "frames only, blend the skipped frames between them, and decode exactly the frames near size jumps or "
+        "between neighbours that differ like a hard cut (same cuts; pays on footage whose cuts sit on keyframes, "
+        "costs on footage with many cuts inside long GOPs: benchmarks/RESULTS.md)"
+    )
     transnet_threshold: float = Field(0.5, gt=0, lt=1, description="TransNetV2 transition probability")
     device: str = Field("auto", description="TransNetV2: auto, cpu, cuda")
     threshold: float = Field(12.0, gt=0, description="min frame-difference score (0-255 scale) of a hard cut")
@@ -144,9 +150,15 @@ class QualityConfig(_Strict):
             QualityRule(score="motion", min=0.5),
             QualityRule(score="sharpness", min=20.0),
             QualityRule(score="letterbox", max=0.4),
+            QualityRule(score="ocr_coverage", max=0.25),
+            QualityRule(score="nsfw", max=0.5),
         ],
-        description="a clip failing any rule is rejected, with every failing rule named",
+        description="a clip failing any rule is rejected, with every failing rule named; "
+        "a rule on a score that was not computed (e.g. nsfw with nsfw off) does nothing",
     )
+    ocr: bool = Field(False, description="score `ocr_coverage`: share of the frame in detected text (flags extra)")
+    nsfw: bool = Field(False, description="score `nsfw`: NudeNet confidence of exposed nudity (flags extra)")
+    flag_frames: int = Field(3, ge=1, description="frames per clip the ocr / nsfw detectors look at")
     rank_scores: list[str] = Field(
         default_factory=lambda: ["sharpness", "aesthetic", "clip_score", "resolution"],
         description="their mean percentile rank is the `quality` dedup keeps the best copy by",
