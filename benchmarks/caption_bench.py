@@ -61,14 +61,6 @@ def build_2b(folder: Path) -> Path:
     return folder
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def clip_frames_pool(count: int, frames: int) -> list[list[np.ndarray]]:
     """Frames of real clips: the synthetic sample videos, sampled like the caption stage."""
     import av
@@ -137,7 +129,7 @@ def main() -> None:
 
         from stages.captioners import OpenAICaptioner
 
-        with OpenAIServer(captioner, free_port()) as server:
+        with OpenAIServer(captioner) as server:
             client = OpenAICaptioner(model, server.base_url, concurrency=4, structured="off")
             results.append(bench("openai (local server, same model)", client, batch))
     if "vllm" in args.backends:

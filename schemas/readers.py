@@ -71,16 +71,34 @@ def open_shards(location: str, **kwargs) -> wds.WebDataset:
 
 def clip_frames(mp4: bytes, count: int) -> tuple[np.ndarray, np.ndarray]:
     """`count` evenly spaced RGB frames of a clip, (n, h, w, 3) uint8, and their times in seconds
-    from the clip start: the same clock as the spans in the sample's json."""
+    from the clip start: the same clock as the spans in the sample's json.
+
+    Frame i is the i-th in presentation order (packet pts, known without decoding); frames no
+    pick depends on are not decoded (non-reference frames skipped), and decoding stops after
+    the last pick.
+    """
     with av.open(io.BytesIO(mp4)) as container:
-        total = sum(1 for packet in container.demux(video=0) if packet.size)
-    picks = set(np.linspace(0, total - 1, num=min(count, total)).round().astype(int).tolist())
+        order = [packet.pts for packet in container.demux(video=0) if packet.size]
+    by_pts = None not in order and len(set(order)) == len(order)
+    order = sorted(order) if by_pts else list(range(len(order)))
+    picks = sorted({order[i] for i in np.linspace(0, len(order) - 1, num=min(count, len(order))).round().astype(int)})
+    wanted = set(picks)
     frames, times = [], []
     with av.open(io.BytesIO(mp4)) as container:
-        for i, frame in enumerate(container.decode(video=0)):
-            if i in picks:
-                frames.append(frame.to_ndarray(format="rgb24"))
-                times.append(float(frame.time))
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        decoded = 0
+        for packet in container.demux(stream):
+            if by_pts:  # safe to skip: nothing is predicted from a non-reference frame
+                stream.codec_context.skip_frame = "DEFAULT" if packet.pts in wanted or not packet.size else "NONREF"
+            for frame in stream.decode(packet):
+                key = frame.pts if by_pts else decoded
+                decoded += 1
+                if key in wanted:
+                    frames.append(frame.to_ndarray(format="rgb24"))
+                    times.append(float(frame.time))
+            if len(frames) == len(picks):
+                break
     return np.stack(frames), np.asarray(times)
 
 

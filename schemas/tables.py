@@ -6,6 +6,8 @@ tables alone: nothing a stage drops can disappear without a trace.
 
 from __future__ import annotations
 
+import hashlib
+
 import pyarrow as pa
 
 STATUS_COLUMNS = ("status", "stage", "reason")
@@ -128,6 +130,12 @@ CLIP_STAGES = ("caption", "ground", "embed", "quality", "dedup")  # optional, in
 def clip_id(video_id: str, start_s: float, end_s: float) -> str:
     """Deterministic clip key; no dots because WebDataset splits keys at the first dot."""
     return f"{video_id}_{round(start_s * 1000):09d}_{round(end_s * 1000):09d}"
+
+
+def stable_int(key: str) -> int:
+    """A 32-bit integer fixed by `key`: seeds and choices that must repeat on every re-run
+    (Python's hash() is salted per process)."""
+    return int(hashlib.sha256(key.encode()).hexdigest()[:8], 16)
 
 
 def empty_row(schema: pa.Schema) -> dict:

@@ -8,7 +8,6 @@ Seeds derive from the clip id, so a re-run asks the same questions and gets the 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 
@@ -19,7 +18,7 @@ from PIL import Image
 
 from pipelines.config import CaptionConfig
 from schemas.readers import clip_frames
-from schemas.tables import CAPTIONS, FAILED, KEPT, to_table
+from schemas.tables import CAPTIONS, FAILED, KEPT, stable_int, to_table
 from stages.answer import InvalidAnswer, answer_regex, clean_events, clean_text, parse_answer, time_choices
 from stages.captioners import BackendError, Prompt
 from stages.media import pack_frames, unpack_frames
@@ -54,7 +53,7 @@ def sample_frames(media: bytes, duration_s: float, cfg: CaptionConfig) -> tuple[
 
 
 def seed_for(clip_id: str, attempt: int) -> int:
-    return int(hashlib.sha256(f"{clip_id}/{attempt}".encode()).hexdigest()[:8], 16)
+    return stable_int(f"{clip_id}/{attempt}")
 
 
 def build_prompt(clip_id: str, frames, times, duration_s: float, cfg: CaptionConfig, attempt: int) -> Prompt:

@@ -11,12 +11,11 @@ words still there); otherwise the template stands. Each item carries its verific
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import re
 
-from schemas.tables import KEPT, REJECTED
+from schemas.tables import KEPT, REJECTED, stable_int
 
 STAGE = "ground"
 TASKS = (
@@ -42,7 +41,7 @@ def _words(text: str) -> set[str]:
 
 
 def _pick(key: str, n: int) -> int:
-    return int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) % n
+    return stable_int(key) % n
 
 
 def _item(task: str, question: str, answer: str, spans: list[list[float]], **extra) -> dict:
@@ -232,8 +231,8 @@ class GroundWorker:
     def _prompt(self, question: str):
         from stages.captioners import Prompt
 
-        seed = int(hashlib.sha256(question.encode()).hexdigest()[:8], 16)
-        return Prompt([("text", REPHRASE.format(question=question))], None, self.cfg.rewrite_max_tokens, 0.0, seed)
+        prompt = [("text", REPHRASE.format(question=question))]
+        return Prompt(prompt, None, self.cfg.rewrite_max_tokens, 0.0, stable_int(question))
 
     def __call__(self, batch):
         from schemas.tables import GROUNDED, to_table

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import io
+import socket
 import threading
 import time
 
@@ -32,7 +33,7 @@ def _prompt(body: dict) -> Prompt:
 
 
 class OpenAIServer:
-    def __init__(self, captioner, port: int, fail_first: int = 0):
+    def __init__(self, captioner, fail_first: int = 0):
         self.requests: list[dict] = []
         self.failures_left = fail_first
         app = FastAPI()
@@ -47,10 +48,11 @@ class OpenAIServer:
             answer = captioner.generate([_prompt(body)])[0]
             return {"choices": [{"index": 0, "message": {"role": "assistant", "content": answer}}], "model": body["model"]}
 
-        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.base_url = f"http://127.0.0.1:{port}/v1"
+        self.socket = socket.socket()
+        self.socket.bind(("127.0.0.1", 0))  # a free port, held from now on: no race with other servers
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True)
+        self.base_url = f"http://127.0.0.1:{self.socket.getsockname()[1]}/v1"
 
     def __enter__(self) -> OpenAIServer:
         self.thread.start()
@@ -61,3 +63,4 @@ class OpenAIServer:
     def __exit__(self, *exc) -> None:
         self.server.should_exit = True
         self.thread.join(10)
+        self.socket.close()

@@ -8,7 +8,6 @@ import json
 import pytest
 import regex
 
-from conftest import _free_port
 from pipelines.config import CaptionConfig, OpenAIEndpoint
 from stages.answer import InvalidAnswer, answer_regex, clean_events, parse_answer
 from stages.caption import caption_clips, make_captioner
@@ -106,7 +105,7 @@ def test_unconstrained_noise_fails_the_clip_with_its_raw_answer(clips):
 def test_openai_backend_retries_and_sends_the_grammar(clips, tiny):
     from openai_server import OpenAIServer
 
-    with OpenAIServer(tiny, _free_port(), fail_first=2) as server:
+    with OpenAIServer(tiny, fail_first=2) as server:
         endpoint = OpenAIEndpoint(base_url=server.base_url, concurrency=2, backoff_s=0.05)
         captioner = OpenAICaptioner(tiny.name, structured="auto", **endpoint.model_dump())
         rows = caption_clips(clips, captioner, CFG)
@@ -121,7 +120,7 @@ def test_openai_backend_retries_and_sends_the_grammar(clips, tiny):
 def test_openai_backend_gives_up_after_retries_and_the_clip_fails(clips, tiny):
     from openai_server import OpenAIServer
 
-    with OpenAIServer(tiny, _free_port(), fail_first=100) as server:
+    with OpenAIServer(tiny, fail_first=100) as server:
         endpoint = OpenAIEndpoint(base_url=server.base_url, max_retries=1, backoff_s=0.01)
         rows = caption_clips(clips[:1], OpenAICaptioner(tiny.name, **endpoint.model_dump()), CFG)
     assert rows[0]["status"] == FAILED
