@@ -52,8 +52,9 @@ class SplitConfig(_Strict):
     decode: Literal["all", "reference"] = Field(
         "all", description="all: decode every frame; reference (content detector, H.264/HEVC): decode reference "
         "frames only, blend the skipped frames between them, and decode exactly the frames near size jumps or "
-        "between neighbours that differ like a hard cut (same hard cuts, fade edges within 2 frames; pays on footage whose cuts sit on keyframes, "
-        "costs on footage with many cuts inside long GOPs: benchmarks/RESULTS.md)"
+        "between neighbours that differ like a hard cut (same hard cuts, fade edges within 2 frames; pays on "
+        "footage whose cuts sit on keyframes, costs on footage with many cuts inside long GOPs: "
+        "benchmarks/RESULTS.md)"
     )
     transnet_threshold: float = Field(0.5, gt=0, lt=1, description="TransNetV2 transition probability")
     device: str = Field("auto", description="TransNetV2: auto, cpu, cuda")

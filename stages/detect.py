@@ -57,7 +57,9 @@ def frame_distance(a: np.ndarray, b: np.ndarray) -> float:
     return float(pair_distances(a[None], b[None])[0])
 
 
-def cut_like_steps(frames: np.ndarray, gaps: np.ndarray, threshold: float, adaptive_ratio: float, window: int) -> np.ndarray:
+def cut_like_steps(
+    frames: np.ndarray, gaps: np.ndarray, threshold: float, adaptive_ratio: float, window: int
+) -> np.ndarray:
     """For frames `gaps` apart (display frames between consecutive ones): True per consecutive
     pair whose change could hide a hard cut. A cut's change does not grow with the gap but
     motion's does, so the adaptive test compares with the neighbours' change per frame times the

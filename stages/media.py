@@ -132,7 +132,8 @@ def read_small_frames(path: str, analysis_width: int = 64) -> FrameBatch:
     if not frames:
         raise ValueError("no decodable video frames")
     order = np.argsort(np.asarray(times), kind="stable")  # decoders emit in pts order; guard anyway
-    return FrameBatch(np.stack(frames)[order], np.asarray(times, dtype=np.float64)[order], np.asarray(pts, dtype=np.int64)[order])
+    times_s, pts_array = np.asarray(times, dtype=np.float64), np.asarray(pts, dtype=np.int64)
+    return FrameBatch(np.stack(frames)[order], times_s[order], pts_array[order])
 
 
 def pack_frames(frames) -> bytes:

@@ -224,9 +224,10 @@ def analysis_frames(path: str, cfg: SplitConfig) -> FrameBatch:
     needs exact frames only where neighbours differ like a hard cut."""
     if cfg.decode == "all" or cfg.detector != "content":
         return read_small_frames(path, cfg.analysis_width)
-    return read_frames_skipping(
-        path, cfg.analysis_width, lambda frames, gaps: cut_like_steps(frames, gaps, cfg.threshold, cfg.adaptive_ratio, cfg.window)
-    )
+    def cut_like(frames: np.ndarray, gaps: np.ndarray) -> np.ndarray:
+        return cut_like_steps(frames, gaps, cfg.threshold, cfg.adaptive_ratio, cfg.window)
+
+    return read_frames_skipping(path, cfg.analysis_width, cut_like)
 
 
 def split_video(video: dict, media_dir: Path, cfg: SplitConfig) -> list[dict]:

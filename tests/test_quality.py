@@ -112,7 +112,8 @@ def _titled(n: int = 12) -> list[np.ndarray]:
 
 def test_ocr_and_nsfw_scores_from_the_bundled_detectors(tmp_path):
     rows = []
-    for kind, frames in (("titled", _titled()), ("plain", [np.asarray(Image.fromarray(f).resize((426, 240))) for f in _frames("good", 12)])):
+    plain = [np.asarray(Image.fromarray(f).resize((426, 240))) for f in _frames("good", 12)]
+    for kind, frames in (("titled", _titled()), ("plain", plain)):
         path = tmp_path / f"{kind}.mp4"
         with av.open(str(path), "w") as out:
             stream = out.add_stream("libx264", rate=24)
@@ -123,14 +124,16 @@ def test_ocr_and_nsfw_scores_from_the_bundled_detectors(tmp_path):
         rows.append({"clip_id": kind, "video_id": "v", "clip_uri": str(path), "start_s": 0.0, "end_s": 0.5,
                      "clip_width": 426, "clip_height": 240, "caption": None, "clip_score": None, "image_emb": None})
     flags = {"ocr": True, "nsfw": True, "count": 2}
-    scored = score_batch(pa.Table.from_pylist(rows), frames_per_clip=4, aesthetic_path=None, with_aesthetic=False, flags=flags)
+    table = pa.Table.from_pylist(rows)
+    scored = score_batch(table, frames_per_clip=4, aesthetic_path=None, with_aesthetic=False, flags=flags)
     scores = {r["clip_id"]: json.loads(r["scores"]) for r in scored.to_pylist()}
     assert scores["titled"]["ocr_coverage"] > 0.08 and scores["plain"]["ocr_coverage"] < 0.02, scores
     assert scores["titled"]["nsfw"] < 0.5 and scores["plain"]["nsfw"] < 0.5
     rules = [QualityRule(score="ocr_coverage", max=0.05), QualityRule(score="nsfw", max=0.5)]
     decided = {r["clip_id"]: r for r in decide(scored.to_pylist(), rules, ["ocr_coverage"])}
     assert decided["plain"]["status"] == "kept"
-    assert decided["titled"]["status"] == "rejected" and decided["titled"]["reason"].startswith("quality: ocr_coverage=")
+    assert decided["titled"]["status"] == "rejected"
+    assert decided["titled"]["reason"].startswith("quality: ocr_coverage=")
 
 
 def test_missing_flag_package_fails_before_any_work(monkeypatch):
