@@ -77,14 +77,19 @@ class FrameBatch:
     pts: np.ndarray
 
 
+def decode_threads() -> int:
+    """Frame-threading width for decoders: one thread per CPU. FFmpeg's automatic choice is CPUs
+    + 1, which decoded ~11% slower on 2 cores (decoding bounds the split stage)."""
+    return os.cpu_count() or 1
+
+
 def rotation_of(frame: av.VideoFrame) -> int:
     """Display rotation in degrees (0/90/180/270) from the frame's display matrix."""
     return int(round(getattr(frame, "rotation", 0) or 0)) % 360
 
 
-def _plane(frame: av.VideoFrame, index: int, rows: int, cols: int) -> np.ndarray:
+def _plane(plane: av.video.plane.VideoPlane, rows: int, cols: int) -> np.ndarray:
     """A zero-copy view of one decoded plane (its rows are line_size apart, padding included)."""
-    plane = frame.planes[index]
     return np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)[:rows, :cols]
 
 
@@ -96,9 +101,10 @@ def small_yuv(frame: av.VideoFrame, step: int) -> np.ndarray:
         small = frame.to_ndarray(width=max(w // step, 1), height=max(h // step, 1), format="yuv444p")
         return np.moveaxis(small, 0, -1)
     half = max(step // 2, 1)
-    y = _plane(frame, 0, h, w)[::step, ::step]
-    u = _plane(frame, 1, h // 2, w // 2)[::half, ::half]
-    v = _plane(frame, 2, h // 2, w // 2)[::half, ::half]
+    planes = frame.planes  # a new tuple on every access: read it once
+    y = _plane(planes[0], h, w)[::step, ::step]
+    u = _plane(planes[1], h // 2, w // 2)[::half, ::half]
+    v = _plane(planes[2], h // 2, w // 2)[::half, ::half]
     rows, cols = min(y.shape[0], u.shape[0]), min(y.shape[1], u.shape[1])
     small = np.empty((rows, cols, 3), np.uint8)
     for channel, plane in enumerate((y, u, v)):
@@ -118,6 +124,7 @@ def read_small_frames(path: str, analysis_width: int = 64) -> FrameBatch:
     with av.open(path) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
+        stream.thread_count = decode_threads()
         # Deblocking only polishes pixels; cut detection on tiny frames does not need it.
         stream.codec_context.options = {"skip_loop_filter": "all"}
         step = max(stream.codec_context.width // analysis_width, 1)

@@ -25,7 +25,7 @@ from collections.abc import Callable
 import av
 import numpy as np
 
-from stages.media import FrameBatch, read_small_frames, small_yuv
+from stages.media import FrameBatch, decode_threads, read_small_frames, small_yuv
 
 SKIPPABLE_CODECS = frozenset({"h264", "hevc"})
 DRAIN_PACKETS = 32  # packets fed past the last wanted one before a refinement gives up on it
@@ -100,6 +100,7 @@ class _Scan:
     def __init__(self, container: av.container.InputContainer, analysis_width: int):
         self.stream = container.streams.video[0]
         self.stream.thread_type = "AUTO"
+        self.stream.thread_count = decode_threads()
         context = self.stream.codec_context
         context.options = {"skip_loop_filter": "all"}  # deblocking only polishes pixels
         context.skip_frame = "NONREF"

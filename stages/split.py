@@ -19,7 +19,7 @@ import pyarrow as pa
 from pipelines.config import SplitConfig
 from schemas.tables import CLIPS, FAILED, KEPT, REJECTED, clip_id, to_table
 from stages.detect import Cut, cut_like_steps, detect_cuts
-from stages.media import FrameBatch, local_copy, read_small_frames
+from stages.media import FrameBatch, decode_threads, local_copy, read_small_frames
 from stages.sparse_frames import read_frames_skipping
 
 STAGE = "split"
@@ -158,6 +158,7 @@ def extract_clips(path: str, spans: list[dict], out_dir: Path, video: dict, cfg:
         with av.open(path) as container:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
+            stream.thread_count = decode_threads()
             for frame in container.decode(stream):
                 if frame.pts is None:
                     continue
