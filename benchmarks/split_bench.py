@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO / "sample_data"))
 from make_synthetic import make  # noqa: E402
 
 from pipelines.config import SplitConfig  # noqa: E402
-from stages.media import decode_threads  # noqa: E402
+from stages.media import analysis_decoder  # noqa: E402
 from stages.split import analysis_frames, find_cuts  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data" / "videos"
@@ -73,9 +73,7 @@ def decode_only(path: str) -> list[int]:
     """Every frame decoded with our reader's decoder settings, nothing else: the ceiling."""
     with av.open(path) as container:
         stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        stream.thread_count = decode_threads()
-        stream.codec_context.options = {"skip_loop_filter": "all"}
+        analysis_decoder(stream)
         for _ in container.decode(stream):
             pass
     return []

@@ -69,6 +69,22 @@ def open_shards(location: str, **kwargs) -> wds.WebDataset:
     return wds.WebDataset(shard_urls(location), **kwargs)
 
 
+def decode_pts(container, stream, wanted: set[int], patience: int | None = None) -> Iterator[av.VideoFrame]:
+    """The frames whose pts are in `wanted`, from the container's current position. Non-reference
+    frames outside it are not decoded (no frame is predicted from them); stops once every wanted
+    frame came, or `patience` packets past the last wanted pts (a frame that never decodes)."""
+    missing, last, past = set(wanted), max(wanted), 0
+    for packet in container.demux(stream):
+        stream.codec_context.skip_frame = "DEFAULT" if packet.pts in wanted or not packet.size else "NONREF"
+        for frame in stream.decode(packet):
+            if frame.pts in missing:
+                missing.discard(frame.pts)
+                yield frame
+        past += packet.pts is not None and packet.pts > last
+        if not missing or (patience is not None and past > patience):
+            return
+
+
 def clip_frames(mp4: bytes, count: int) -> tuple[np.ndarray, np.ndarray]:
     """`count` evenly spaced RGB frames of a clip, (n, h, w, 3) uint8, and their times in seconds
     from the clip start: the same clock as the spans in the sample's json.
@@ -81,23 +97,19 @@ def clip_frames(mp4: bytes, count: int) -> tuple[np.ndarray, np.ndarray]:
         order = [packet.pts for packet in container.demux(video=0) if packet.size]
     by_pts = None not in order and len(set(order)) == len(order)
     order = sorted(order) if by_pts else list(range(len(order)))
-    picks = sorted({order[i] for i in np.linspace(0, len(order) - 1, num=min(count, len(order))).round().astype(int)})
-    wanted = set(picks)
+    wanted = {order[i] for i in np.linspace(0, len(order) - 1, num=min(count, len(order))).round().astype(int)}
     frames, times = [], []
     with av.open(io.BytesIO(mp4)) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        decoded = 0
-        for packet in container.demux(stream):
-            if by_pts:  # safe to skip: nothing is predicted from a non-reference frame
-                stream.codec_context.skip_frame = "DEFAULT" if packet.pts in wanted or not packet.size else "NONREF"
-            for frame in stream.decode(packet):
-                key = frame.pts if by_pts else decoded
-                decoded += 1
-                if key in wanted:
-                    frames.append(frame.to_ndarray(format="rgb24"))
-                    times.append(float(frame.time))
-            if len(frames) == len(picks):
+        if by_pts:
+            picked = decode_pts(container, stream, wanted)
+        else:  # no usable pts: count decoded frames
+            picked = (f for i, f in enumerate(container.decode(stream)) if i in wanted)
+        for frame in picked:
+            frames.append(frame.to_ndarray(format="rgb24"))
+            times.append(float(frame.time))
+            if len(frames) == len(wanted):
                 break
     return np.stack(frames), np.asarray(times)
 

@@ -83,6 +83,14 @@ def decode_threads() -> int:
     return os.cpu_count() or 1
 
 
+def analysis_decoder(stream: av.video.stream.VideoStream) -> None:
+    """Decoder settings of every analysis pass: frame threads, one per CPU, and no deblocking
+    (it only polishes pixels; cut detection on tiny frames does not need it)."""
+    stream.thread_type = "AUTO"
+    stream.thread_count = decode_threads()
+    stream.codec_context.options = {"skip_loop_filter": "all"}
+
+
 def rotation_of(frame: av.VideoFrame) -> int:
     """Display rotation in degrees (0/90/180/270) from the frame's display matrix."""
     return int(round(getattr(frame, "rotation", 0) or 0)) % 360
@@ -123,10 +131,7 @@ def read_small_frames(path: str, analysis_width: int = 64) -> FrameBatch:
     pts: list[int] = []
     with av.open(path) as container:
         stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        stream.thread_count = decode_threads()
-        # Deblocking only polishes pixels; cut detection on tiny frames does not need it.
-        stream.codec_context.options = {"skip_loop_filter": "all"}
+        analysis_decoder(stream)
         step = max(stream.codec_context.width // analysis_width, 1)
         start = None
         for frame in container.decode(stream):

@@ -25,7 +25,8 @@ from collections.abc import Callable
 import av
 import numpy as np
 
-from stages.media import FrameBatch, decode_threads, read_small_frames, small_yuv
+from schemas.readers import decode_pts
+from stages.media import FrameBatch, analysis_decoder, read_small_frames, small_yuv
 
 SKIPPABLE_CODECS = frozenset({"h264", "hevc"})
 DRAIN_PACKETS = 32  # packets fed past the last wanted one before a refinement gives up on it
@@ -99,10 +100,8 @@ class _Scan:
 
     def __init__(self, container: av.container.InputContainer, analysis_width: int):
         self.stream = container.streams.video[0]
-        self.stream.thread_type = "AUTO"
-        self.stream.thread_count = decode_threads()
+        analysis_decoder(self.stream)
         context = self.stream.codec_context
-        context.options = {"skip_loop_filter": "all"}  # deblocking only polishes pixels
         context.skip_frame = "NONREF"
         self.step = max(context.width // analysis_width, 1)
         self.packets: list[tuple[int | None, bool]] = []  # decode order
@@ -136,20 +135,10 @@ class _Scan:
             keyframe = pts if is_key else keyframe
             if pts in wanted:
                 groups.setdefault(keyframe, set()).add(pts)
-        context = self.stream.codec_context
         for keyframe, group in groups.items():
             container.seek(keyframe, stream=self.stream, backward=True)
-            missing, fed_past = set(group), 0
-            for packet in container.demux(self.stream):
-                context.skip_frame = "DEFAULT" if packet.pts in group else "NONREF"
-                for frame in self.stream.decode(packet):
-                    if frame.pts in missing:
-                        self.frames[frame.pts] = small_yuv(frame, self.step)
-                        missing.discard(frame.pts)
-                fed_past += packet.pts is not None and packet.pts > max(group)
-                if not missing or fed_past > DRAIN_PACKETS:
-                    break
-        context.skip_frame = "NONREF"
+            for frame in decode_pts(container, self.stream, group, patience=DRAIN_PACKETS):
+                self.frames[frame.pts] = small_yuv(frame, self.step)
 
 
 def read_frames_skipping(
