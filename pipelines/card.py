@@ -42,7 +42,7 @@ def dataset_card(stats: dict, cfg: PipelineConfig, dataset_dir: Path) -> str:
         "",
         f"- {stats['samples']} samples in {len(stats['shards'])} WebDataset shards (`{pattern}`), "
         f"{durations.sum():.1f} s of video in total",
-        f"- members per sample: `mp4` (H.264 clip), `json` (annotation)"
+        "- members per sample: `mp4` (H.264 clip), `json` (annotation)"
         + (f", `f000.jpg`..`f{cfg.shard.keyframes - 1:03d}.jpg` (keyframes)" if cfg.shard.keyframes else ""),
         "- annotations: clip spans with source provenance; captions, events and QA: none in this release",
         f"- inputs: {v['total']} videos, {v['kept']} kept, {v['rejected']} rejected, {v['failed']} failed; "

@@ -49,13 +49,6 @@ class SplitConfig(_Strict):
         "content", description="content: frame differences + dissolve/black analysis; transnetv2: the bundled "
         "TransNetV2 network; combined: content cuts plus TransNetV2's transitions away from them"
     )
-    decode: Literal["all", "reference"] = Field(
-        "all", description="all: decode every frame; reference (content detector, H.264/HEVC): decode reference "
-        "frames only, blend the skipped frames between them, and decode exactly the frames near size jumps or "
-        "between neighbours that differ like a hard cut (same hard cuts, fade edges within 2 frames; pays on "
-        "footage whose cuts sit on keyframes, costs on footage with many cuts inside long GOPs: "
-        "benchmarks/RESULTS.md)"
-    )
     transnet_threshold: float = Field(0.5, gt=0, lt=1, description="TransNetV2 transition probability")
     device: str = Field("auto", description="TransNetV2: auto, cpu, cuda")
     threshold: float = Field(12.0, gt=0, description="min frame-difference score (0-255 scale) of a hard cut")
@@ -64,6 +57,10 @@ class SplitConfig(_Strict):
     min_clip_s: float = Field(1.0, ge=0)
     max_clip_s: float = Field(30.0, gt=0)
     short_shots: Literal["merge", "drop"] = "merge"
+    static_lead_in_s: float = Field(
+        1.0, ge=0, description="a first shot frozen for at least this long before it starts moving loses the frozen "
+        "part as rejected(static); 0 keeps it"
+    )
     analysis_width: int = Field(64, ge=16, description="approximate width of the frames the detector sees")
     clip_max_height: int = Field(360, ge=16, description="extracted clips are scaled down to at most this height")
     clip_crf: int = Field(23, ge=0, le=51)

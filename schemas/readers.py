@@ -69,19 +69,18 @@ def open_shards(location: str, **kwargs) -> wds.WebDataset:
     return wds.WebDataset(shard_urls(location), **kwargs)
 
 
-def decode_pts(container, stream, wanted: set[int], patience: int | None = None) -> Iterator[av.VideoFrame]:
+def decode_pts(container, stream, wanted: set[int]) -> Iterator[av.VideoFrame]:
     """The frames whose pts are in `wanted`, from the container's current position. Non-reference
     frames outside it are not decoded (no frame is predicted from them); stops once every wanted
-    frame came, or `patience` packets past the last wanted pts (a frame that never decodes)."""
-    missing, last, past = set(wanted), max(wanted), 0
+    frame came."""
+    missing = set(wanted)
     for packet in container.demux(stream):
         stream.codec_context.skip_frame = "DEFAULT" if packet.pts in wanted or not packet.size else "NONREF"
         for frame in stream.decode(packet):
             if frame.pts in missing:
                 missing.discard(frame.pts)
                 yield frame
-        past += packet.pts is not None and packet.pts > last
-        if not missing or (patience is not None and past > patience):
+        if not missing:
             return
 
 

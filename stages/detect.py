@@ -23,6 +23,9 @@ DISSOLVE_MIN_CHANGE = 0.6  # structure change across a dissolve, in per-frame st
 DISSOLVE_MIN_STEADINESS = 0.6  # how much of the frame-to-frame change adds up in one direction
 DISSOLVE_CONTRAST = 2.0  # the change across a dissolve vs the change within the shots beside it
 CHUNK = 2048  # frames per block of float work
+# A frozen frame (a paused recording, a slate) changes by encoder noise alone: ~0.5 at most on the
+# test videos, while a calm real shot drifts past this within a few seconds.
+STATIC_DISTANCE = 1.0
 
 
 @dataclass(frozen=True)
@@ -55,20 +58,6 @@ def frame_differences(yuv: np.ndarray) -> np.ndarray:
 def frame_distance(a: np.ndarray, b: np.ndarray) -> float:
     """frame_differences' score for one pair of frames."""
     return float(pair_distances(a[None], b[None])[0])
-
-
-def cut_like_steps(
-    frames: np.ndarray, gaps: np.ndarray, threshold: float, adaptive_ratio: float, window: int
-) -> np.ndarray:
-    """For frames `gaps` apart (display frames between consecutive ones): True per consecutive
-    pair whose change could hide a hard cut. A cut's change does not grow with the gap but
-    motion's does, so the adaptive test compares with the neighbours' change per frame times the
-    gap; a change that keeps the picture's structure (fade, flash, exposure) is no cut. Looser
-    than hard_cuts (three quarters of the threshold, half the ratio): a miss costs exactness."""
-    steps = pair_distances(frames[:-1], frames[1:])
-    per_frame = _neighbour_mean(steps / gaps, window)
-    structural = structure_changes(frames, (1,))[1][:-1] >= DISSOLVE_MIN_CHANGE / 2
-    return (steps >= 0.75 * threshold) & (steps >= 0.5 * adaptive_ratio * gaps * per_frame) & structural
 
 
 def _neighbour_mean(scores: np.ndarray, window: int) -> np.ndarray:
@@ -158,6 +147,17 @@ def dissolves(yuv: np.ndarray, avoid: np.ndarray) -> list[Cut]:
         strength[mid] = np.maximum(strength[mid], np.where(ok, across * steady, 0))
     picked = _strongest_apart(np.flatnonzero(strength > 0), strength, 2 * max(DISSOLVE_HALF_WIDTHS))
     return [Cut(i, "dissolve") for i in picked]
+
+
+def frozen_run_end(yuv: np.ndarray, start: int) -> int:
+    """End (exclusive) of the run of frames from `start` that all stay within STATIC_DISTANCE of
+    frame `start` (compared with that frame, so a slow drift ends the run too)."""
+    for a in range(start, len(yuv), CHUNK):
+        block = yuv[a : a + CHUNK]
+        moved = np.flatnonzero(pair_distances(block, np.broadcast_to(yuv[start], block.shape)) >= STATIC_DISTANCE)
+        if len(moved):
+            return a + int(moved[0])
+    return len(yuv)
 
 
 def black_frames(yuv: np.ndarray) -> np.ndarray:

@@ -74,7 +74,11 @@ class ClipEncoder:
         self.size = cfg["size"] if isinstance(cfg["size"], int) else cfg["size"][0]
         self.mean = torch.tensor(cfg["mean"], device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(cfg["std"], device=self.device).view(1, 3, 1, 1)
-        self.dtype = next(self.model.parameters()).dtype
+        # open_clip's fp16/bf16 keep some parameters (embeddings, norms) in float32: the input
+        # dtype is the precision's, not the first parameter's
+        self.dtype = {"fp16": torch.float16, "pure_fp16": torch.float16, "bf16": torch.bfloat16, "pure_bf16": torch.bfloat16}.get(
+            precision, torch.float32
+        )
         self.name = f"{model}/{pretrained or 'random'}"
 
     def preprocess(self, frames):

@@ -22,6 +22,8 @@ import av
 import fsspec
 import numpy as np
 
+from stages.decoding import decode_frames
+
 LIST_FILE_SUFFIXES = (".txt", ".lst")
 
 
@@ -77,20 +79,6 @@ class FrameBatch:
     pts: np.ndarray
 
 
-def decode_threads() -> int:
-    """Frame-threading width for decoders: one thread per CPU. FFmpeg's automatic choice is CPUs
-    + 1, which decoded ~11% slower on 2 cores (decoding bounds the split stage)."""
-    return os.cpu_count() or 1
-
-
-def analysis_decoder(stream: av.video.stream.VideoStream) -> None:
-    """Decoder settings of every analysis pass: frame threads, one per CPU, and no deblocking
-    (it only polishes pixels; cut detection on tiny frames does not need it)."""
-    stream.thread_type = "AUTO"
-    stream.thread_count = decode_threads()
-    stream.codec_context.options = {"skip_loop_filter": "all"}
-
-
 def rotation_of(frame: av.VideoFrame) -> int:
     """Display rotation in degrees (0/90/180/270) from the frame's display matrix."""
     return int(round(getattr(frame, "rotation", 0) or 0)) % 360
@@ -126,26 +114,13 @@ def read_small_frames(path: str, analysis_width: int = 64) -> FrameBatch:
     Times come from each frame's pts relative to the first frame, so variable frame rate
     and streams that do not start at zero are handled.
     """
-    frames: list[np.ndarray] = []
-    times: list[float] = []
-    pts: list[int] = []
-    with av.open(path) as container:
-        stream = container.streams.video[0]
-        analysis_decoder(stream)
-        step = max(stream.codec_context.width // analysis_width, 1)
-        start = None
-        for frame in container.decode(stream):
-            if frame.time is None:
-                continue
-            start = frame.time if start is None else start
-            frames.append(small_yuv(frame, step))
-            times.append(frame.time - start)
-            pts.append(frame.pts)
-    if not frames:
+    decoded = decode_frames(path, lambda frame: small_yuv(frame, max(frame.width // analysis_width, 1)))
+    if not decoded:
         raise ValueError("no decodable video frames")
-    order = np.argsort(np.asarray(times), kind="stable")  # decoders emit in pts order; guard anyway
-    times_s, pts_array = np.asarray(times, dtype=np.float64), np.asarray(pts, dtype=np.int64)
-    return FrameBatch(np.stack(frames)[order], times_s[order], pts_array[order])
+    pts, times, frames = zip(*decoded)
+    times_s = np.asarray(times, dtype=np.float64) - times[0]
+    order = np.argsort(times_s, kind="stable")  # decoders emit in pts order; guard anyway
+    return FrameBatch(np.stack(frames)[order], times_s[order], np.asarray(pts, dtype=np.int64)[order])
 
 
 def pack_frames(frames) -> bytes:

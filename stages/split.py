@@ -18,9 +18,9 @@ import pyarrow as pa
 
 from pipelines.config import SplitConfig
 from schemas.tables import CLIPS, FAILED, KEPT, REJECTED, clip_id, to_table
-from stages.detect import Cut, cut_like_steps, detect_cuts
-from stages.media import FrameBatch, decode_threads, local_copy, read_small_frames
-from stages.sparse_frames import read_frames_skipping
+from stages.decoding import decode_threads
+from stages.detect import Cut, detect_cuts, frozen_run_end
+from stages.media import FrameBatch, local_copy, read_small_frames
 
 STAGE = "split"
 
@@ -32,13 +32,33 @@ def frame_end_times(times_s: np.ndarray, duration_s: float | None) -> np.ndarray
     return np.append(times_s[1:], tail)
 
 
+def static_lead_in(yuv: np.ndarray, black: np.ndarray, cuts: list[Cut], times_s: np.ndarray, ends_s: np.ndarray, min_s: float) -> Cut | None:
+    """The cut ending a frozen lead-in: the first shot (after any black) holds still for at least
+    `min_s`, then starts moving within the same shot. A shot still to its end is left whole: it
+    is a shot, and the quality stage's motion score judges it."""
+    if min_s <= 0 or black.all():
+        return None
+    first = int(np.argmin(black))
+    end = frozen_run_end(yuv, first)
+    next_cut = min((c.frame for c in cuts if c.frame > first), default=len(black))
+    if end >= next_cut or ends_s[end - 1] - times_s[first] < min_s:
+        return None
+    return Cut(end, "from_static")
+
+
 def plan_spans(cuts: list[Cut], black: np.ndarray, times_s: np.ndarray, ends_s: np.ndarray, cfg: SplitConfig) -> list[dict]:
-    """Shots between cuts: black ones rejected, short ones merged or dropped, long ones windowed."""
+    """Shots between cuts: black ones and a frozen lead-in (the shot before a `from_static` cut)
+    rejected, short ones merged or dropped, long ones windowed."""
     n = len(times_s)
     inner = [c for c in cuts if 0 < c.frame < n]
     bounds = [0] + [c.frame for c in inner] + [n]
     kinds = ["start"] + [c.kind for c in inner]
-    shots = [[a, b, k, bool(black[a:b].mean() > 0.5)] for a, b, k in zip(bounds[:-1], bounds[1:], kinds) if b > a]
+    frozen_end = next((c.frame for c in inner if c.kind == "from_static"), None)
+
+    def rejected_as(a: int, b: int) -> str | None:
+        return "black" if black[a:b].mean() > 0.5 else "static" if b == frozen_end else None
+
+    shots = [[a, b, k, rejected_as(a, b)] for a, b, k in zip(bounds[:-1], bounds[1:], kinds) if b > a]
 
     def length(a: int, b: int) -> float:
         return float(ends_s[b - 1] - times_s[a])
@@ -54,10 +74,12 @@ def plan_spans(cuts: list[Cut], black: np.ndarray, times_s: np.ndarray, ends_s: 
                 merged.append(shot)
         shots = merged
     spans: list[dict] = []
-    for a, b, k, is_black in shots:
+    for a, b, k, rejected in shots:
         span = length(a, b)
-        if is_black:
+        if rejected == "black":
             spans.append(_span(a, b, k, times_s, ends_s, REJECTED, f"black: {span:.2f} s of black frames"))
+        elif rejected == "static":
+            spans.append(_span(a, b, k, times_s, ends_s, REJECTED, f"static: {span:.2f} s frozen lead-in"))
         elif span < cfg.min_clip_s:
             spans.append(_span(a, b, k, times_s, ends_s, REJECTED, f"too_short: {span:.2f} s < min_clip_s {cfg.min_clip_s}"))
         else:
@@ -221,14 +243,8 @@ def find_cuts(yuv: np.ndarray, cfg: SplitConfig) -> tuple[list[Cut], np.ndarray]
 
 
 def analysis_frames(path: str, cfg: SplitConfig) -> FrameBatch:
-    """The detector's downscaled frames. TransNetV2 sees every frame decoded; the content detector
-    needs exact frames only where neighbours differ like a hard cut."""
-    if cfg.decode == "all" or cfg.detector != "content":
-        return read_small_frames(path, cfg.analysis_width)
-    def cut_like(frames: np.ndarray, gaps: np.ndarray) -> np.ndarray:
-        return cut_like_steps(frames, gaps, cfg.threshold, cfg.adaptive_ratio, cfg.window)
-
-    return read_frames_skipping(path, cfg.analysis_width, cut_like)
+    """Every frame, downscaled for the detectors (decoded in keyframe segments on all cores)."""
+    return read_small_frames(path, cfg.analysis_width)
 
 
 def split_video(video: dict, media_dir: Path, cfg: SplitConfig) -> list[dict]:
@@ -239,6 +255,8 @@ def split_video(video: dict, media_dir: Path, cfg: SplitConfig) -> list[dict]:
             frames = analysis_frames(path, cfg)
             cuts, black = find_cuts(frames.yuv, cfg)
             ends = frame_end_times(frames.times_s, video.get("duration_s"))
+            frozen = static_lead_in(frames.yuv, black, cuts, frames.times_s, ends, cfg.static_lead_in_s)
+            cuts = sorted([*cuts, frozen], key=lambda c: c.frame) if frozen else cuts
             spans = plan_spans(cuts, black, frames.times_s, ends, cfg)
             for span in spans:
                 span.update(base, clip_id=clip_id(video["video_id"], span["start_s"], span["end_s"]))

@@ -16,14 +16,8 @@ from stages.split import analysis_frames
 TOLERANCE = 2
 
 
-@pytest.fixture(params=["all", "reference"])
-def decode(request) -> str:
-    """Every frame decoded, or reference frames only (skipped frames blended, exact near cuts)."""
-    return request.param
-
-
-def _detect(path, decode: str = "all") -> tuple[list, np.ndarray]:
-    cfg = SplitConfig(decode=decode)
+def _detect(path) -> tuple[list, np.ndarray]:
+    cfg = SplitConfig()
     frames = analysis_frames(str(path), cfg)
     return detect_cuts(frames.yuv, cfg.threshold, cfg.adaptive_ratio, cfg.window)
 
@@ -35,9 +29,9 @@ def videos(tmp_path_factory):
     return [(path, json.loads((out.parent / "truth" / f"{path.stem}.json").read_text())) for path in sorted(out.glob("*.mp4"))]
 
 
-def test_every_transition_found_and_nothing_else(videos, decode):
+def test_every_transition_found_and_nothing_else(videos):
     for path, truth in videos:
-        cuts, black = _detect(path, decode)
+        cuts, black = _detect(path)
         spans = [t["frames"] for t in truth["transitions"]]
         for cut in cuts:
             if cut.kind == "to_black" and black[cut.frame :].all():
@@ -48,17 +42,17 @@ def test_every_transition_found_and_nothing_else(videos, decode):
             assert any(a - TOLERANCE <= c.frame <= b + TOLERANCE for c in cuts), (path.name, t, cuts)
 
 
-def test_hard_cuts_are_frame_exact(videos, decode):
+def test_hard_cuts_are_frame_exact(videos):
     for path, truth in videos:
-        cuts, _ = _detect(path, decode)
+        cuts, _ = _detect(path)
         for t in truth["transitions"]:
             if t["kind"] == "hard":
                 assert t["frames"][0] in [c.frame for c in cuts if c.kind == "hard"], (path.name, t, cuts)
 
 
-def test_fade_through_black_is_cut_out(videos, decode):
+def test_fade_through_black_is_cut_out(videos):
     for path, truth in videos:
-        cuts, black = _detect(path, decode)
+        cuts, black = _detect(path)
         for t in (t for t in truth["transitions"] if t["kind"] == "fade"):
             a, b = t["frames"]
             kinds = {c.kind for c in cuts if a <= c.frame <= b}
@@ -67,12 +61,12 @@ def test_fade_through_black_is_cut_out(videos, decode):
 
 
 @pytest.mark.parametrize("event", ["flash", "pan"])
-def test_flash_or_fast_pan_inside_a_shot_is_no_cut(tmp_path, event, decode):
+def test_flash_or_fast_pan_inside_a_shot_is_no_cut(tmp_path, event):
     rng = np.random.default_rng(7)
     shot = Shot(rng, 144, 256, 4 * FPS, event)
     path = tmp_path / f"{event}.mp4"
     encode([shot.frame(t).clip(0, 255).astype(np.uint8) for t in range(shot.frames)], path)
-    cuts, black = _detect(path, decode)
+    cuts, black = _detect(path)
     assert cuts == [] and not black.any()
 
 

@@ -9,6 +9,8 @@ import av
 import numpy as np
 import pytest
 
+from make_synthetic import Shot, encode
+
 from conftest import SHARED_VIDEOS
 from pipelines.config import ProbeConfig, SplitConfig
 from schemas.tables import clip_id
@@ -60,6 +62,39 @@ def test_black_runs_become_rejected_spans_and_are_never_merged():
         (120, 200, "kept"),
     ]
     assert spans[0]["reason"].startswith("black:")
+
+
+def test_a_frozen_lead_in_is_a_rejected_span_never_merged():
+    times, ends = _times(200)
+    spans = plan_spans([Cut(40, "from_static"), Cut(60, "hard")], np.zeros(200, bool), times, ends, SplitConfig(min_clip_s=1.0))
+    assert [(s["start_frame"], s["end_frame"], s["status"]) for s in spans] == [(0, 40, "rejected"), (40, 200, "kept")]
+    assert spans[0]["reason"] == "static: 1.60 s frozen lead-in"
+
+
+def _frozen_then_moving(path, frozen: int, moving: int, first_shot_still: bool = False) -> None:
+    """A shot that holds its first frame for `frozen` frames, then moves for `moving` (or, with
+    `first_shot_still`, stays still to its end), then a hard cut to a moving shot of 50 frames."""
+    rng = np.random.default_rng(3)
+    first, second = Shot(rng, 144, 256, frozen + moving, None), Shot(rng, 144, 256, 50, None)
+    first.velocity = np.array([4.0, 4.0])  # visibly moving from its first step
+    opening = [first.frame(0)] * (frozen + moving) if first_shot_still else [first.frame(0)] * frozen + [first.frame(t) for t in range(1, moving + 1)]
+    encode([f.clip(0, 255).astype(np.uint8) for f in opening + [second.frame(t) for t in range(50)]], path)
+
+
+def test_a_frozen_start_is_trimmed_where_the_picture_starts_moving(tmp_path):
+    _frozen_then_moving(tmp_path / "frozen.mp4", frozen=40, moving=60)
+    clips = split_video(_probe(tmp_path / "frozen.mp4"), tmp_path, SplitConfig())
+    assert [(c["start_frame"], c["end_frame"], c["status"]) for c in clips] == [(0, 40, "rejected"), (40, 100, "kept"), (100, 150, "kept")]
+    assert clips[0]["reason"].startswith("static: 1.60 s")
+    kept = split_video(_probe(tmp_path / "frozen.mp4"), tmp_path / "off", SplitConfig(static_lead_in_s=0))
+    assert [(c["start_frame"], c["status"]) for c in kept] == [(0, "kept"), (100, "kept")]
+
+
+def test_a_still_first_shot_is_left_whole(tmp_path):
+    """A shot that never moves is a shot (the quality stage's motion score judges it)."""
+    _frozen_then_moving(tmp_path / "still.mp4", frozen=40, moving=60, first_shot_still=True)
+    clips = split_video(_probe(tmp_path / "still.mp4"), tmp_path, SplitConfig())
+    assert [(c["start_frame"], c["end_frame"], c["status"]) for c in clips] == [(0, 100, "kept"), (100, 150, "kept")]
 
 
 def test_clip_ids_are_deterministic_and_dot_free():

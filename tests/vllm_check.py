@@ -1,7 +1,7 @@
 """Run by tests/test_vllm.py in a separate vLLM environment. vLLM check of the vllm backend: a tiny random Qwen2 text model, built here with the
 same byte tokenizer as the tiny profile, answers text prompts under the caption grammar through
 VllmCaptioner (LLM.chat + SamplingParams + StructuredOutputsParams); every answer must parse."""
-import json, os, sys, time
+import json, sys, time
 from pathlib import Path
 sys.path.insert(0, sys.argv[1])
 from stages.answer import answer_regex, parse_answer
