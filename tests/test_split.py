@@ -71,14 +71,16 @@ def test_a_frozen_lead_in_is_a_rejected_span_never_merged():
     assert spans[0]["reason"] == "static: 1.60 s frozen lead-in"
 
 
-def _frozen_then_moving(path, frozen: int, moving: int, first_shot_still: bool = False) -> None:
-    """A shot that holds its first frame for `frozen` frames, then moves for `moving` (or, with
-    `first_shot_still`, stays still to its end), then a hard cut to a moving shot of 50 frames."""
+def _frozen_then_moving(path, frozen: int, moving: int, first_shot_still: bool = False, black: int = 0) -> None:
+    """`black` black frames, then a shot that holds its first frame for `frozen` frames and moves
+    for `moving` (or, with `first_shot_still`, stays still to its end), then a hard cut to a
+    moving shot of 50 frames."""
     rng = np.random.default_rng(3)
     first, second = Shot(rng, 144, 256, frozen + moving, None), Shot(rng, 144, 256, 50, None)
     first.velocity = np.array([4.0, 4.0])  # visibly moving from its first step
     opening = [first.frame(0)] * (frozen + moving) if first_shot_still else [first.frame(0)] * frozen + [first.frame(t) for t in range(1, moving + 1)]
-    encode([f.clip(0, 255).astype(np.uint8) for f in opening + [second.frame(t) for t in range(50)]], path)
+    frames = [np.zeros((144, 256, 3))] * black + opening + [second.frame(t) for t in range(50)]
+    encode([f.clip(0, 255).astype(np.uint8) for f in frames], path)
 
 
 def test_a_frozen_start_is_trimmed_where_the_picture_starts_moving(tmp_path):
@@ -88,6 +90,13 @@ def test_a_frozen_start_is_trimmed_where_the_picture_starts_moving(tmp_path):
     assert clips[0]["reason"].startswith("static: 1.60 s")
     kept = split_video(_probe(tmp_path / "frozen.mp4"), tmp_path / "off", SplitConfig(static_lead_in_s=0))
     assert [(c["start_frame"], c["status"]) for c in kept] == [(0, "kept"), (100, "kept")]
+
+
+def test_a_frozen_start_after_black_is_trimmed_too(tmp_path):
+    _frozen_then_moving(tmp_path / "black_frozen.mp4", frozen=40, moving=60, black=10)
+    clips = split_video(_probe(tmp_path / "black_frozen.mp4"), tmp_path, SplitConfig())
+    spans = [(c["start_frame"], c["end_frame"], c["status"], (c["reason"] or "").split(":")[0]) for c in clips]
+    assert spans == [(0, 10, "rejected", "black"), (10, 50, "rejected", "static"), (50, 110, "kept", ""), (110, 160, "kept", "")]
 
 
 def test_a_still_first_shot_is_left_whole(tmp_path):
