@@ -28,7 +28,8 @@ from make_synthetic import make  # noqa: E402
 
 from pipelines.config import SplitConfig  # noqa: E402
 from stages.decoding import analysis_decoder, decode_frames  # noqa: E402
-from stages.split import analysis_frames, find_cuts  # noqa: E402
+from stages.media import read_small_frames  # noqa: E402
+from stages.split import find_cuts  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data" / "videos"
 TOLERANCE = 2
@@ -51,7 +52,7 @@ def score(predicted: list[int], truth: dict) -> tuple[int, int, int]:
 
 
 def ours(path: str, cfg: SplitConfig) -> list[int]:
-    frames = analysis_frames(path, cfg)
+    frames = read_small_frames(path, cfg.analysis_width)
     cuts, black = find_cuts(frames.yuv, cfg)
     # a fade to black that runs to the end starts no new shot
     return [c.frame for c in cuts if not (c.kind == "to_black" and black[c.frame :].all())]

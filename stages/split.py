@@ -20,7 +20,7 @@ from pipelines.config import SplitConfig
 from schemas.tables import CLIPS, FAILED, KEPT, REJECTED, clip_id, to_table
 from stages.decoding import decode_threads
 from stages.detect import Cut, detect_cuts, frozen_run_end
-from stages.media import FrameBatch, local_copy, read_small_frames
+from stages.media import local_copy, read_small_frames
 
 STAGE = "split"
 
@@ -242,17 +242,12 @@ def find_cuts(yuv: np.ndarray, cfg: SplitConfig) -> tuple[list[Cut], np.ndarray]
     return transnet.combined_cuts(yuv, cfg)
 
 
-def analysis_frames(path: str, cfg: SplitConfig) -> FrameBatch:
-    """Every frame, downscaled for the detectors (decoded in keyframe segments on all cores)."""
-    return read_small_frames(path, cfg.analysis_width)
-
-
 def split_video(video: dict, media_dir: Path, cfg: SplitConfig) -> list[dict]:
     """One kept video row -> its clip rows; a video-level error becomes one failed whole-video row."""
     base = {"video_id": video["video_id"], "source_uri": video["uri"], "stage": STAGE}
     try:
         with local_copy(video["uri"]) as path:
-            frames = analysis_frames(path, cfg)
+            frames = read_small_frames(path, cfg.analysis_width)
             cuts, black = find_cuts(frames.yuv, cfg)
             ends = frame_end_times(frames.times_s, video.get("duration_s"))
             frozen = static_lead_in(frames.yuv, black, cuts, frames.times_s, ends, cfg.static_lead_in_s)

@@ -11,14 +11,13 @@ from make_synthetic import FPS, Shot, encode, make
 from pipelines.config import SplitConfig
 from stages.detect import detect_cuts
 from stages.media import read_small_frames
-from stages.split import analysis_frames
 
 TOLERANCE = 2
 
 
 def _detect(path) -> tuple[list, np.ndarray]:
     cfg = SplitConfig()
-    frames = analysis_frames(str(path), cfg)
+    frames = read_small_frames(str(path), cfg.analysis_width)
     return detect_cuts(frames.yuv, cfg.threshold, cfg.adaptive_ratio, cfg.window)
 
 
