@@ -6,8 +6,10 @@ Layout under the config's `run_dir` (the corpus root):
     shipped/             dedup history shared by all increments (see stages/dedup.py)
 With `shard.output` set, increment <id> is published to `<output>/<id>/`, so earlier
 increments are never rewritten. The id is a hash of the increment's inputs: an increment
-interrupted by a crash is found unfinished on the next run and finished first, with the
-same inputs and the same shards.
+that did not ship (interrupted by a crash, or over its failure budget because a backend was
+down) is run again first by every later run, with the same inputs: its transient failures are
+retried (up to `failures.max_tries` runs), and it ships once it is within its budget. Its
+inputs are never lost, nor taken again by a new increment.
 """
 
 from __future__ import annotations
@@ -20,19 +22,20 @@ from prefect import flow, get_run_logger
 
 from flows.corpus import corpus_flow
 from pipelines.config import PipelineConfig
-from pipelines.runner import read_stage_table
+from pipelines.runner import FailureBudgetExceeded, read_stage_table
 from stages.media import list_inputs
 
 INCREMENTS = "increments"
 SHIPPED = "shipped"
+SHIPPED_MARKER = "shipped.json"  # in an increment: it finished within its failure budget (and published)
 
 
 def _increments(root: Path) -> list[Path]:
     return sorted(p for p in (root / INCREMENTS).glob("*") if (p / "config.json").is_file())
 
 
-def _finished(increment: Path) -> bool:
-    return (increment / "ledger.parquet").is_file()
+def _shipped(increment: Path) -> bool:
+    return (increment / SHIPPED_MARKER).is_file()
 
 
 def seen_inputs(root: Path) -> set[str]:
@@ -73,27 +76,43 @@ def incremental_flow(config: dict) -> dict:
         raise ValueError("the incremental flow needs `inputs`")
     log = get_run_logger()
     root = Path(cfg.run_dir)
-    done = []
+    done, failed = [], []
     for inc in _increments(root):
-        if not _finished(inc):
-            log.info("finishing interrupted increment %s", inc.name)
-            corpus_flow(json.loads((inc / "config.json").read_text())["config"])
-            done.append(inc.name)
+        if not _shipped(inc):
+            log.info("increment %s did not ship: running it again (unfinished work and transient failures)", inc.name)
+            # today's failure settings apply to old increments too (they change no stage's output)
+            config = {**json.loads((inc / "config.json").read_text())["config"], "failures": cfg.failures.model_dump()}
+            _run_increment(config, done, failed)
     planned = plan_increment(cfg)
     if planned is None:
         log.info("no new inputs under %s", cfg.inputs)
     else:
-        stats = corpus_flow(planned)
-        done.append(Path(planned["run_dir"]).name)
-        log.info("increment %s: %d samples", Path(planned["run_dir"]).name, stats["samples"])
+        _run_increment(planned, done, failed)
+    if failed:  # the flow run ends Failed, so a scheduled deployment alerts
+        raise FailureBudgetExceeded(f"{len(failed)} increment(s) did not ship: " + " | ".join(failed))
     return {"increments_run": done, "increments": [p.name for p in _increments(root)], "samples": corpus_samples(root)}
+
+
+def _run_increment(config: dict, done: list[str], failed: list[str]) -> None:
+    """Run one increment's corpus flow; over its failure budget it is noted in `failed` and
+    stays unshipped for the next run."""
+    folder = Path(config["run_dir"])
+    done.append(folder.name)
+    try:
+        stats = corpus_flow(config)
+    except FailureBudgetExceeded as exc:
+        get_run_logger().error("increment %s: %s", folder.name, exc)
+        failed.append(str(exc))
+        return
+    (folder / SHIPPED_MARKER).write_text(json.dumps({"samples": stats["samples"]}))
+    get_run_logger().info("increment %s: %d samples", folder.name, stats["samples"])
 
 
 def corpus_samples(root: Path) -> int:
     """Samples shipped by all finished increments together."""
     total = 0
     for inc in _increments(root):
-        if _finished(inc) and (inc / "shard" / "_SUCCESS.json").is_file():
+        if _shipped(inc) and (inc / "shard" / "_SUCCESS.json").is_file():
             shard = read_stage_table(inc / "shard", "shard")
             total += sum(s == "kept" for s in shard.column("status").to_pylist())
     return total

@@ -34,7 +34,7 @@ def _config(args: argparse.Namespace, **extra):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    cfg = _config(args)
+    cfg = _config(args, **({"failures.retry_transient": False} if args.no_retry else {}))
     if args.incremental:
         from flows.incremental import incremental_flow
 
@@ -104,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--run-dir", help="where stage outputs go (overrides the config)")
     run.add_argument("--ray-address", help="'auto' or ray://host:port; default: local Ray")
     run.add_argument("--incremental", action="store_true", help="only inputs no earlier increment saw (run-dir: the corpus root)")
+    run.add_argument("--no-retry", action="store_true", help="keep completed stages as they are: do not retry transient failures")
     run.set_defaults(func=cmd_run)
 
     serve = sub.add_parser("serve", help="serve the incremental flow as a Prefect deployment on a cron schedule")
@@ -148,8 +149,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Prefect's API calls, one line each
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # "no AVX512 build" notices
+    from pipelines.runner import FailureBudgetExceeded
+    from stages.publish import PublishError
+
     try:
         return args.func(args)
+    except (FailureBudgetExceeded, PublishError) as exc:  # what succeeded is written; the exit code makes schedulers alert
+        print(f"vidcurate: failed: {exc}", file=sys.stderr)
+        return 3
     except (FileNotFoundError, ValueError) as exc:  # user errors: one clear line, no traceback
         print(f"vidcurate: error: {exc}", file=sys.stderr)
         return 2

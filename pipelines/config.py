@@ -10,7 +10,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from schemas.tables import CLIP_STAGES
+from schemas.tables import CLIP_STAGES, TABLES
 
 
 class _Strict(BaseModel):
@@ -184,6 +184,35 @@ class ShardConfig(_Strict):
     output: str | None = Field(None, description="publish the dataset here too: a directory or fsspec URL (s3://...)")
 
 
+class FailureConfig(_Strict):
+    """What a run does with failures; never part of a stage's fingerprint."""
+
+    retry_transient: bool = Field(
+        True, description="a re-run re-attempts the rows that failed transiently (backend down, OOM, lost worker, "
+        "I/O), in their stage and every stage after it; false: completed stages are kept as they are"
+    )
+    max_tries: int = Field(3, ge=1, description="runs that may attempt one row; past this a transient failure stays")
+    max_failed_fraction: float = Field(
+        0.1, ge=0, le=1, description="failure budget: above this share of failed videos or clips (ledger), or of "
+        "failed rows in any stage, the run still writes what succeeded, then fails (no publish, exit code 3)"
+    )
+    stage_max_failed_fraction: dict[str, float] = Field(
+        default_factory=dict, description="per-stage budgets overriding max_failed_fraction, e.g. {caption: 0.3}"
+    )
+
+    @model_validator(mode="after")
+    def _stages(self) -> FailureConfig:
+        unknown = sorted(set(self.stage_max_failed_fraction) - set(TABLES))
+        if unknown:
+            raise ValueError(f"stage_max_failed_fraction names unknown stages {unknown}; stages: {list(TABLES)}")
+        if any(not 0 <= v <= 1 for v in self.stage_max_failed_fraction.values()):
+            raise ValueError("stage_max_failed_fraction values must lie in [0, 1]")
+        return self
+
+    def budget(self, stage: str) -> float:
+        return self.stage_max_failed_fraction.get(stage, self.max_failed_fraction)
+
+
 STAGE_NEEDS = {"ground": "caption", "dedup": "embed"}
 
 # Profile `tiny` runs random-initialised models. Greedy decoding of a random model repeats one
@@ -218,6 +247,7 @@ class PipelineConfig(_Strict):
     quality: QualityConfig = QualityConfig()
     dedup: DedupConfig = DedupConfig()
     shard: ShardConfig = ShardConfig()
+    failures: FailureConfig = FailureConfig()
 
     @model_validator(mode="before")
     @classmethod

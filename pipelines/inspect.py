@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 from typing import TextIO
 
@@ -25,13 +26,23 @@ def _describe_run(run_dir: Path, out: TextIO) -> None:
     for stage in ALL_STAGES:
         marker = read_marker(run_dir / stage)
         print(describe_marker(marker) if marker else f"{stage}: not run", file=out)
-    stats = summarize(pq.read_table(run_dir / "ledger.parquet"), (read_marker(run_dir / "shard") or {}).get("shards", []))
+    ledger = pq.read_table(run_dir / "ledger.parquet")
+    stats = summarize(ledger, (read_marker(run_dir / "shard") or {}).get("shards", []))
     for entity in ("videos", "clips"):
         s = stats[entity]
-        print(f"{entity}: {s['total']} total, {s['kept']} kept, {s['rejected']} rejected, {s['failed']} failed", file=out)
+        failed = f"{s['failed']} failed ({s['transient']} transient, {s['failed'] - s['transient']} permanent)"
+        print(f"{entity}: {s['total']} total, {s['kept']} kept, {s['rejected']} rejected, {failed}; "
+              f"{s['retried']} took more than one try", file=out)
         for reason, count in s["reasons"].items():
             print(f"    {count:5d}  {reason}", file=out)
     print(f"samples: {stats['samples']} in {len(stats['shards'])} shards", file=out)
+    tries = Counter(
+        r["tries"] or 1
+        for r in ledger.to_pylist()
+        if r["status"] == "failed" and r["transient"] and (r["entity"] == "clip" or r["stage"] == "probe")
+    )
+    if tries:
+        print("transient failures by tries so far: " + ", ".join(f"{n} after {t}" for t, n in sorted(tries.items())), file=out)
 
 
 def _describe_shards(location: str, n: int, out: TextIO) -> None:

@@ -2,7 +2,8 @@
 
 A clip's status is the one of the last stage that saw it. A video that passed probe is
 `kept` if at least one of its clips is; otherwise it takes the status of its clips
-(failed if any failed, else rejected) with a reason that counts them.
+(failed if any failed, else rejected) with a reason that counts them. `transient` marks
+failures a re-run retries; `tries` is the most runs any stage took over the entry.
 """
 
 from __future__ import annotations
@@ -19,16 +20,16 @@ CLIP_LEVEL = ("split", *CLIP_STAGES, "shard")  # tables keyed by clip, in pipeli
 def build_ledger(tables: dict[str, pa.Table]) -> pa.Table:
     rows: list[dict] = []
     clips: dict[str, dict] = {}
-    for stage in CLIP_LEVEL:  # later stages override earlier ones
+    for stage in CLIP_LEVEL:  # later stages override earlier ones; tries: the most any stage took
         for row in tables[stage].to_pylist() if stage in tables else []:
+            earlier = clips.get(row["clip_id"], {}).get("tries", 1)
             clips[row["clip_id"]] = {
                 "entity": "clip",
                 "id": row["clip_id"],
                 "video_id": row["video_id"],
-                "status": row["status"],
-                "stage": row["stage"],
-                "reason": row["reason"],
+                **_outcome(row),
             }
+            clips[row["clip_id"]]["tries"] = max(earlier, clips[row["clip_id"]]["tries"])
     last_stage = next((s for s in reversed(CLIP_LEVEL) if s in tables), None)
     by_video: dict[str, list[dict]] = {}
     for clip in clips.values():
@@ -41,13 +42,22 @@ def build_ledger(tables: dict[str, pa.Table]) -> pa.Table:
     return to_table(rows, LEDGER)
 
 
+def _outcome(row: dict) -> dict:
+    failed = row["status"] == FAILED
+    return {
+        **{k: row[k] for k in ("status", "stage", "reason")},
+        "transient": bool(row["transient"]) if failed else None,
+        "tries": row["tries"] or 1,
+    }
+
+
 def _video_outcome(video: dict, clips: list[dict] | None, last_stage: str | None) -> dict:
     if video["status"] != KEPT or last_stage is None:
-        return {"status": video["status"], "stage": video["stage"], "reason": video["reason"]}
+        return _outcome(video)
     clips = clips or []
     counts = Counter(c["status"] for c in clips)
     if counts[KEPT]:
-        return {"status": KEPT, "stage": last_stage, "reason": None}
+        return {"status": KEPT, "stage": last_stage, "reason": None, "transient": None, "tries": 1}
     status = FAILED if counts[FAILED] else REJECTED
     first = next((c for c in clips if c["status"] == status), None)
     detail = f"no_clip_kept: {counts[FAILED]} failed, {counts[REJECTED]} rejected"
@@ -55,11 +65,31 @@ def _video_outcome(video: dict, clips: list[dict] | None, last_stage: str | None
         "status": status,
         "stage": first["stage"] if first else "split",
         "reason": f"{detail}; first: {first['reason']}" if first else detail,
+        "transient": any(c["transient"] for c in clips) if status == FAILED else None,
+        "tries": max((c["tries"] for c in clips if c["status"] == status), default=1),
     }
 
 
 def reason_code(reason: str | None) -> str:
     return (reason or "").split(":", 1)[0].strip() or "unspecified"
+
+
+def _reason_key(row: dict) -> str:
+    """`failed(caption, transient): backend`: status, stage, failure class and reason code."""
+    kind = "" if row["status"] != FAILED else ", transient" if row["transient"] else ", permanent"
+    return f"{row['status']}({row['stage']}{kind}): {reason_code(row['reason'])}"
+
+
+def pending_retries(ledger: pa.Table, failures) -> int:
+    """Clips and probed inputs that failed transiently and that a re-run would try again (a
+    video entry whose clips failed is counted through its clips)."""
+    if not failures.retry_transient:
+        return 0
+    return sum(
+        r["status"] == FAILED and bool(r["transient"]) and (r["tries"] or 1) < failures.max_tries
+        for r in ledger.to_pylist()
+        if r["entity"] == "clip" or r["stage"] == "probe"
+    )
 
 
 def summarize(ledger: pa.Table, shards: list[dict]) -> dict:
@@ -70,8 +100,8 @@ def summarize(ledger: pa.Table, shards: list[dict]) -> dict:
         stats[f"{entity}s"] = {
             "total": len(rows),
             **{status: sum(r["status"] == status for r in rows) for status in STATUSES},
-            "reasons": dict(
-                sorted(Counter(f"{r['status']}({r['stage']}): {reason_code(r['reason'])}" for r in rows if r["status"] != KEPT).items())
-            ),
+            "transient": sum(bool(r["transient"]) for r in rows),
+            "retried": sum((r["tries"] or 1) > 1 for r in rows),
+            "reasons": dict(sorted(Counter(_reason_key(r) for r in rows if r["status"] != KEPT).items())),
         }
     return stats

@@ -141,6 +141,11 @@ def _annotation_html(clip: dict) -> str:
     )
 
 
+def _failure_kind(row: dict) -> str:
+    """transient (a re-run retries it) or permanent; empty for rows that did not fail."""
+    return "" if row["status"] != "failed" else "transient" if row["transient"] else "permanent"
+
+
 def build_report(run_dir: Path, max_thumbnails: int = 60) -> str:
     ledger = pq.read_table(run_dir / "ledger.parquet").to_pylist()
     videos_ledger = [r for r in ledger if r["entity"] == "video"]
@@ -165,14 +170,17 @@ def build_report(run_dir: Path, max_thumbnails: int = 60) -> str:
         f'<div class="bar funnel-step" style="width:{max(n / top * 100, 4):.1f}%">{_e(label)}: <b>{n}</b></div>' for label, n in funnel
     )
     reasons = Counter(
-        (r["entity"], r["status"], r["stage"], reason_code(r["reason"])) for r in ledger if r["status"] != "kept"
+        (r["entity"], r["status"], r["stage"], _failure_kind(r), reason_code(r["reason"]), r["tries"] or 1)
+        for r in ledger
+        if r["status"] != "kept"
     )
     reasons_html = "".join(
-        f"<tr><td>{_e(ent)}</td><td>{_e(st)}</td><td>{_e(stage)}</td><td>{_e(code)}</td><td>{n}</td></tr>"
-        for (ent, st, stage, code), n in sorted(reasons.items())
-    ) or '<tr><td colspan="5">nothing was rejected or failed</td></tr>'
+        f"<tr><td>{_e(ent)}</td><td>{_e(st)}</td><td>{_e(stage)}</td><td>{kind}</td><td>{_e(code)}</td><td>{tries}</td><td>{n}</td></tr>"
+        for (ent, st, stage, kind, code, tries), n in sorted(reasons.items())
+    ) or '<tr><td colspan="7">nothing was rejected or failed</td></tr>'
     inputs_html = "".join(
-        f'<tr class="{_e(r["status"])}"><td>{_e(r["id"])}</td><td>{_e(r["status"])}</td><td>{_e(r["stage"])}</td><td>{_e(r["reason"] or "")}</td></tr>'
+        f'<tr class="{_e(r["status"])}"><td>{_e(r["id"])}</td><td>{_e(r["status"])}</td><td>{_e(r["stage"])}</td>'
+        f'<td>{_failure_kind(r)}</td><td>{r["tries"] or 1}</td><td>{_e(r["reason"] or "")}</td></tr>'
         for r in sorted(videos_ledger, key=lambda r: (r["status"], r["id"]))
     )
 
@@ -210,7 +218,8 @@ def build_report(run_dir: Path, max_thumbnails: int = 60) -> str:
     annotations = "".join(_annotation_html(c) for c in kept if "caption" in c and c["caption"] is not None)[: 400_000]
     annotations = annotations or "<p>no captioned clips (the caption stage did not run or kept nothing)</p>"
     stages = "".join(
-        f"<tr><td>{s}</td><td>{m['rows']}</td><td>{_e(m['counts'])}</td><td>{m['seconds']}</td></tr>"
+        f"<tr><td>{s}</td><td>{m['rows']}</td><td>{_e(m['counts'])}</td><td>{m.get('transient_failed', 0)}</td>"
+        f"<td>{m.get('rows_done', m['rows'])}</td><td>{m['seconds']}</td></tr>"
         for s in ALL_STAGES
         if (m := read_marker(run_dir / s))
     )
@@ -220,7 +229,7 @@ def build_report(run_dir: Path, max_thumbnails: int = 60) -> str:
 <h1>vidcurate report: {_e(run_dir.name)}</h1>
 <h2 id="funnel">Funnel</h2>{funnel_html}
 <h2 id="reasons">Why things were dropped</h2>
-<table><tr><th>entity</th><th>status</th><th>stage</th><th>reason</th><th>count</th></tr>{reasons_html}</table>
+<table><tr><th>entity</th><th>status</th><th>stage</th><th>failure</th><th>reason</th><th>tries</th><th>count</th></tr>{reasons_html}</table>
 <h2 id="distributions">Distributions</h2>
 {_histogram_svg([c["end_s"] - c["start_s"] for c in clips if c["status"] == "kept"], "kept clip duration (s)")}
 {_histogram_svg([v["duration_s"] for v in probe.values() if v["status"] == "kept"], "source video duration (s)")}
@@ -229,8 +238,8 @@ def build_report(run_dir: Path, max_thumbnails: int = 60) -> str:
 <h2 id="timelines">Timelines</h2><p class="legend">clip spans by status:{legend}</p>{timelines}
 <h2 id="annotations">Captions, events and QA</h2>{annotations}
 <h2 id="inputs">Inputs</h2>
-<table><tr><th>input</th><th>status</th><th>stage</th><th>reason</th></tr>{inputs_html}</table>
-<h2 id="stages">Stages</h2><table><tr><th>stage</th><th>rows</th><th>by status</th><th>seconds</th></tr>{stages}</table>
+<table><tr><th>input</th><th>status</th><th>stage</th><th>failure</th><th>tries</th><th>reason</th></tr>{inputs_html}</table>
+<h2 id="stages">Stages</h2><table><tr><th>stage</th><th>rows</th><th>by status</th><th>transient failures</th><th>rows done in its last run</th><th>seconds</th></tr>{stages}</table>
 </body></html>
 """
 

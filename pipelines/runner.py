@@ -9,9 +9,14 @@ Layout of a run directory:
     ledger.parquet                 one final status per input video and per clip
 
 A stage directory appears only when its work is complete (written as `<stage>.tmp`, then
-renamed) and carries `_SUCCESS.json` with a fingerprint of its config and of its input's
-marker. A re-run skips a stage whose fingerprint matches, and redoes it (and so everything
-after it) when its settings or its input changed.
+renamed) and carries `_SUCCESS.json` with a fingerprint of its config (chained through its
+upstream stages' configs) and the `revision` (the kept rows) of the input it read. A re-run
+skips a stage whose fingerprint and input revision match and that holds no row to retry, and
+redoes it whole (and so everything after it) when its settings changed. Otherwise it is
+brought up to date row by row: rows that failed transiently (under `failures.max_tries`) and
+rows its input gained are redone, in units that keep the output equal to an uninterrupted
+run's (a video for split and ground, whose rows depend on their siblings; the whole table for
+dedup and shard), and every other row is kept as it was.
 """
 
 from __future__ import annotations
@@ -32,9 +37,9 @@ import pyarrow.parquet as pq
 
 from pipelines.config import PipelineConfig
 from pipelines.card import dataset_card
-from pipelines.ledger import build_ledger, summarize
+from pipelines.ledger import build_ledger, pending_retries, summarize
 from schemas.readers import INDEX
-from schemas.tables import CLIPS, KEPT, SHARDED, STATUS_COLUMNS, TABLES, VIDEOS, to_table
+from schemas.tables import CLIPS, FAILED, KEPT, REJECTED, SHARDED, STATUS_COLUMNS, TABLES, VIDEOS, to_table
 from stages import probe, shard, split
 from stages.media import list_inputs
 from stages.publish import publish
@@ -42,6 +47,10 @@ from stages.publish import publish
 log = logging.getLogger("vidcurate")
 
 ALL_STAGES = tuple(TABLES)  # every stage a run directory can hold, in pipeline order
+ROW_KEY = {stage: "uri" if stage == "probe" else "clip_id" for stage in ALL_STAGES}
+# The rows a stage redoes together: split and ground rows depend on their video's other rows.
+# Stages absent here (dedup, shard) decide over the whole run and are redone whole.
+REDO_UNIT = {"probe": "uri", "split": "video_id", "caption": "clip_id", "ground": "video_id", "embed": "clip_id", "quality": "clip_id"}
 MARKER = "_SUCCESS.json"
 DATASET = "dataset"  # inside the shard stage directory: what trainers read
 WINDOWS = "windows.jsonl"  # in dataset/: video-level grounded samples over shipped clips (with ground)
@@ -72,7 +81,10 @@ def read_marker(stage_dir: Path) -> dict | None:
 def describe_marker(marker: dict) -> str:
     """One log line per stage: rows by status, time, and throughput where the stage has one."""
     rate = f", {marker['frames']} frames at {marker['frames_per_s']} frames/s" if "frames_per_s" in marker else ""
-    return f"{marker['stage']}: {marker['rows']} rows {marker['counts']} in {marker['seconds']} s{rate}"
+    transient = f" ({marker['transient_failed']} transient)" if marker.get("transient_failed") else ""
+    done = marker.get("rows_done", marker["rows"])
+    redone = f"; {done} of them computed by its last run" if done != marker["rows"] else ""
+    return f"{marker['stage']}: {marker['rows']} rows {marker['counts']}{transient} in {marker['seconds']} s{rate}{redone}"
 
 
 def _digest(*parts: str) -> str:
@@ -87,6 +99,7 @@ class Runner:
         self.run_dir = Path(cfg.run_dir)
         order = cfg.pipeline()
         self.upstream = {stage: (order[i - 1] if i else None) for i, stage in enumerate(order)}
+        self._redo: tuple[str, set] | None = None  # while a stage is brought up to date: (unit, values) it redoes
 
     def stage_dir(self, stage: str) -> Path:
         return self.run_dir / stage
@@ -94,13 +107,6 @@ class Runner:
     def fingerprint(self, stage: str, input_dir: Path | None) -> str:
         upstream = read_marker(input_dir)["fingerprint"] if input_dir is not None else ""
         return _digest(stage, self.cfg.stage_hash(stage), upstream)
-
-    def is_complete(self, stage: str, input_dir: Path | None = None, output_dir: Path | None = None) -> bool:
-        input_dir, output_dir = self._dirs(stage, input_dir, output_dir)
-        marker = read_marker(output_dir)
-        if marker is None or (input_dir is not None and read_marker(input_dir) is None):
-            return False
-        return marker["fingerprint"] == self.fingerprint(stage, input_dir)
 
     def _dirs(self, stage: str, input_dir, output_dir) -> tuple[Path | None, Path]:
         if stage not in self.upstream:
@@ -114,26 +120,43 @@ class Runner:
         input_dir, output_dir = self._dirs(stage, input_dir, output_dir)
         if input_dir is not None and read_marker(input_dir) is None:
             raise FileNotFoundError(f"{stage} needs a completed {self.upstream[stage]} stage at {input_dir} (no {MARKER})")
-        if self.is_complete(stage, input_dir, output_dir):
+        fingerprint = self.fingerprint(stage, input_dir)
+        input_revision = read_marker(input_dir)["revision"] if input_dir is not None else ""
+        previous = read_marker(output_dir)
+        same = previous is not None and previous["fingerprint"] == fingerprint
+        old = read_stage_table(output_dir, stage).to_pylist() if same else []
+        retry = self.retryable(old)
+        if same and previous.get("input_revision") == input_revision and not retry:
             log.info("%s: complete, skipped (%s)", stage, output_dir)
-            return read_marker(output_dir)
+            return previous
         started = time.monotonic()
+        self._redo, keep = self._plan_redo(stage, input_dir, old, retry)
+        if old:
+            log.info("%s: retrying %d transiently failed rows; %d rows kept from the last run", stage, len(retry), len(keep))
         tmp = output_dir.with_name(output_dir.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        extra = getattr(self, f"_run_{stage}")(input_dir, output_dir, tmp) or {}
-        table = read_stage_table(tmp, stage)
+        try:
+            extra = getattr(self, f"_run_{stage}")(input_dir, output_dir, tmp) or {}
+        finally:
+            self._redo = None
+        done = read_stage_table(tmp, stage)
+        table = self._merged(stage, tmp, keep, done, old) if old or stage == "quality" else done
         statuses = table.column("status").to_pylist()
         marker = {
             "stage": stage,
-            "fingerprint": self.fingerprint(stage, input_dir),
+            "fingerprint": fingerprint,
+            "input_revision": input_revision,
+            "revision": _digest(input_revision, *_kept_keys(table, ROW_KEY[stage])),
             "rows": table.num_rows,
+            "rows_done": done.num_rows,
             "counts": {s: statuses.count(s) for s in sorted(set(statuses))},
+            "transient_failed": sum(bool(t) for t in table.column("transient").to_pylist()),
             "seconds": round(time.monotonic() - started, 2),
             **extra,
         }
-        if "start_frame" in table.column_names:  # a table of frame spans: report throughput
-            spans = pc.subtract(table.column("end_frame"), table.column("start_frame"))
+        if "start_frame" in done.column_names:  # a table of frame spans: report throughput of this run's work
+            spans = pc.subtract(done.column("end_frame"), done.column("start_frame"))
             marker["frames"] = pc.sum(spans).as_py() or 0
             marker["frames_per_s"] = round(marker["frames"] / max(marker["seconds"], 1e-3), 1)
         (tmp / MARKER).write_text(json.dumps(marker, indent=2, sort_keys=True))
@@ -142,14 +165,73 @@ class Runner:
         log.info("%s", describe_marker(marker))
         return marker
 
+    def retryable(self, rows: list[dict]) -> list[dict]:
+        """Rows a re-run re-attempts: failed transiently and tried fewer than `max_tries` times."""
+        failures = self.cfg.failures
+        if not failures.retry_transient:
+            return []
+        return [r for r in rows if r["status"] == FAILED and r["transient"] and (r["tries"] or 1) < failures.max_tries]
+
+    def _plan_redo(self, stage: str, input_dir: Path | None, old: list[dict], retry: list[dict]) -> tuple[tuple | None, list[dict]]:
+        """What an update of a completed stage computes: (unit column, its values) or None for
+        everything; and the old rows kept as they are."""
+        unit, key = REDO_UNIT.get(stage), ROW_KEY[stage]
+        if not old or unit is None:
+            return None, []
+        if input_dir is None:  # probe: the inputs listed by the first run
+            expected = {r[key]: r[unit] for r in old}
+        else:
+            upstream = read_stage_table(input_dir, read_marker(input_dir)["stage"]).filter(pc.field("status") == KEPT)
+            by = key if key in upstream.column_names else unit  # split: its input has videos, not clips
+            expected = dict(zip(upstream.column(by).to_pylist(), upstream.column(unit).to_pylist()))
+            key = by
+        present = {r[key]: r[unit] for r in old}
+        changed = expected.keys() ^ present.keys()
+        redo = {expected.get(k, present.get(k)) for k in changed} | {r[unit] for r in retry}
+        keep = [r for r in old if r[unit] not in redo and r[key] in expected]
+        return (unit, redo), keep
+
+    def _merged(self, stage: str, tmp: Path, keep: list[dict], done: pa.Table, old: list[dict]) -> pa.Table:
+        """The stage's table after an update: kept old rows plus this run's rows, which count
+        their tries; quality then decides over all of them (its rules use corpus percentiles)."""
+        key = ROW_KEY[stage]
+        before = {r[key]: r for r in old}
+        rows = done.to_pylist()
+        for row in rows:
+            last = before.get(row[key])
+            row["tries"] = (last["tries"] or 1) + 1 if last and last["status"] == FAILED else 1
+        rows += keep
+        if stage == "probe":  # a retried input may hold the same bytes as a kept one
+            from stages.probe import mark_exact_duplicates
+
+            rows = mark_exact_duplicates(rows)
+        if stage == "quality":
+            from stages.quality import decide
+
+            undecided = [{**r, "status": KEPT, "reason": None, "quality": None} if r["status"] == REJECTED else r for r in rows]
+            rows = decide(undecided, self.cfg.quality.rules, self.cfg.quality.rank_scores)
+        for part in tmp.glob("*.parquet"):
+            part.unlink()
+        _write(tmp, sorted(rows, key=lambda r: r[key]), TABLES[stage])
+        return read_stage_table(tmp, stage)
+
+    def _selected(self, rows: list[dict]) -> list[dict]:
+        """The rows this run computes (all, or the units an update redoes)."""
+        if self._redo is None:
+            return rows
+        unit, values = self._redo
+        return [r for r in rows if r[unit] in values]
+
     def _run_probe(self, _input_dir, _output_dir, tmp: Path) -> None:
         import ray
 
         if not self.cfg.inputs:
             raise ValueError("no inputs: set `inputs` in the config or pass --inputs")
-        uris = list_inputs(self.cfg.inputs)
-        if not uris:
+        uris = [r["uri"] for r in self._selected([{"uri": u} for u in list_inputs(self.cfg.inputs)])]
+        if not uris and self._redo is None:
             raise FileNotFoundError(f"no input files found for {self.cfg.inputs!r}")
+        if not uris:
+            return _write(tmp, [], VIDEOS)
         ensure_ray(self.cfg)
         ds = ray.data.from_items([{"uri": u} for u in uris], override_num_blocks=min(len(uris), 1000))
         root = self.cfg.inputs if Path(self.cfg.inputs).is_dir() else None
@@ -166,6 +248,8 @@ class Runner:
         import ray
 
         videos = read_stage_table(input_dir, "probe").filter(pc.field("status") == KEPT)
+        if self._redo is not None:
+            videos = videos.filter(pc.field("video_id").isin(sorted(self._redo[1])))
         media = output_dir.parent / "media" / "clips"
         if videos.num_rows:
             ensure_ray(self.cfg)
@@ -191,7 +275,7 @@ class Runner:
             for extra in read_stage_table(input_dir.parent / stage, stage).to_pylist():
                 if extra["clip_id"] in rows:
                     rows[extra["clip_id"]].update({k: v for k, v in extra.items() if k not in STATUS_COLUMNS})
-        return [rows[c] for c in sorted(rows)]
+        return self._selected([rows[c] for c in sorted(rows)])
 
     def _map_clips(self, stage: str, rows: list[dict], tmp: Path, fn, resources, decode=None, **kwargs) -> None:
         """Run a stage core over clip rows on Ray Data; `fn` is a function or an actor class.
@@ -265,11 +349,7 @@ class Runner:
             "with_aesthetic": "embed" in self.cfg.stages,
             "flags": flags,
         }
-        self._map_clips("quality", rows, tmp, quality.score_batch, cfg.resources, None, **kwargs)
-        scored = read_stage_table(tmp, "quality").to_pylist()
-        for part in tmp.glob("*.parquet"):
-            part.unlink()
-        _write(tmp, sorted(quality.decide(scored, cfg.rules, cfg.rank_scores), key=lambda r: r["clip_id"]), TABLES["quality"])
+        self._map_clips("quality", rows, tmp, quality.score_batch, cfg.resources, None, **kwargs)  # decided in _merged
 
     def _run_dedup(self, input_dir: Path, _output_dir, tmp: Path) -> dict:
         from stages import dedup
@@ -306,16 +386,22 @@ class Runner:
         return {"shards": manifest, "windows": len(video_windows)}
 
     def finish(self) -> dict:
-        """Write the ledger; with shards: stats.json and the dataset card, then publish if asked."""
+        """Write the ledger; with shards: stats.json and the dataset card, then publish if asked.
+        Over the failure budget, nothing is published or recorded as shipped and this raises
+        FailureBudgetExceeded once everything else is written."""
         tables = {s: read_stage_table(self.stage_dir(s), s) for s in self.cfg.pipeline() if read_marker(self.stage_dir(s))}
         ledger = build_ledger(tables)
         pq.write_table(ledger, self.run_dir / "ledger.parquet")
         shard_marker = read_marker(self.stage_dir("shard")) or {}
         stats = summarize(ledger, shard_marker.get("shards", []))
+        stats["failure_budget"] = over_budget(tables, stats, self.cfg.failures)
         if shard_marker:
             dataset = self.stage_dir("shard") / DATASET
             (dataset / "stats.json").write_text(json.dumps(stats, indent=2, sort_keys=True))
             (dataset / "README.md").write_text(dataset_card(stats, self.cfg, dataset))
+        if stats["failure_budget"]:
+            raise FailureBudgetExceeded.of_run(self.run_dir, stats, pending_retries(ledger, self.cfg.failures))
+        if shard_marker:
             if self.cfg.shard.output:
                 stats["published"] = publish(dataset, self.cfg.shard.output)
                 log.info("published %d shards to %s", len(stats["shards"]), self.cfg.shard.output)
@@ -337,6 +423,36 @@ class Runner:
                 on_stage(stage)
             self.run_stage(stage)
         return self.finish()
+
+
+class FailureBudgetExceeded(RuntimeError):
+    """More failed than `failures` allows. The run wrote its tables, ledger and local dataset;
+    it published nothing. The message is one line: what failed, and whether a re-run retries it."""
+
+    @classmethod
+    def of_run(cls, run_dir: Path, stats: dict, retries: int) -> FailureBudgetExceeded:
+        return cls(
+            f"{run_dir}: over the failure budget ({'; '.join(stats['failure_budget'])}); "
+            f"{retries} transient failures a re-run retries; nothing published"
+        )
+
+
+def over_budget(tables: dict[str, pa.Table], stats: dict, failures) -> list[str]:
+    """Each stage whose failed rows, and each ledger entity whose failed share, exceed the budget."""
+    breaches = []
+    for stage, table in tables.items():
+        failed = pc.sum(pc.equal(table.column("status"), FAILED)).as_py() or 0
+        if table.num_rows and failed / table.num_rows > failures.budget(stage):
+            breaches.append(f"{stage}: {failed}/{table.num_rows} rows failed > {failures.budget(stage):g}")
+    for entity in ("videos", "clips"):
+        s = stats[entity]
+        if s["total"] and s["failed"] / s["total"] > failures.max_failed_fraction:
+            breaches.append(f"{entity}: {s['failed']}/{s['total']} failed > {failures.max_failed_fraction:g}")
+    return breaches
+
+
+def _kept_keys(table: pa.Table, key: str) -> list[str]:
+    return sorted(k for k, s in zip(table.column(key).to_pylist(), table.column("status").to_pylist()) if s == KEPT)
 
 
 def _write(directory: Path, rows: list[dict], schema: pa.Schema) -> None:

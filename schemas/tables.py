@@ -10,7 +10,7 @@ import hashlib
 
 import pyarrow as pa
 
-STATUS_COLUMNS = ("status", "stage", "reason")
+STATUS_COLUMNS = ("status", "stage", "reason", "transient", "tries")
 KEPT = "kept"
 REJECTED = "rejected"
 FAILED = "failed"
@@ -20,6 +20,8 @@ _STATUS_FIELDS = [
     pa.field("status", pa.string(), nullable=False),
     pa.field("stage", pa.string(), nullable=False),
     pa.field("reason", pa.string()),
+    pa.field("transient", pa.bool_()),  # failed rows: true when a later run may succeed (retried)
+    pa.field("tries", pa.int32()),  # runs that attempted this row (null: 1)
 ]
 
 VIDEOS = pa.schema(

@@ -19,6 +19,7 @@ from PIL import Image
 from pipelines.config import CaptionConfig
 from schemas.readers import clip_frames
 from schemas.tables import CAPTIONS, FAILED, KEPT, stable_int, to_table
+from stages.failures import failed, is_transient
 from stages.answer import InvalidAnswer, answer_regex, clean_events, clean_text, parse_answer, time_choices
 from stages.captioners import BackendError, Prompt
 from stages.media import pack_frames, unpack_frames
@@ -82,7 +83,7 @@ def decode_clips(clips: list[dict], cfg: CaptionConfig) -> list[dict]:
                 frames, times = sample_frames(f.read(), clip["end_s"] - clip["start_s"], cfg)
             item.update(frames=pack_frames(frames), frame_times=times, error=None)
         except Exception as exc:  # noqa: BLE001 - an unreadable clip fails alone, with its error
-            item.update(frames=None, frame_times=None, error=f"frames: {type(exc).__name__}: {exc}")
+            item.update(frames=None, frame_times=None, error=failed("frames", exc))
         out.append(item)
     return out
 
@@ -98,7 +99,7 @@ def caption_decoded(decoded: list[dict], captioner, cfg: CaptionConfig) -> list[
     for clip in decoded:
         base = {"clip_id": clip["clip_id"], "video_id": clip["video_id"], "stage": STAGE, "model": captioner.name}
         if clip["error"]:
-            rows[clip["clip_id"]] = {**base, "status": FAILED, "reason": clip["error"], "attempts": 0}
+            rows[clip["clip_id"]] = {**base, **clip["error"], "attempts": 0}
             continue
         frames = list(unpack_frames(clip["frames"]))
         duration = clip["end_s"] - clip["start_s"]
@@ -110,9 +111,11 @@ def caption_decoded(decoded: list[dict], captioner, cfg: CaptionConfig) -> list[
         prompts = [build_prompt(i, pending[i]["frames"], pending[i]["frame_times"], pending[i]["duration"], cfg, attempt) for i in ids]
         try:
             answers = captioner.generate(prompts)
-        except BackendError as exc:
-            for i in ids:
-                rows[i] = _row(pending.pop(i), FAILED, f"backend: {exc}", attempt + 1)
+        except Exception as exc:
+            if not isinstance(exc, BackendError) and not is_transient(exc):
+                raise  # our bug, not the clips': fail the stage loudly
+            for i in ids:  # the backend is down or out of memory: a later run retries these clips
+                rows[i] = {**_row(pending.pop(i), FAILED, None, attempt + 1), **failed("backend", exc)}
             break
         for i, raw in zip(ids, answers):
             item = pending[i]

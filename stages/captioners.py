@@ -40,7 +40,12 @@ class Prompt:
 
 
 class BackendError(RuntimeError):
-    """The backend could not answer (server down after retries, ...): the clip fails with this."""
+    """The backend could not answer: the clip fails with this. `transient`: the server was down,
+    timed out or overloaded (a later run retries); false when it refused the request itself."""
+
+    def __init__(self, message: str, transient: bool):
+        super().__init__(message)
+        self.transient = transient
 
 
 def _pil(rgb: np.ndarray) -> Image.Image:
@@ -133,6 +138,9 @@ def vllm_sampling_params(prompt: Prompt, structured: bool):
 
 
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+# The request itself was refused (bad or too large for this clip): final. Any other status
+# (401 bad key, 404 wrong URL, ...) is the endpoint's state, which a later run may find fixed.
+REQUEST_REFUSED = {400, 413, 422}
 
 
 class OpenAICaptioner:
@@ -191,9 +199,10 @@ class OpenAICaptioner:
                     return response.json()["choices"][0]["message"]["content"] or ""
                 problem = f"HTTP {response.status_code}"
                 if response.status_code not in RETRY_STATUS:
-                    raise BackendError(f"{problem}: {response.text[:200]}")
+                    transient = response.status_code not in REQUEST_REFUSED
+                    raise BackendError(f"{problem}: {response.text[:200]}", transient)
                 delay = float(response.headers.get("retry-after") or delay)
             if attempt < self.max_retries:
                 log.warning("openai backend: %s, retry %d/%d in %.1f s", problem, attempt + 1, self.max_retries, delay)
                 time.sleep(delay)
-        raise BackendError(f"{problem} after {self.max_retries} retries")
+        raise BackendError(f"{problem} after {self.max_retries} retries", transient=True)

@@ -16,7 +16,8 @@ import numpy as np
 import pyarrow as pa
 
 from schemas.readers import clip_frames
-from schemas.tables import EMBEDDED, FAILED, KEPT, to_table
+from schemas.tables import EMBEDDED, KEPT, to_table
+from stages.failures import failed, is_transient
 from stages.media import pack_frames, unpack_frames
 from stages.models import TINY_CLIP_MODEL, cache_dir, tiny_clip_config
 
@@ -126,7 +127,7 @@ def decode_keyframes(clips: list[dict], keyframes: int) -> list[dict]:
             gray = rgb[len(rgb) // 2].mean(axis=2).astype(np.uint8)
             item.update(frames=pack_frames(rgb), phash=phash(gray), error=None)
         except Exception as exc:  # noqa: BLE001 - one unreadable clip fails alone
-            item.update(frames=None, phash=None, error=f"frames: {type(exc).__name__}: {exc}")
+            item.update(frames=None, phash=None, error=failed("frames", exc))
         out.append(item)
     return out
 
@@ -137,12 +138,26 @@ def embed_clips(clips: list[dict], encoder: ClipEncoder, keyframes: int) -> list
 
 
 def embed_decoded(decoded: list[dict], encoder: ClipEncoder) -> list[dict]:
-    """Model half: all frames of the batch go through the image encoder together."""
+    """Model half: all frames of the batch go through the image encoder together. A transient
+    model failure (out of memory) fails the batch's clips for the next run to retry."""
+    try:
+        return _embed_decoded(decoded, encoder)
+    except Exception as exc:
+        if not is_transient(exc):
+            raise
+        rows = []
+        for clip in decoded:
+            row = {"clip_id": clip["clip_id"], "video_id": clip["video_id"], "stage": STAGE, "embed_model": encoder.name}
+            rows.append({**row, **(clip["error"] or failed("embed", exc))})
+        return rows
+
+
+def _embed_decoded(decoded: list[dict], encoder: ClipEncoder) -> list[dict]:
     rows, frames, owners = {}, [], []
     for clip in decoded:
         row = {"clip_id": clip["clip_id"], "video_id": clip["video_id"], "stage": STAGE, "embed_model": encoder.name}
         if clip["error"]:
-            rows[clip["clip_id"]] = {**row, "status": FAILED, "reason": clip["error"]}
+            rows[clip["clip_id"]] = {**row, **clip["error"]}
             continue
         rows[clip["clip_id"]] = {**row, "status": KEPT, "reason": None, "phash": clip["phash"]}
         rgb = unpack_frames(clip["frames"])

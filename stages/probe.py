@@ -15,7 +15,8 @@ import fsspec
 import pyarrow as pa
 
 from pipelines.config import ProbeConfig
-from schemas.tables import FAILED, KEPT, REJECTED, VIDEOS, to_table
+from schemas.tables import KEPT, REJECTED, VIDEOS, to_table
+from stages.failures import failed
 from stages.media import is_remote, local_copy, rotation_of
 
 STAGE = "probe"
@@ -144,7 +145,7 @@ def probe_video(uri: str, cfg: ProbeConfig, root: str | None = None) -> dict:
     except Rejection as exc:
         row.update(status=REJECTED, reason=str(exc))
     except Exception as exc:  # noqa: BLE001 - any other error is ours; record it and keep the run alive
-        row.update(status=FAILED, reason=f"{type(exc).__name__}: {exc}")
+        row.update(failed("read", exc))
     return row
 
 

@@ -1,40 +1,86 @@
 """Publish a finished dataset folder to a directory or any fsspec URL (s3://, gs://, ...).
 
-Every file is first written under `<dest>/_staging/` and then moved to its final name, so a
-reader never sees half a file; `index.json` goes last and is the commit point: a crash
-mid-publish leaves the previous index (and complete files) in place. Files the new index no
-longer lists are removed afterwards.
+Published layout: `<dest>/index.json` (the commit point), the card, stats and windows beside
+it, and the shards with their sidecars in `<dest>/<version>/`, where the version is a digest
+of the dataset's bytes. A version folder is written whole before the index names it and is
+never changed afterwards, so a reader following the index sees either the previous dataset or
+the new one, never a mix, whatever fails mid-publish. Object-store errors are retried with
+backoff; when they persist, publish raises and the previous dataset stays as it was. Version
+folders the new index does not name are removed once it is in place.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
+import time
 from pathlib import Path
 
 import fsspec
 
 from schemas.readers import INDEX
+from stages.failures import is_transient
 
-STAGING = "_staging"
+log = logging.getLogger("vidcurate")
+
+VERSION_PREFIX = "v-"
+SHARD_FILES = (".tar", ".parquet")  # versioned; every other file is also copied beside the index
 
 
-def publish(local_dir: Path, url: str) -> str:
-    """Copy `local_dir`'s files to `url`; returns the published index URL."""
+class PublishError(RuntimeError):
+    """The object store kept failing: nothing new is visible; a re-run publishes again."""
+
+    transient = True
+
+
+def dataset_version(local_dir: Path) -> str:
+    """`v-<digest>` of every file's name and bytes: equal datasets share a version."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in local_dir.iterdir() if p.is_file()):
+        digest.update(path.name.encode() + b"\0")
+        with path.open("rb") as f:
+            while block := f.read(1 << 20):
+                digest.update(block)
+    return VERSION_PREFIX + digest.hexdigest()[:16]
+
+
+def publish(local_dir: Path, url: str, retries: int = 4, backoff_s: float = 1.0) -> str:
+    """Copy `local_dir`'s dataset to `url`; returns the published index URL."""
     fs, root = fsspec.core.url_to_fs(url)
     root = root.rstrip("/")
-    fs.makedirs(root, exist_ok=True)
-    staging = f"{root}/{STAGING}"
-    fs.makedirs(staging, exist_ok=True)
+    version = dataset_version(local_dir)
+
+    def attempt(what: str, action, *args) -> None:
+        for i in range(retries + 1):
+            try:
+                return action(*args)
+            except Exception as exc:
+                if not is_transient(exc) or i == retries:
+                    raise PublishError(f"publishing to {url} failed at {what}: {type(exc).__name__}: {exc}") from exc
+                delay = backoff_s * 2**i
+                log.warning("publish: %s failed (%s), retry %d/%d in %.1f s", what, exc, i + 1, retries, delay)
+                time.sleep(delay)
+
     names = sorted(p.name for p in local_dir.iterdir() if p.is_file())
-    for name in [n for n in names if n != INDEX] + [INDEX]:
-        fs.put_file(str(local_dir / name), f"{staging}/{name}")
-        fs.mv(f"{staging}/{name}", f"{root}/{name}")
-    listed = {s["url"] for s in json.loads((local_dir / INDEX).read_text())["shardlist"]}
+    shards = [n for n in names if n.endswith(SHARD_FILES)]
+    attempt("mkdir", fs.makedirs, f"{root}/{version}", True)
+    for name in shards:  # the new version, whole, before anything names it
+        attempt(name, fs.put_file, str(local_dir / name), f"{root}/{version}/{name}")
+    index = json.loads((local_dir / INDEX).read_text())
+    for shard in index["shardlist"]:
+        shard["url"] = f"{version}/{shard['url']}"
+    staged = local_dir.parent / f".{INDEX}.published"
+    staged.write_text(json.dumps(index, indent=1))
+    try:
+        attempt(INDEX, fs.put_file, str(staged), f"{root}/{INDEX}")  # the commit point: one object
+    finally:
+        staged.unlink()
+    for name in [n for n in names if n not in shards and n != INDEX]:  # card, stats, windows
+        attempt(name, fs.put_file, str(local_dir / name), f"{root}/{name}")
     for path in fs.ls(root, detail=False):
         name = path.rstrip("/").rsplit("/", 1)[-1]
-        stem = name.rsplit(".", 1)[0]
-        if name.endswith((".tar", ".parquet")) and f"{stem}.tar" not in listed:
-            fs.rm(path)
-    if fs.exists(staging):
-        fs.rm(staging, recursive=True)
+        stale = name.startswith(VERSION_PREFIX) and name != version
+        if stale or name.endswith(SHARD_FILES):  # older versions; shards of the unversioned layout (before 0.2)
+            attempt(f"removing {name}", fs.rm, path, True)
     return f"{url.rstrip('/')}/{INDEX}"

@@ -17,7 +17,8 @@ import numpy as np
 import pyarrow as pa
 
 from schemas.readers import clip_frames
-from schemas.tables import FAILED, KEPT, REJECTED, SCORED, to_table
+from schemas.tables import KEPT, REJECTED, SCORED, to_table
+from stages.failures import failed
 from stages.answer import clean_text
 from stages.content_flags import flag_scores
 
@@ -132,7 +133,7 @@ def score_batch(
                 head = AestheticHead(aesthetic_path, len(clip["image_emb"]) // 2)
             scores = score_clip(clip, frames_per_clip, head, flags)
         except Exception as exc:  # noqa: BLE001 - a clip that cannot be scored fails alone
-            rows.append({**row, "status": FAILED, "reason": f"score: {type(exc).__name__}: {exc}"})
+            rows.append({**row, **failed("score", exc)})
             continue
         rows.append({**row, "status": KEPT, "reason": None, "scores": json.dumps(scores, sort_keys=True)})
     return to_table(rows, SCORED)

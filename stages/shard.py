@@ -25,7 +25,8 @@ from PIL import Image
 from pipelines.config import ShardConfig
 from schemas.readers import clip_frames
 from schemas.sample import SIDECAR, build_sample, sidecar_row
-from schemas.tables import FAILED, KEPT
+from schemas.tables import KEPT
+from stages.failures import failed
 
 STAGE = "shard"
 
@@ -71,7 +72,7 @@ def write_shards(
                         members[f"f{i:03d}.jpg"] = jpeg
                 sink.write(members)
             except Exception as exc:  # noqa: BLE001 - one bad clip must not sink the shard set
-                rows.append({**row, "status": FAILED, "reason": f"{type(exc).__name__}: {exc}"})
+                rows.append({**row, **failed("write", exc)})
                 continue
             shard = os.path.basename(sink.fname)
             sidecars.setdefault(shard, []).append(sidecar_row(sample, shard, len(sidecars.get(shard, []))))

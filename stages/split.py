@@ -18,6 +18,7 @@ import pyarrow as pa
 
 from pipelines.config import SplitConfig
 from schemas.tables import CLIPS, FAILED, KEPT, REJECTED, clip_id, to_table
+from stages.failures import failed
 from stages.decoding import decode_threads
 from stages.detect import Cut, detect_cuts, frozen_run_end
 from stages.media import local_copy, read_small_frames
@@ -215,7 +216,7 @@ def extract_clips(path: str, spans: list[dict], out_dir: Path, video: dict, cfg:
         if encoder is not None:
             encoder.abort()
         for span in todo[current:]:
-            span.update(status=FAILED, reason=f"extract: {type(exc).__name__}: {exc}")
+            span.update(failed("extract", exc))
     for span in todo[current:]:
         if span["status"] == KEPT:
             span.update(status=FAILED, reason="extract: stream ended before the clip's first frame")
@@ -267,8 +268,7 @@ def split_video(video: dict, media_dir: Path, cfg: SplitConfig) -> list[dict]:
                 "end_s": end_s,
                 "start_frame": 0,
                 "end_frame": int(video.get("n_frames") or 0),
-                "status": FAILED,
-                "reason": f"{type(exc).__name__}: {exc}",
+                **failed("split", exc),
             }
         ]
 

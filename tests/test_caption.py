@@ -124,4 +124,5 @@ def test_openai_backend_gives_up_after_retries_and_the_clip_fails(clips, tiny):
         endpoint = OpenAIEndpoint(base_url=server.base_url, max_retries=1, backoff_s=0.01)
         rows = caption_clips(clips[:1], OpenAICaptioner(tiny.name, **endpoint.model_dump()), CFG)
     assert rows[0]["status"] == FAILED
-    assert rows[0]["reason"] == "backend: HTTP 503 after 1 retries"
+    assert rows[0]["reason"] == "backend: BackendError: HTTP 503 after 1 retries"
+    assert rows[0]["transient"] is True  # the server's fault: the next run asks again

@@ -97,7 +97,7 @@ def test_republishing_fewer_shards_removes_the_stale_ones(tmp_path, published):
     dataset = run_dir / "shard" / "dataset"
     dest = tmp_path / "dest"
     publish(dataset, str(dest))
-    assert len(list(dest.glob("*.tar"))) >= 3
+    assert len(list(dest.glob("v-*/*.tar"))) >= 3 and not list(dest.glob("*.tar"))
     fewer = tmp_path / "fewer"
     fewer.mkdir()
     first = json.loads((dataset / "index.json").read_text())["shardlist"][0]
@@ -105,8 +105,9 @@ def test_republishing_fewer_shards_removes_the_stale_ones(tmp_path, published):
         (fewer / name).write_bytes((dataset / name).read_bytes())
     (fewer / "index.json").write_text(json.dumps({"shardlist": [first]}))
     publish(fewer, str(dest))
-    assert sorted(p.name for p in dest.glob("*.tar")) == [first["url"]]
-    assert sorted(p.name for p in dest.glob("*.parquet")) == [first["url"].replace(".tar", ".parquet")]
+    assert sorted(p.name for p in dest.glob("v-*/*.tar")) == [first["url"]]
+    assert sorted(p.name for p in dest.glob("v-*/*.parquet")) == [first["url"].replace(".tar", ".parquet")]
+    assert [s["__key__"] for s in open_shards(str(dest))] == [s["__key__"] for s in open_shards(str(fewer))]
 
 
 def test_training_samples_give_frames_on_the_annotation_clock(published):
