@@ -25,12 +25,14 @@ def _duration_histogram(durations: np.ndarray) -> list[str]:
 
 
 def dataset_card(stats: dict, cfg: PipelineConfig, dataset_dir: Path) -> str:
-    parts = sorted(dataset_dir.glob("*.parquet"))
+    parts = sorted(p for p in dataset_dir.glob("*.parquet") if "-windows-" not in p.name)  # clip sidecars
     side = pq.ParquetDataset(parts).read().to_pylist() if parts else []
     durations = np.array([r["duration_s"] for r in side], dtype=float)
     sizes = Counter(f"{r['width']}x{r['height']}" for r in side)
     cuts = Counter(r["cut_kind"] for r in side)
-    first, last = (stats["shards"][0]["name"], stats["shards"][-1]["name"]) if stats["shards"] else ("", "")
+    clip_shards = [s for s in stats["shards"] if s.get("kind", "clip") == "clip"]
+    window_shards = [s for s in stats["shards"] if s.get("kind") == "window"]
+    first, last = (clip_shards[0]["name"], clip_shards[-1]["name"]) if clip_shards else ("", "")
     pattern = f"{cfg.shard.prefix}-{{{first[-10:-4]}..{last[-10:-4]}}}.tar" if first else "(no shards)"
     v, c = stats["videos"], stats["clips"]
     lines = [
@@ -40,8 +42,11 @@ def dataset_card(stats: dict, cfg: PipelineConfig, dataset_dir: Path) -> str:
         "",
         "## Contents",
         "",
-        f"- {stats['samples']} samples in {len(stats['shards'])} WebDataset shards (`{pattern}`), "
+        f"- {stats['samples']} clip samples in {len(clip_shards)} WebDataset shards (`{pattern}`), "
         f"{durations.sum():.1f} s of video in total",
+        f"- {stats.get('window_samples', 0)} video-level window samples in {len(window_shards)} shards "
+        f"(`{cfg.shard.prefix}-windows-*.tar`): runs of contiguous clips, each with its own mp4; their spans are "
+        "seconds in that mp4",
         "- members per sample: `mp4` (H.264 clip), `json` (annotation)"
         + (f", `f000.jpg`..`f{cfg.shard.keyframes - 1:03d}.jpg` (keyframes)" if cfg.shard.keyframes else ""),
         "- annotations: clip spans with source provenance; captions, events and QA: none in this release",
@@ -74,7 +79,8 @@ def dataset_card(stats: dict, cfg: PipelineConfig, dataset_dir: Path) -> str:
         f'ds = wds.WebDataset("{pattern}", shardshuffle=False)',
         "",
         "from datasets import load_dataset",
-        f'hf = load_dataset("webdataset", data_files={{"train": "{cfg.shard.prefix}-*.tar"}}, streaming=True)',
+        f'hf = load_dataset("webdataset", data_files={{"train": "{cfg.shard.prefix}-0*.tar"}}, streaming=True)',
+        f'windows = load_dataset("webdataset", data_files={{"train": "{cfg.shard.prefix}-windows-*.tar"}}, streaming=True)',
         "```",
         "",
         "## Configuration used",

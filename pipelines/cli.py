@@ -89,7 +89,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from pipelines.export import export
 
-    print(json.dumps(export(args.source, args.format, args.out, copy_media=not args.no_media), indent=2))
+    print(json.dumps(export(args.source, args.format, args.out, absolute_media=args.absolute_media), indent=2))
     return 0
 
 
@@ -134,11 +134,11 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", help="HTML file (default: RUN/report.html)")
     report.add_argument("--max-thumbnails", type=int, default=60, help="per status (kept, rejected, failed)")
     report.set_defaults(func=cmd_report)
-    export = sub.add_parser("export", help="write trainer conversation JSON (+ media) from shards")
+    export = sub.add_parser("export", help="write a trainer's JSON (+ media of every clip and window) from shards")
     export.add_argument("source", help="shards: a dataset folder or URL (the run's shard/dataset)")
     export.add_argument("--format", required=True, choices=FORMATS)
-    export.add_argument("--out", required=True, help="folder for <format>.json and media/")
-    export.add_argument("--no-media", action="store_true", help="do not copy clip mp4 files")
+    export.add_argument("--out", required=True, help="folder for <format>.json and media/ (the trainer's media root)")
+    export.add_argument("--absolute-media", action="store_true", help="name media by absolute path instead of relative to the JSON")
     export.set_defaults(func=cmd_export)
     return parser
 

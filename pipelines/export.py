@@ -1,31 +1,23 @@
-"""Trainer exports: conversation JSON for LLaVA, ShareGPT (LLaMA-Factory), Qwen-VL and
-TimeSuite, rendered from the same stored QA records.
+"""Trainer exports: the conversation JSON each trainer's own loader reads, from the shards.
 
-QA text stores times as `{spanK}` placeholders over numeric spans; each format renders them
-in its trainer's own style (`TIME_STYLES`), and `parse_times` reads them back, which the
-tests use to prove no exporter shifts or rounds a span beyond its printed precision.
-Clip media are copied next to the JSON (media/<key>.mp4); video-level windows point at the
-source video with start/end.
+Every clip and window sample is exported with its own media, copied to `media/<key>.mp4`
+beside the JSON; records name it relative to the JSON file (or absolutely, `absolute_media`),
+so pointing the trainer's media root (`--video_folder`, `media_dir`, `data_folder`, ...) at
+the export folder is all it needs. Trainers decode the whole file, and every span is a time in
+that file. QA text stores times as `{spanK}` placeholders over numeric spans; each format
+renders them in its trainer's own wording (`TRAINERS`), and `parse_times` reads them back.
+docs/training.md names the loader file and function each format follows.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
-
-import fsspec
 
 from schemas.readers import open_shards
 
-TIME_STYLES = {
-    # format: (render template, regex reading it back, decimals)
-    "timesuite": ("from {a:.1f} to {b:.1f} seconds", r"from (\d+\.\d) to (\d+\.\d) seconds", 1),
-    "llava": ("{a:.1f} - {b:.1f} seconds", r"(\d+\.\d) - (\d+\.\d) seconds", 1),
-    "sharegpt": ("[{a:.2f}s, {b:.2f}s]", r"\[(\d+\.\d\d)s, (\d+\.\d\d)s\]", 2),
-    "qwen": ("<{a:.1f}s> - <{b:.1f}s>", r"<(\d+\.\d)s> - <(\d+\.\d)s>", 1),
-}
-FORMATS = tuple(TIME_STYLES)
 INSTRUCTIONS = {
     "temporal_grounding": "Find the time span the query describes.",
     "dense_captioning": "Describe the events of the video with their times.",
@@ -38,75 +30,118 @@ INSTRUCTIONS = {
 }
 
 
-def render(text: str, spans: list[list[float]], fmt: str) -> str:
-    """Replace {spanK} by span K in the format's time style; capitalise a leading span."""
-    template = TIME_STYLES[fmt][0]
-    out = re.sub(r"\{span(\d+)\}", lambda m: template.format(a=spans[int(m.group(1))][0], b=spans[int(m.group(1))][1]), text)
+@dataclass(frozen=True)
+class Trainer:
+    """How one trainer's loader wants a record: its layout and its time wording."""
+
+    layout: str  # conversations | sharegpt | qa | vtimellm
+    style: str  # a span's wording; {a}/{b}: start/end seconds, {k}: boundary token number
+    pattern: str  # regex reading `style` back (two groups: start, end)
+    video_tag: str = "<video>"
+    video_as_list: bool = False
+
+
+SECONDS = ("{a:.1f} - {b:.1f} seconds", r"(\d+\.\d) - (\d+\.\d) seconds")
+TRAINERS = {
+    # LLaVA-NeXT llava/train/train.py LazySupervisedDataset: videos use the image token
+    "llava": Trainer("conversations", *SECONDS, video_tag="<image>"),
+    # Qwen2.5-VL / Qwen3-VL qwen-vl-finetune qwenvl/data/data_qwen.py: "happens in 64.0 - 72.0 seconds"
+    "qwen": Trainer("conversations", *SECONDS),
+    # LLaMA-Factory sharegpt (data/mllm_video_demo.json layout, with its dataset_info.json entry)
+    "llamafactory": Trainer("sharegpt", *SECONDS),
+    # TimeSuite / VideoChat-T dataset/it_dataset_mistral.py: "From 37.8 to 59.9 seconds."
+    "timesuite": Trainer("qa", "from {a:.1f} to {b:.1f} seconds", r"from (\d+\.\d) to (\d+\.\d) seconds"),
+    # TimeChat / TimeIT video_instruct_dataset.py: "The given query happens in 0.0 - 6.9 seconds."
+    "timeit": Trainer("qa", *SECONDS),
+    # VTimeLLM vtimellm/train/dataset.py, docs/data.md: <sK>/<eK> tokens, times in meta.token
+    "vtimellm": Trainer("vtimellm", "from <s{k}> to <e{k}>", r"from <s(\d+)> to <e(\d+)>"),
+    # VideoLLaMA3 videollama3/train.py LazySupervisedDataset._convert_normal: video is a one-element list
+    "videollama3": Trainer("conversations", *SECONDS, video_as_list=True),
+}
+FORMATS = tuple(TRAINERS)
+DATASET_NAME = "vidcurate"
+
+
+def render(text: str, spans: list[list[float]], fmt: str, first_token: int = 0) -> str:
+    """Replace {spanK} by span K in the trainer's wording; capitalise a leading span."""
+    style = TRAINERS[fmt].style
+
+    def one(match: re.Match) -> str:
+        k = int(match.group(1))
+        return style.format(a=spans[k][0], b=spans[k][1], k=first_token + k)
+
+    out = re.sub(r"\{span(\d+)\}", one, text)
     return out[:1].upper() + out[1:] if text.startswith("{span") else out
 
 
 def parse_times(text: str, fmt: str) -> list[list[float]]:
-    """Every span rendered in `text` in the format's style, in order of appearance."""
-    return [[float(a), float(b)] for a, b in re.findall(TIME_STYLES[fmt][1], text, flags=re.I)]
+    """Every span rendered in `text` in the trainer's wording, in order (vtimellm: token numbers)."""
+    return [[float(a), float(b)] for a, b in re.findall(TRAINERS[fmt].pattern, text, flags=re.I)]
 
 
-def _turns(qa: list[dict], fmt: str) -> list[tuple[str, str, str]]:
-    return [(item["task"], render(item["question"], item["spans"], fmt), render(item["answer"], item["spans"], fmt)) for item in qa]
-
-
-def record(video: str, qa: list[dict], fmt: str, key: str, window: tuple[float, float] | None = None) -> dict:
-    """One trainer record holding every QA item of a sample as turns of one conversation."""
-    turns = _turns(qa, fmt)
-    if fmt == "timesuite":
-        out = {"video": video, "QA": [{"i": INSTRUCTIONS.get(task, ""), "q": q, "a": a} for task, q, a in turns]}
-        return {**out, "start": window[0], "end": window[1]} if window else out
-    if fmt == "sharegpt":
+def records(video: str, key: str, duration_s: float, qa: list[dict], fmt: str) -> list[dict]:
+    """The trainer records of one sample whose media is `video`."""
+    trainer = TRAINERS[fmt]
+    if trainer.layout == "qa":  # only the first item's instruction is used: one record per task
+        by_task: dict[str, list[dict]] = {}
+        for item in qa:
+            by_task.setdefault(item["task"], []).append(item)
+        return [
+            {"video": video, "QA": [{"i": INSTRUCTIONS.get(task, ""), "q": render(it["question"], it["spans"], fmt), "a": render(it["answer"], it["spans"], fmt)} for it in items]}
+            for task, items in by_task.items()
+        ]
+    turns, tokens = [], {}
+    for item in qa:
+        first = len(tokens) // 2
+        for k, (a, b) in enumerate(item["spans"]):
+            tokens.update({f"<s{first + k}>": a, f"<e{first + k}>": b})
+        turns.append((render(item["question"], item["spans"], fmt, first), render(item["answer"], item["spans"], fmt, first)))
+    if trainer.layout == "sharegpt":
         messages = []
-        for i, (_, q, a) in enumerate(turns):
-            messages += [{"role": "user", "content": ("<video>" if i == 0 else "") + q}, {"role": "assistant", "content": a}]
-        out = {"messages": messages, "videos": [video]}
-        return {**out, "video_start": window[0], "video_end": window[1]} if window else out
-    tag = "<image>" if fmt == "llava" else "<video>"
+        for i, (q, a) in enumerate(turns):
+            messages += [{"role": "user", "content": (trainer.video_tag if i == 0 else "") + q}, {"role": "assistant", "content": a}]
+        return [{"messages": messages, "videos": [video]}]
     conversations = []
-    for i, (_, q, a) in enumerate(turns):
-        conversations += [{"from": "human", "value": (f"{tag}\n" if i == 0 else "") + q}, {"from": "gpt", "value": a}]
-    out = {"id": key, "video": video, "conversations": conversations}
-    if window:
-        out.update({"video_start": window[0], "video_end": window[1]})
-    return out
+    for i, (q, a) in enumerate(turns):
+        conversations += [{"from": "human", "value": (f"{trainer.video_tag}\n" if i == 0 else "") + q}, {"from": "gpt", "value": a}]
+    out = {"id": key, "video": [video] if trainer.video_as_list else video, "conversations": conversations}
+    if trainer.layout == "vtimellm":
+        out.update(source=DATASET_NAME, meta={"duration": duration_s, "token": tokens})
+    return [out]
 
 
-def export(location: str, fmt: str, out_dir: str | Path, copy_media: bool = True) -> dict:
-    """Write `<out>/<fmt>.json` from the shards at `location` (and their windows.jsonl)."""
-    if fmt not in TIME_STYLES:
+def dataset_info(json_name: str) -> dict:
+    """LLaMA-Factory's `dataset_info.json` entry for the sharegpt export (data/README.md)."""
+    return {
+        DATASET_NAME: {
+            "file_name": json_name,
+            "formatting": "sharegpt",
+            "columns": {"messages": "messages", "videos": "videos"},
+            "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant"},
+        }
+    }
+
+
+def export(location: str, fmt: str, out_dir: str | Path, absolute_media: bool = False) -> dict:
+    """Write `<out>/<fmt>.json` and `<out>/media/` from the clip and window samples at `location`."""
+    if fmt not in TRAINERS:
         raise ValueError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
-    out = Path(out_dir)
+    out = Path(out_dir).resolve()
     (out / "media").mkdir(parents=True, exist_ok=True)
-    records, skipped = [], 0
+    written, counts = [], {"clip": 0, "window": 0, "without_qa": 0}
     for sample in open_shards(location):
         meta = json.loads(sample["json"])
         qa = (meta.get("grounding") or {}).get("qa") or []
         if not qa:
-            skipped += 1
+            counts["without_qa"] += 1
             continue
-        media = f"media/{sample['__key__']}.mp4"
-        if copy_media:
-            (out / media).write_bytes(sample["mp4"])
-        records.append(record(media, qa, fmt, sample["__key__"]))
-    windows = _windows(location)
-    for w in windows:
-        records.append(record(w["source_uri"], w["qa"], fmt, w["window_id"], (w["source_start_s"], w["source_end_s"])))
+        media = out / "media" / f"{sample['__key__']}.mp4"
+        media.write_bytes(sample["mp4"])
+        video = str(media) if absolute_media else media.relative_to(out).as_posix()
+        written += records(video, sample["__key__"], meta["duration_s"], qa, fmt)
+        counts[meta.get("kind", "clip")] += 1
     path = out / f"{fmt}.json"
-    path.write_text(json.dumps(records, indent=1, ensure_ascii=False))
-    return {"path": str(path), "records": len(records), "windows": len(windows), "samples_without_qa": skipped}
-
-
-def _windows(location: str) -> list[dict]:
-    url = location.rstrip("/") + "/windows.jsonl"
-    if location.endswith(".tar"):
-        return []
-    fs, path = fsspec.core.url_to_fs(url)
-    if not fs.exists(path):
-        return []
-    with fs.open(path, "r") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    path.write_text(json.dumps(written, indent=1, ensure_ascii=False))
+    if fmt == "llamafactory":
+        (out / "dataset_info.json").write_text(json.dumps(dataset_info(path.name), indent=1))
+    return {"path": str(path), "records": len(written), "clips": counts["clip"], "windows": counts["window"], "samples_without_qa": counts["without_qa"]}

@@ -94,7 +94,11 @@ def pending_retries(ledger: pa.Table, failures) -> int:
 
 def summarize(ledger: pa.Table, shards: list[dict]) -> dict:
     """stats.json: ledger sums by entity, status and reason code, plus the shard manifest."""
-    stats: dict = {"shards": shards, "samples": sum(s["samples"] for s in shards)}
+    stats: dict = {
+        "shards": shards,
+        "samples": sum(s["samples"] for s in shards if s.get("kind", "clip") == "clip"),
+        "window_samples": sum(s["samples"] for s in shards if s.get("kind") == "window"),
+    }
     for entity in ("video", "clip"):
         rows = [r for r in ledger.to_pylist() if r["entity"] == entity]
         stats[f"{entity}s"] = {

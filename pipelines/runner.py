@@ -53,7 +53,6 @@ ROW_KEY = {stage: "uri" if stage == "probe" else "clip_id" for stage in ALL_STAG
 REDO_UNIT = {"probe": "uri", "split": "video_id", "caption": "clip_id", "ground": "video_id", "embed": "clip_id", "quality": "clip_id"}
 MARKER = "_SUCCESS.json"
 DATASET = "dataset"  # inside the shard stage directory: what trainers read
-WINDOWS = "windows.jsonl"  # in dataset/: video-level grounded samples over shipped clips (with ground)
 
 
 def ensure_ray(cfg: PipelineConfig) -> None:
@@ -373,17 +372,49 @@ class Runner:
         upstream = read_marker(input_dir)["stage"]
         stages = list(self.cfg.pipeline()[: self.cfg.pipeline().index(upstream) + 1])  # those each clip passed
         rows, manifest = shard.write_shards(ordered, videos, dataset, self.cfg.shard, stages)
-        index = shard.wids_index(manifest, self.cfg.shard.prefix)
-        (dataset / INDEX).write_text(json.dumps(index, indent=1))
         _write(tmp, rows, SHARDED)
-        if "ground" not in stages:
-            return {"shards": manifest}
-        from stages.ground import windows
+        extra = {}
+        if "ground" in stages:
+            shipped = [by_id[r["clip_id"]] for r in rows if r["status"] == KEPT]
+            window_manifest, extra = self._write_windows(shipped, videos, dataset, stages, tmp.parent / "media" / "windows")
+            manifest += window_manifest
+        (dataset / INDEX).write_text(json.dumps(shard.wids_index(manifest, self.cfg.shard.prefix), indent=1))
+        return {"shards": manifest, **extra}
 
-        shipped = [by_id[r["clip_id"]] for r in rows if r["status"] == KEPT]
+    def _write_windows(self, shipped: list[dict], videos: dict, dataset: Path, stages: list[str], media_dir: Path) -> tuple[list, dict]:
+        """Window samples over contiguous shipped clips, each with its own media cut (on Ray)
+        from its clips; a window that cannot be cut is left out and counted with its reason."""
+        import ray
+
+        from stages.ground import windows
+        from stages.window_media import cut_windows_batch
+
         video_windows = windows(shipped, self.cfg.ground.max_window_s)
-        (dataset / WINDOWS).write_text("".join(json.dumps(w, sort_keys=True) + "\n" for w in video_windows))
-        return {"shards": manifest, "windows": len(video_windows)}
+        if not video_windows:
+            return [], {"windows": 0}
+        clip_uri = {c["clip_id"]: c["clip_uri"] for c in shipped}
+        jobs = [
+            {
+                "window_id": w["window_id"],
+                "clip_uris": [clip_uri[c["key"]] for c in w["clips"]],
+                "frames": w["end_frame"] - w["start_frame"],
+                "fps": videos[w["video_id"]]["fps"],
+            }
+            for w in video_windows
+        ]
+        ensure_ray(self.cfg)
+        ds = ray.data.from_arrow(pa.Table.from_pylist(jobs)).repartition(len(jobs))
+        kwargs = {"cfg": self.cfg.split, "media_dir": str(media_dir)}
+        cut = ds.map_batches(cut_windows_batch, fn_kwargs=kwargs, batch_format="pyarrow", batch_size=1, num_cpus=1)
+        media = {m["window_id"]: m for m in cut.take_all()}
+        failed = {k: m["error"] for k, m in sorted(media.items()) if m["error"]}
+        for window_id, error in failed.items():
+            log.warning("window %s left out: %s", window_id, error)
+        ok = {w["window_id"]: w for w in video_windows if w["window_id"] not in failed}
+        ordered = [ok[i] for i in shard.sample_order(ok, self.cfg.shard.shuffle_seed)]
+        rows, manifest = shard.write_window_shards(ordered, media, videos, dataset, self.cfg.shard, stages)
+        failed.update({r["clip_id"]: r["reason"] for r in rows if r["status"] != KEPT})
+        return manifest, {"windows": sum(r["status"] == KEPT for r in rows), "windows_failed": failed}
 
     def finish(self) -> dict:
         """Write the ledger; with shards: stats.json and the dataset card, then publish if asked.

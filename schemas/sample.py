@@ -1,7 +1,9 @@
-"""The shard sample's `json` member: versioned JSON schema and the builder trainers rely on.
+"""The shard sample's `json` member: versioned JSON schema and the builders trainers rely on.
 
-Times inside a sample are seconds relative to the sample's start; absolute source times
-live only under `provenance`, so the two can never be mixed up silently.
+A sample is a clip (one shot) or a window (a run of contiguous shipped clips of one video, for
+video-level grounding); each carries its own `mp4`. Times inside a sample are seconds from the
+start of that sample's own media; absolute source times live only under `provenance`, so the
+two can never be mixed up silently.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import json
 import jsonschema
 import pyarrow as pa
 
-SCHEMA_VERSION = "1.1.0"  # 1.1: optional caption, grounding and scores
+SCHEMA_VERSION = "1.2.0"  # 1.1: optional caption, grounding and scores; 1.2: kind, window samples
 
 _SPAN_S = {"type": "number", "minimum": 0}
 _EVENT = {
@@ -38,11 +40,17 @@ SAMPLE_SCHEMA = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "$id": f"vidcurate/sample/{SCHEMA_VERSION}",
     "type": "object",
-    "required": ["schema_version", "clip_id", "video_id", "duration_s", "media", "provenance", "ledger"],
+    "required": ["schema_version", "kind", "clip_id", "video_id", "duration_s", "media", "provenance", "ledger"],
     "additionalProperties": False,
     "properties": {
         "schema_version": {"const": SCHEMA_VERSION},
-        "clip_id": {"type": "string", "pattern": r"^[0-9a-f]+_\d+_\d+$"},
+        "kind": {"enum": ["clip", "window"]},
+        "clip_id": {"type": "string", "pattern": r"^[0-9a-f]+_w?\d+_\d+$", "description": "the sample key"},
+        "clips": {
+            "type": "array",
+            "description": "windows: the clip samples a window is made of, with their start in the window",
+            "items": {"type": "object", "required": ["key", "offset_s"], "properties": {"key": {"type": "string"}, "offset_s": _SPAN_S}},
+        },
         "video_id": {"type": "string", "pattern": r"^[0-9a-f]+$"},
         "duration_s": {"type": "number", "exclusiveMinimum": 0},
         "media": {
@@ -105,6 +113,7 @@ def build_sample(clip: dict, video: dict, stages: list[str] | tuple[str, ...] = 
     """Annotation for one kept clip (its merged stage row), validated against SAMPLE_SCHEMA."""
     sample = {
         "schema_version": SCHEMA_VERSION,
+        "kind": "clip",
         "clip_id": clip["clip_id"],
         "video_id": clip["video_id"],
         "duration_s": round(clip["end_s"] - clip["start_s"], 3),
@@ -136,6 +145,34 @@ def build_sample(clip: dict, video: dict, stages: list[str] | tuple[str, ...] = 
         sample["grounding"] = {"qa": json.loads(clip["qa"]), "interleaved": json.loads(clip["interleaved"])}
     if clip.get("scores") is not None:
         sample["scores"] = json.loads(clip["scores"])
+    validate_sample(sample)
+    return sample
+
+
+def build_window_sample(window: dict, media: dict, video: dict, stages: list[str] | tuple[str, ...]) -> dict:
+    """Annotation for one window (`stages.ground.windows`) whose own mp4 is `media`
+    (width, height, sha256): its events and QA spans are already relative to the window start."""
+    sample = {
+        "schema_version": SCHEMA_VERSION,
+        "kind": "window",
+        "clip_id": window["window_id"],
+        "video_id": window["video_id"],
+        "duration_s": window["duration_s"],
+        "clips": window["clips"],
+        "media": {"width": media["width"], "height": media["height"], "fps": video["fps"], "sha256": media["sha256"]},
+        "provenance": {
+            "source_uri": window["source_uri"],
+            "source_start_s": window["source_start_s"],
+            "source_end_s": window["source_end_s"],
+            "start_frame": window["start_frame"],
+            "end_frame": window["end_frame"],
+            "cut_kind": "window",
+            "source": {k: video[k] for k in SOURCE_FIELDS},
+        },
+        "caption": {"text": window["caption"], "events": window["events"], "model": window["model"], "frame_times": []},
+        "grounding": {"qa": window["qa"], "interleaved": []},
+        "ledger": [{"stage": stage, "status": "kept"} for stage in stages],
+    }
     validate_sample(sample)
     return sample
 

@@ -196,15 +196,21 @@ def _window(video_id: str, run: list[dict]) -> dict:
             events.append({**e, "start_s": round(e["start_s"] + offset, 3), "end_s": round(e["end_s"] + offset, 3)})
     duration = round(run[-1]["end_s"] - start, 3)
     window_id = f"{video_id}_w{round(start * 1000):09d}_{round(run[-1]['end_s'] * 1000):09d}"
-    items = [{**it, "verification": verify(it, duration)} for it in dedupe(template_items(events, " ".join(c for c in captions if c), duration, window_id))]
+    caption = " ".join(c for c in captions if c)
+    items = [{**it, "verification": verify(it, duration)} for it in dedupe(template_items(events, caption, duration, window_id))]
     return {
         "window_id": window_id,
         "video_id": video_id,
         "source_uri": run[0]["source_uri"],
         "source_start_s": start,
         "source_end_s": run[-1]["end_s"],
+        "start_frame": run[0]["start_frame"],
+        "end_frame": run[-1]["end_frame"],
         "duration_s": duration,
         "clips": [{"key": c["clip_id"], "offset_s": round(c["start_s"] - start, 3)} for c in run],
+        "caption": caption,
+        "events": events,
+        "model": run[0]["model"],
         "qa": [it for it in items if it["verification"] > 0],
     }
 

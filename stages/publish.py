@@ -1,7 +1,6 @@
 """Publish a finished dataset folder to a directory or any fsspec URL (s3://, gs://, ...).
 
-Published layout: `<dest>/index.json` (the commit point), the card, stats and windows beside
-it, and the shards with their sidecars in `<dest>/<version>/`, where the version is a digest
+Published layout: `<dest>/index.json` (the commit point), the card and stats beside it, and the shards with their sidecars in `<dest>/<version>/`, where the version is a digest
 of the dataset's bytes. A version folder is written whole before the index names it and is
 never changed afterwards, so a reader following the index sees either the previous dataset or
 the new one, never a mix, whatever fails mid-publish. Object-store errors are retried with
@@ -76,7 +75,7 @@ def publish(local_dir: Path, url: str, retries: int = 4, backoff_s: float = 1.0)
         attempt(INDEX, fs.put_file, str(staged), f"{root}/{INDEX}")  # the commit point: one object
     finally:
         staged.unlink()
-    for name in [n for n in names if n not in shards and n != INDEX]:  # card, stats, windows
+    for name in [n for n in names if n not in shards and n != INDEX]:  # card, stats
         attempt(name, fs.put_file, str(local_dir / name), f"{root}/{name}")
     for path in fs.ls(root, detail=False):
         name = path.rstrip("/").rsplit("/", 1)[-1]

@@ -1,5 +1,6 @@
-"""Shard stage: kept clips -> WebDataset tars (`<prefix>-%06d.tar`) with a Parquet sidecar per
-shard and a wids-style `index.json`, written whole or not at all.
+"""Shard stage: kept clips -> WebDataset tars (`<prefix>-%06d.tar`), windows over contiguous
+clips -> `<prefix>-windows-%06d.tar`, each with its own mp4; a Parquet sidecar per shard and
+a wids-style `index.json` over both, written whole or not at all.
 
 The runner writes into a temporary stage directory and publishes it only when every shard
 is closed, so a crash never leaves a half shard where a trainer could read it. Tar headers
@@ -14,6 +15,7 @@ import io
 import json
 import os
 from collections.abc import Iterable
+from functools import partial
 from pathlib import Path
 
 import fsspec
@@ -24,7 +26,7 @@ from PIL import Image
 
 from pipelines.config import ShardConfig
 from schemas.readers import clip_frames
-from schemas.sample import SIDECAR, build_sample, sidecar_row
+from schemas.sample import SIDECAR, build_sample, build_window_sample, sidecar_row
 from schemas.tables import KEPT
 from stages.failures import failed
 
@@ -55,18 +57,37 @@ def write_shards(
 ) -> tuple[list[dict], list[dict]]:
     """Write kept clips (merged stage rows) in the given order; `stages` are those each clip
     passed. Returns (per-clip rows, shard manifest)."""
+    entries = [
+        (c["clip_id"], c["video_id"], c["clip_uri"], partial(build_sample, c, videos[c["video_id"]], stages)) for c in clips
+    ]
+    return _write(entries, out_dir, f"{cfg.prefix}-%06d.tar", "clip", cfg)
+
+
+def write_window_shards(
+    windows: list[dict], media: dict[str, dict], videos: dict[str, dict], out_dir: Path, cfg: ShardConfig, stages: list[str]
+) -> tuple[list[dict], list[dict]]:
+    """Write windows (`stages.ground.windows`) with their own media (`media[window_id]`) in the
+    given order. Returns (per-window rows, shard manifest)."""
+    entries = []
+    for w in windows:
+        m = media[w["window_id"]]
+        entries.append((w["window_id"], w["video_id"], m["media_uri"], partial(build_window_sample, w, m, videos[w["video_id"]], stages)))
+    return _write(entries, out_dir, f"{cfg.prefix}-windows-%06d.tar", "window", cfg)
+
+
+def _write(entries: list[tuple], out_dir: Path, pattern: str, kind: str, cfg: ShardConfig) -> tuple[list[dict], list[dict]]:
+    """(key, video_id, media uri, annotation builder) entries -> shards named by `pattern`."""
     rows: list[dict] = []
     sidecars: dict[str, list[dict]] = {}
     out_dir.mkdir(parents=True, exist_ok=True)
-    pattern = str(out_dir / f"{cfg.prefix}-%06d.tar")
-    with wds.ShardWriter(pattern, maxcount=cfg.maxcount, maxsize=cfg.maxsize, verbose=0, mtime=0.0) as sink:
-        for clip in clips:
-            row = {"clip_id": clip["clip_id"], "video_id": clip["video_id"], "stage": STAGE}
+    with wds.ShardWriter(str(out_dir / pattern), maxcount=cfg.maxcount, maxsize=cfg.maxsize, verbose=0, mtime=0.0) as sink:
+        for key, video_id, media_uri, build in entries:
+            row = {"clip_id": key, "video_id": video_id, "stage": STAGE}
             try:
-                sample = build_sample(clip, videos[clip["video_id"]], stages)
-                with fsspec.open(clip["clip_uri"], "rb") as f:
+                sample = build()
+                with fsspec.open(media_uri, "rb") as f:
                     media = f.read()
-                members = {"__key__": clip["clip_id"], "mp4": media, "json": json.dumps(sample, sort_keys=True).encode()}
+                members = {"__key__": key, "mp4": media, "json": json.dumps(sample, sort_keys=True).encode()}
                 if cfg.keyframes:
                     for i, jpeg in enumerate(keyframes_jpeg(media, cfg.keyframes, cfg.keyframe_height)):
                         members[f"f{i:03d}.jpg"] = jpeg
@@ -78,9 +99,9 @@ def write_shards(
             sidecars.setdefault(shard, []).append(sidecar_row(sample, shard, len(sidecars.get(shard, []))))
             rows.append({**row, "status": KEPT, "reason": None, "shard": shard})
     manifest = []
-    for shard, entries in sorted(sidecars.items()):
-        pq.write_table(pa.Table.from_pylist(entries, schema=SIDECAR), out_dir / shard.replace(".tar", ".parquet"))
-        manifest.append({"name": shard, "samples": len(entries), "bytes": (out_dir / shard).stat().st_size})
+    for shard, written in sorted(sidecars.items()):
+        pq.write_table(pa.Table.from_pylist(written, schema=SIDECAR), out_dir / shard.replace(".tar", ".parquet"))
+        manifest.append({"name": shard, "kind": kind, "samples": len(written), "bytes": (out_dir / shard).stat().st_size})
     return rows, manifest
 
 

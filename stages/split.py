@@ -130,7 +130,7 @@ def _upright(frame: av.VideoFrame, rotation: int) -> av.VideoFrame:
     return av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
 
 
-class _ClipEncoder:
+class ClipEncoder:
     """One clip file being written: temp name first, renamed when complete."""
 
     def __init__(self, path: Path, size: tuple[int, int], fps: float, cfg: SplitConfig):
@@ -202,7 +202,7 @@ def extract_clips(path: str, spans: list[dict], out_dir: Path, video: dict, cfg:
                 if index < span["start_frame"]:
                     continue
                 if encoder is None:
-                    encoder = _ClipEncoder(out_dir / f"{span['clip_id']}.mp4", size, video["fps"], cfg)
+                    encoder = ClipEncoder(out_dir / f"{span['clip_id']}.mp4", size, video["fps"], cfg)
                 encoder.add(_upright(frame, rotation))
                 if index + 1 >= span["end_frame"]:
                     _finish(span, encoder)
@@ -226,7 +226,7 @@ def _no_frames(span: dict) -> None:
     span.update(status=FAILED, reason="extract: none of the clip's frames decoded")
 
 
-def _finish(span: dict, encoder: _ClipEncoder) -> None:
+def _finish(span: dict, encoder: ClipEncoder) -> None:
     span["clip_sha256"] = encoder.close()
     span["clip_uri"] = str(encoder.path)
     span["clip_width"], span["clip_height"] = encoder.size

@@ -13,6 +13,7 @@ from flows.corpus import corpus_flow
 from pipelines.cli import main as cli_main
 from pipelines.config import load_config
 from pipelines.export import FORMATS, parse_times
+from planted import decoded
 from schemas.readers import open_shards
 from schemas.sample import validate_sample
 
@@ -42,7 +43,7 @@ def test_every_clip_has_one_final_status_from_the_last_stage_that_saw_it(curated
 
 def test_samples_carry_caption_events_grounding_and_scores_on_the_sample_clock(curated):
     root, _ = curated
-    samples = list(open_shards(str(root / "run" / "shard" / "dataset")))
+    samples = [s for s in open_shards(str(root / "run" / "shard" / "dataset")) if json.loads(s["json"])["kind"] == "clip"]
     assert samples
     stages = ["probe", "split", "caption", "ground", "embed", "quality", "dedup"]
     tasks = set()
@@ -56,20 +57,27 @@ def test_samples_carry_caption_events_grounding_and_scores_on_the_sample_clock(c
         for item in meta["grounding"]["qa"]:
             assert all(0 <= a < b <= duration + 1e-6 for a, b in item["spans"])
             tasks.add(item["task"])
-        assert {"sharpness", "motion", "aesthetic", "clip_score"} <= set(meta["scores"])
     assert {"summarisation", "dense_captioning", "temporal_grounding"} <= tasks
 
 
-def test_windows_reference_only_shipped_clips(curated):
-    root, _ = curated
+def test_window_samples_have_their_own_media_over_shipped_clips(curated):
+    root, stats = curated
     dataset = root / "run" / "shard" / "dataset"
-    keys = {s["__key__"] for s in open_shards(str(dataset))}
-    windows = [json.loads(line) for line in (dataset / "windows.jsonl").read_text().splitlines()]
-    assert windows
-    for w in windows:
-        assert {c["key"] for c in w["clips"]} <= keys and len(w["clips"]) >= 2
-        assert w["duration_s"] <= 30.0 + 1e-6
-        assert all(0 <= a < b <= w["duration_s"] + 1e-6 for it in w["qa"] for a, b in it["spans"])
+    samples = [(s, json.loads(s["json"])) for s in open_shards(str(dataset))]
+    clips = {meta["clip_id"]: meta for _, meta in samples if meta["kind"] == "clip"}
+    windows = [(s, meta) for s, meta in samples if meta["kind"] == "window"]
+    assert windows and len(windows) == stats["window_samples"]
+    assert sorted(p.name for p in dataset.glob("*-windows-*.tar")) == [s["name"] for s in stats["shards"] if s["kind"] == "window"]
+    for sample, meta in windows:
+        validate_sample(meta)
+        assert {c["key"] for c in meta["clips"]} <= clips.keys() and len(meta["clips"]) >= 2
+        parts = [clips[c["key"]] for c in meta["clips"]]
+        assert meta["duration_s"] == pytest.approx(sum(p["duration_s"] for p in parts), abs=1e-3)
+        assert meta["duration_s"] <= 60.0 + 1e-6  # ground.max_window_s
+        _, times = decoded(sample["mp4"])  # the window's own media: its frames, on its own clock
+        assert times[0] == 0.0 and times[-1] == pytest.approx(meta["duration_s"], abs=2 / meta["media"]["fps"])
+        assert all(0 <= a < b <= meta["duration_s"] + 1e-6 for it in meta["grounding"]["qa"] for a, b in it["spans"])
+    assert not (dataset / "windows.jsonl").exists()
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -78,8 +86,12 @@ def test_export_writes_every_sample_with_its_media(curated, fmt, tmp_path, capsy
     assert cli_main(["export", str(root / "run" / "shard" / "dataset"), "--format", fmt, "--out", str(tmp_path)]) == 0
     summary = json.loads(capsys.readouterr().out)
     records = json.loads((tmp_path / f"{fmt}.json").read_text())
-    assert summary["records"] == len(records) == stats["samples"] + summary["windows"]
-    assert len(list((tmp_path / "media").glob("*.mp4"))) == stats["samples"]
+    assert summary["records"] == len(records) and summary["windows"] == stats["window_samples"]
+    assert summary["clips"] + summary["samples_without_qa"] == stats["samples"]
+    assert len(list((tmp_path / "media").glob("*.mp4"))) == summary["clips"] + summary["windows"]
+    for record in records:  # every media path resolves from the export folder
+        video = record.get("video") or record.get("videos")
+        assert (tmp_path / (video[0] if isinstance(video, list) else video)).is_file()
     text = json.dumps(records)
     assert "{span" not in text and parse_times(text, fmt)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from pipelines.config import CaptionConfig
-from pipelines.export import FORMATS, TIME_STYLES, parse_times, record, render
+from pipelines.export import FORMATS, parse_times, records, render
 from stages.ground import TASKS, dedupe, ground_clip, rewrite_items, rewrite_score, template_items, verify, windows
 
 GOLDEN = json.loads((Path(__file__).parent / "golden" / "ground_items.json").read_text())
@@ -81,24 +81,33 @@ def test_tiny_model_rewrites_fall_back_to_templates(cut_clips):
 
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_exporters_round_trip_every_span(fmt):
-    decimals = TIME_STYLES[fmt][2]
     for item in GOLDEN["items"]:
         for text in (item["question"], item["answer"]):
             order = [int(n) for n in re.findall(r"\{span(\d+)\}", text)]
-            expected = [[round(v, decimals) for v in item["spans"][k]] for k in order]
+            if fmt == "vtimellm":  # boundary tokens numbered from the item's first span
+                expected = [[float(k), float(k)] for k in order]
+            else:
+                expected = [[round(v, 1) for v in item["spans"][k]] for k in order]
             assert parse_times(render(text, item["spans"], fmt), fmt) == expected
-    rec = record("media/k.mp4", GOLDEN["items"], fmt, "k")
-    assert "{span" not in json.dumps(rec)
+    assert "{span" not in json.dumps(records("media/k.mp4", "k", 10.0, GOLDEN["items"], fmt))
 
 
-def test_timesuite_record_matches_its_trainer_layout():
-    rec = record("v.mp4", [it for it in GOLDEN["items"] if it["task"] == "temporal_grounding"], "timesuite", "k", (12.0, 20.0))
-    assert rec == {
-        "video": "v.mp4",
-        "QA": [{"i": "Find the time span the query describes.", "q": 'When does "the dog runs outside" happen in the video?', "a": "From 2.0 to 4.2 seconds."}],
-        "start": 12.0,
-        "end": 20.0,
-    }
+def test_vtimellm_tokens_carry_every_span_in_meta():
+    (rec,) = records("media/k.mp4", "k", 10.0, GOLDEN["items"], "vtimellm")
+    text = " ".join(turn["value"] for turn in rec["conversations"])
+    spans = [span for item in GOLDEN["items"] for span in item["spans"]]
+    tokens = [int(a) for a, _ in parse_times(text, "vtimellm")]
+    assert tokens and set(tokens) <= set(range(len(spans)))  # a span no text names (summarisation) has no token
+    assert [[rec["meta"]["token"][f"<s{k}>"], rec["meta"]["token"][f"<e{k}>"]] for k in range(len(spans))] == spans
+    assert rec["meta"]["duration"] == 10.0 and rec["conversations"][0]["value"].startswith("<video>\n")
+
+
+def test_qa_layout_trainers_get_one_instruction_per_record():
+    """TimeSuite and TimeChat keep only the first item's instruction: a record never mixes tasks."""
+    for fmt in ("timesuite", "timeit"):
+        out = records("media/k.mp4", "k", 10.0, GOLDEN["items"], fmt)
+        assert len(out) == len({it["task"] for it in GOLDEN["items"]})
+        assert all(len({qa["i"] for qa in rec["QA"]}) == 1 and rec["video"] == "media/k.mp4" for rec in out)
 
 
 def _clip(video: str, start: float, end: float, events: list[tuple[float, float, str]]) -> dict:
@@ -108,6 +117,9 @@ def _clip(video: str, start: float, end: float, events: list[tuple[float, float,
         "source_uri": f"/videos/{video}.mp4",
         "start_s": start,
         "end_s": end,
+        "start_frame": round(start * 25),
+        "end_frame": round(end * 25),
+        "model": "tiny",
         "caption": f"clip at {start}",
         "events": json.dumps([{"start_s": a, "end_s": b, "text": t} for a, b, t in events]),
     }

@@ -120,7 +120,7 @@ def test_stages_run_alone_from_the_cli(tmp_path, synthetic_videos, ray_local, ca
     assert read_marker(run / "shard")["counts"]["kept"] == read_marker(run / "split")["counts"]["kept"]
     capsys.readouterr()
     assert cli_main(["inspect", str(run / "shard" / "dataset"), "-n", "1"]) == 0
-    assert '"schema_version": "1.1.0"' in capsys.readouterr().out
+    assert '"schema_version": "1.2.0"' in capsys.readouterr().out
 
 
 def test_stage_without_its_input_fails_clearly(tmp_path, capsys):

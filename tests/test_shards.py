@@ -79,7 +79,7 @@ def test_index_sidecars_and_card_describe_the_shards(published):
         assert all(json.loads(r["json"])["duration_s"] == r["duration_s"] for r in side)
     card = fs.cat(f"{DEST}/README.md").decode()
     stats = json.loads(fs.cat(f"{DEST}/stats.json"))
-    assert f"{stats['samples']} samples in {len(stats['shards'])} WebDataset shards" in card
+    assert f"{stats['samples']} clip samples in {len(stats['shards'])} WebDataset shards" in card
     assert not fs.exists(f"{DEST}/_staging")
 
 
@@ -123,7 +123,7 @@ def test_training_samples_give_frames_on_the_annotation_clock(published):
 
 def test_inspect_prints_samples_from_object_storage(published, capsys):
     assert cli_main(["inspect", DEST, "-n", "1"]) == 0
-    assert '"schema_version": "1.1.0"' in capsys.readouterr().out
+    assert '"schema_version": "1.2.0"' in capsys.readouterr().out
 
 
 def test_killing_the_writer_mid_shard_leaves_no_partial_shard(tmp_path, published):

@@ -1,0 +1,105 @@
+"""Synthetic videos with events planted at known times, and the one test double of the
+alignment test: a captioner that answers with those events.
+
+Each frame shows a shot colour (hard cuts between shots), a red square only while an event
+is on, and its own frame index as a barcode of black/white blocks along the top. The double
+reads the barcode of the frames it is shown, so it knows where in the source its clip lies
+without being told, and answers the planted events in the clip's time, as a perfect model
+would. Everything after it is the real pipeline.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+FPS = 25
+SIZE = (320, 240)
+BITS, BLOCK = 10, 16  # barcode: frame index, 16x16 blocks from the top-left corner
+SQUARE = (slice(150, 190), slice(140, 180))  # rows, columns of the planted square
+SHOTS = [(0.0, (40, 90, 160)), (6.0, (30, 140, 60)), (12.0, (150, 120, 40)), (18.0, (90, 60, 140))]
+EVENTS = [(1.0, 3.0), (7.4, 10.0), (13.0, 16.6), (19.2, 22.0)]  # seconds, never across a cut
+DURATION_S = 24.0
+EVENT_TEXT = "a red square is shown"
+
+
+def make_planted_video(path: Path) -> Path:
+    with av.open(str(path), mode="w") as out:
+        stream = out.add_stream("libx264", rate=Fraction(FPS))
+        stream.width, stream.height = SIZE
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": "18", "preset": "veryfast"}
+        for i in range(round(DURATION_S * FPS)):
+            t = i / FPS
+            rgb = np.empty((SIZE[1], SIZE[0], 3), np.uint8)
+            rgb[:] = [colour for start, colour in SHOTS if start <= t][-1]
+            if any(a <= t < b for a, b in EVENTS):
+                rgb[SQUARE] = (230, 20, 20)
+            for bit in range(BITS):
+                rgb[:BLOCK, bit * BLOCK : (bit + 1) * BLOCK] = 255 if (i >> bit) & 1 else 0
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            frame.pts = i
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    return path
+
+
+def frame_index(rgb: np.ndarray) -> int:
+    """The barcode of a frame (any size: blocks scale with it)."""
+    block = BLOCK * rgb.shape[0] / SIZE[1]
+    bits = [rgb[int(block / 2), int((k + 0.5) * block)].mean() > 128 for k in range(BITS)]
+    return sum(1 << k for k, on in enumerate(bits) if on)
+
+
+def square_visible(rgb: np.ndarray) -> bool:
+    scale = rgb.shape[0] / SIZE[1]
+    rows = slice(int(SQUARE[0].start * scale) + 2, int(SQUARE[0].stop * scale) - 2)
+    cols = slice(int(SQUARE[1].start * scale) + 2, int(SQUARE[1].stop * scale) - 2)
+    r, g, b = (rgb[rows, cols, c].astype(float).mean() for c in range(3))
+    return r > 150 and g < 90 and b < 90
+
+
+class PlantedEventCaptioner:
+    """The test double at the captioning backend interface (`generate(prompts) -> answers`)."""
+
+    name = "planted-events"
+
+    def generate(self, prompts) -> list[str]:
+        return [self._answer(p) for p in prompts]
+
+    def _answer(self, prompt) -> str:
+        texts = [v for kind, v in prompt.parts if kind == "text"]
+        times = [float(m) for t in texts for m in re.findall(r"^Frame at ([\d.]+) s:", t)]
+        image = next(v for kind, v in prompt.parts if kind == "image")
+        offset = frame_index(image) / FPS - times[0]  # source time of the clip's start
+        duration = float(re.search(r"lasting ([\d.]+) seconds", texts[-1]).group(1))
+        events = []
+        for a, b in EVENTS:
+            start, end = max(a - offset, 0.0), min(b - offset, duration)
+            if end - start > 0.2:
+                events.append({"start_s": round(start, 3), "end_s": round(end, 3), "text": EVENT_TEXT})
+        return json.dumps({"caption": "Coloured shots; a red square comes and goes.", "events": events})
+
+
+def decoded(media: bytes | Path) -> tuple[list[np.ndarray], list[float]]:
+    """Every frame of a file with its presentation time in seconds."""
+    import io
+
+    source = io.BytesIO(media) if isinstance(media, bytes) else str(media)
+    frames, times = [], []
+    with av.open(source) as container:
+        for frame in container.decode(video=0):
+            frames.append(frame.to_ndarray(format="rgb24"))
+            times.append(float(frame.pts * frame.time_base))
+    return frames, times
+
+
+def shown_at(frames: list[np.ndarray], times: list[float], t: float) -> np.ndarray:
+    """The frame on screen at time t."""
+    index = max(i for i, start in enumerate(times) if start <= t + 1e-6)
+    return frames[index]
