@@ -1,95 +1,229 @@
-"""Dataset card (README.md beside the shards): what is inside, how it was made, how to read it."""
+"""Dataset card (README.md beside the shards), in the Hugging Face Hub's dataset-card form.
+
+Every statement is derived from the data it describes: `content_stats` reads the shard
+sidecars (each holds its samples' whole annotations) and the run's stage tables, the result
+goes into stats.json, and the card renders stats.json and nothing else, so the card and
+stats.json can never disagree. YAML front matter: `license` from `shard.license` (`unknown`,
+with a visible note, when unset), task categories, tags, size category, and `configs` whose
+`data_files` name the clip and the window shards, so `datasets.load_dataset(folder)` picks
+the WebDataset builder with no arguments.
+"""
 
 from __future__ import annotations
 
+import json
+import re
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
 from pipelines.config import PipelineConfig
 from schemas.sample import SCHEMA_VERSION
 
-DURATION_EDGES_S = [0, 2, 5, 10, 20, 30, 60, float("inf")]
+SIZE_CATEGORIES = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M")]
+TASK_CATEGORIES = ["video-text-to-text"]
+TAGS = ["video", "webdataset", "temporal-grounding", "dense-video-captioning", "vidcurate"]
+PERCENTILES = (0, 10, 50, 90, 100)
 
 
-def _duration_histogram(durations: np.ndarray) -> list[str]:
-    counts, _ = np.histogram(durations, bins=DURATION_EDGES_S)
-    rows = ["| duration | clips |", "|---|---|"]
-    for lo, hi, n in zip(DURATION_EDGES_S[:-1], DURATION_EDGES_S[1:], counts):
-        label = f"{lo:g}-{hi:g} s" if hi != float("inf") else f">= {lo:g} s"
-        rows.append(f"| {label} | {n} |")
-    return rows
+def content_stats(dataset_dir: Path, tables: dict[str, pa.Table], cfg: PipelineConfig) -> dict:
+    """What the shards hold and how they were made: the figures the card states."""
+    annotations = {"clip": [], "window": []}
+    for part in sorted(dataset_dir.glob("*.parquet")):
+        for row in pq.read_table(part, columns=["json"]).to_pylist():
+            meta = json.loads(row["json"])
+            annotations[meta.get("kind", "clip")].append(meta)
+    clips, windows = annotations["clip"], annotations["window"]
+    return {
+        "video_hours": round(sum(m["duration_s"] for m in clips) / 3600, 4),
+        "qa_items": {kind: dict(sorted(Counter(q["task"] for m in found for q in _qa(m)).items())) for kind, found in annotations.items()},
+        "events_per_clip": _spread([len(m["caption"]["events"]) for m in clips if "caption" in m]),
+        "interleaved_samples": sum(bool((m.get("grounding") or {}).get("interleaved")) for m in clips),
+        "window_samples": len(windows),
+        "models": _models(clips, tables, cfg),
+        "scores": {name: _spread(v) for name, v in sorted(_scores(clips).items())},
+        "rejections": _rejections(tables),
+        "dedup_groups": _dedup_groups(tables.get("dedup")),
+    }
 
 
-def dataset_card(stats: dict, cfg: PipelineConfig, dataset_dir: Path) -> str:
-    parts = sorted(p for p in dataset_dir.glob("*.parquet") if "-windows-" not in p.name)  # clip sidecars
-    side = pq.ParquetDataset(parts).read().to_pylist() if parts else []
-    durations = np.array([r["duration_s"] for r in side], dtype=float)
-    sizes = Counter(f"{r['width']}x{r['height']}" for r in side)
-    cuts = Counter(r["cut_kind"] for r in side)
+def _qa(meta: dict) -> list[dict]:
+    return (meta.get("grounding") or {}).get("qa") or []
+
+
+def _spread(values: list[float]) -> dict:
+    if not values:
+        return {"count": 0}
+    pct = np.percentile(np.asarray(values, dtype=float), PERCENTILES)
+    return {"count": len(values), "mean": round(float(np.mean(values)), 4), **{f"p{p}": round(float(v), 4) for p, v in zip(PERCENTILES, pct)}}
+
+
+def _scores(clips: list[dict]) -> dict[str, list[float]]:
+    values: dict[str, list[float]] = {}
+    for meta in clips:
+        for name, value in (meta.get("scores") or {}).items():
+            values.setdefault(name, []).append(float(value))
+    return values
+
+
+def _models(clips: list[dict], tables: dict[str, pa.Table], cfg: PipelineConfig) -> dict:
+    """Which models made the data; `random_weights`: a tiny (random-initialised) model ran."""
+    models = {}
+    caption_ids = sorted({m["caption"]["model"] for m in clips if "caption" in m})
+    if "caption" in tables:
+        tiny = cfg.profile == "tiny" and cfg.caption.model is None
+        models["caption"] = {"id": caption_ids, "backend": cfg.caption.backend, "profile": cfg.profile, "random_weights": tiny}
+    if "embed" in tables:
+        ids = sorted(set(tables["embed"].column("embed_model").drop_null().to_pylist()))
+        tiny = cfg.profile == "tiny" and cfg.embed.model is None
+        models["embed"] = {"id": ids, "backend": "open_clip", "profile": cfg.profile, "random_weights": tiny}
+    if "quality" in tables and "embed" in tables:
+        tiny = cfg.quality.aesthetic_head is None
+        models["aesthetic"] = {"id": [cfg.quality.aesthetic_head or "seeded random head"], "backend": "linear head", "profile": cfg.profile, "random_weights": tiny}
+    if "ground" in tables and cfg.ground.rewrite:
+        models["rewrite"] = {**models.get("caption", {}), "id": caption_ids}
+    return models
+
+
+def _rejections(tables: dict[str, pa.Table]) -> dict[str, dict[str, int]]:
+    """Rows each stage rejected, by rule: quality names every failing score; others their code."""
+    out = {}
+    for stage, table in tables.items():
+        reasons = [r for s, r in zip(table.column("status").to_pylist(), table.column("reason").to_pylist()) if s == "rejected"]
+        rules: Counter = Counter()
+        for reason in reasons:
+            if stage == "quality":
+                rules.update(re.findall(r"(\w+)=", reason.split(":", 1)[1]))
+            else:
+                rules[(reason or "").split(":", 1)[0].strip() or "unspecified"] += 1
+        if rules:
+            out[stage] = dict(sorted(rules.items()))
+    return out
+
+
+def _dedup_groups(table: pa.Table | None) -> dict[str, dict[str, int]]:
+    if table is None:
+        return {}
+    groups: dict[str, set] = {}
+    dropped: Counter = Counter()
+    for row in table.select(["status", "duplicate_of", "dup_kind"]).to_pylist():
+        if row["status"] == "rejected" and row["dup_kind"]:
+            groups.setdefault(row["dup_kind"], set()).add(row["duplicate_of"])
+            dropped[row["dup_kind"]] += 1
+    return {kind: {"groups": len(groups[kind]), "clips_dropped": dropped[kind]} for kind in sorted(groups)}
+
+
+def front_matter(stats: dict, cfg: PipelineConfig) -> dict:
+    total = stats["samples"] + stats["content"]["window_samples"]
+    size = next((label for bound, label in SIZE_CATEGORIES if total < bound), "n>1M")
+    prefix = cfg.shard.prefix
+    configs = [{"config_name": "clips", "data_files": [{"split": "train", "path": f"{prefix}-0*.tar"}], "default": True}]
+    if stats["content"]["window_samples"]:
+        configs.append({"config_name": "windows", "data_files": [{"split": "train", "path": f"{prefix}-windows-*.tar"}]})
+    return {
+        "license": cfg.shard.license or "unknown",
+        "task_categories": TASK_CATEGORIES,
+        "tags": TAGS,
+        "size_categories": [size],
+        "configs": configs,
+    }
+
+
+def dataset_card(stats: dict, cfg: PipelineConfig) -> str:
+    content, v, c = stats["content"], stats["videos"], stats["clips"]
+    prefix = cfg.shard.prefix
     clip_shards = [s for s in stats["shards"] if s.get("kind", "clip") == "clip"]
     window_shards = [s for s in stats["shards"] if s.get("kind") == "window"]
-    first, last = (clip_shards[0]["name"], clip_shards[-1]["name"]) if clip_shards else ("", "")
-    pattern = f"{cfg.shard.prefix}-{{{first[-10:-4]}..{last[-10:-4]}}}.tar" if first else "(no shards)"
-    v, c = stats["videos"], stats["clips"]
-    lines = [
-        f"# {cfg.shard.prefix}",
-        "",
-        f"Video clips for grounded/interleaved multimodal training, made by vidcurate (sample schema {SCHEMA_VERSION}).",
+    lines = ["---", yaml.safe_dump(front_matter(stats, cfg), sort_keys=False).rstrip(), "---", "", f"# {prefix}", ""]
+    random_models = sorted(stage for stage, m in content["models"].items() if m["random_weights"])
+    if random_models:
+        lines += [
+            f"> **Warning: not for training.** The {', '.join(random_models)} model(s) had random weights (profile "
+            "`tiny`): captions, events, QA and model scores in this dataset are noise. Rebuild with `profile: default` "
+            "or real models.",
+            "",
+        ]
+    if not cfg.shard.license:
+        lines += ["> **License unknown:** set `shard.license` (an SPDX id, as the source videos allow) before sharing.", ""]
+    lines += [
+        f"Videos for grounded and interleaved multimodal training, made by vidcurate (sample schema {SCHEMA_VERSION}).",
         "",
         "## Contents",
         "",
-        f"- {stats['samples']} clip samples in {len(clip_shards)} WebDataset shards (`{pattern}`), "
-        f"{durations.sum():.1f} s of video in total",
-        f"- {stats.get('window_samples', 0)} video-level window samples in {len(window_shards)} shards "
-        f"(`{cfg.shard.prefix}-windows-*.tar`): runs of contiguous clips, each with its own mp4; their spans are "
-        "seconds in that mp4",
-        "- members per sample: `mp4` (H.264 clip), `json` (annotation)"
+        f"- {stats['samples']} clip samples in {len(clip_shards)} WebDataset shards (`{prefix}-NNNNNN.tar`), "
+        f"{content['video_hours']} hours of video",
+        f"- {content['window_samples']} window samples in {len(window_shards)} shards (`{prefix}-windows-NNNNNN.tar`): "
+        "runs of contiguous clips of one video, each with its own mp4",
+        "- members: `mp4` (the sample's own media), `json` (annotation; every time is seconds in that mp4)"
         + (f", `f000.jpg`..`f{cfg.shard.keyframes - 1:03d}.jpg` (keyframes)" if cfg.shard.keyframes else ""),
-        "- annotations: clip spans with source provenance; captions, events and QA: none in this release",
         f"- inputs: {v['total']} videos, {v['kept']} kept, {v['rejected']} rejected, {v['failed']} failed; "
         f"clips: {c['total']}, {c['kept']} kept, {c['rejected']} rejected, {c['failed']} failed",
+        f"- interleaved frame/text documents: {content['interleaved_samples']} clip samples",
+        f"- events per clip: {_spread_text(content['events_per_clip'])}",
         "",
-        "Why inputs and clips were left out (ledger reason codes):",
+        "QA items by task type:",
+        "",
+        "| task | in clip samples | in window samples |",
+        "|---|---|---|",
+        *[
+            f"| {task} | {content['qa_items']['clip'].get(task, 0)} | {content['qa_items']['window'].get(task, 0)} |"
+            for task in sorted({*content["qa_items"]["clip"], *content["qa_items"]["window"]})
+        ],
+        "",
+        "## Models",
+        "",
+        "| stage | model | backend | profile | random weights |",
+        "|---|---|---|---|---|",
+        *[f"| {s} | {', '.join(m['id']) or '-'} | {m['backend']} | {m['profile']} | {'yes' if m['random_weights'] else 'no'} |" for s, m in content["models"].items()],
+        "",
+        "## Scores of the shipped clips",
+        "",
+        "| score | count | mean | min | p10 | median | p90 | max |",
+        "|---|---|---|---|---|---|---|---|",
+        *[f"| {name} | {d['count']} | {d['mean']} | {d['p0']} | {d['p10']} | {d['p50']} | {d['p90']} | {d['p100']} |" for name, d in content["scores"].items()],
+        "",
+        "## What was left out",
+        "",
+        "Ledger reason codes (entity status(stage, failure class): code):",
         "",
         *([f"- {reason}: {n}" for reason, n in {**v["reasons"], **c["reasons"]}.items()] or ["- none"]),
         "",
-        "## Distributions",
+        "Rejections by stage and rule (a clip failing several quality rules counts under each):",
         "",
-        *_duration_histogram(durations),
+        *([f"- {stage} / {rule}: {n}" for stage, rules in content["rejections"].items() for rule, n in rules.items()] or ["- none"]),
         "",
-        "| clip size | clips |",
-        "|---|---|",
-        *[f"| {size} | {n} |" for size, n in sizes.most_common()],
+        "Duplicate groups by kind:",
         "",
-        "| clip starts at | clips |",
-        "|---|---|",
-        *[f"| {kind} | {n} |" for kind, n in cuts.most_common()],
+        *([f"- {kind}: {d['groups']} groups, {d['clips_dropped']} clips dropped" for kind, d in content["dedup_groups"].items()] or ["- none"]),
         "",
         "## Reading",
         "",
-        "`index.json` (wids format) lists the shards; each `<shard>.parquet` has one row per sample with",
-        "the annotation's fields, for filtering without opening tars.",
+        "`index.json` (wids format) lists every shard; each `<shard>.parquet` has one row per sample with the",
+        "annotation's fields, for filtering without opening tars.",
         "",
         "```python",
-        "import webdataset as wds",
-        f'ds = wds.WebDataset("{pattern}", shardshuffle=False)',
-        "",
         "from datasets import load_dataset",
-        f'hf = load_dataset("webdataset", data_files={{"train": "{cfg.shard.prefix}-0*.tar"}}, streaming=True)',
-        f'windows = load_dataset("webdataset", data_files={{"train": "{cfg.shard.prefix}-windows-*.tar"}}, streaming=True)',
+        "clips = load_dataset(FOLDER)               # the `clips` config (the default)",
+        'windows = load_dataset(FOLDER, "windows")  # video-level window samples',
         "```",
         "",
         "## Configuration used",
         "",
-        "Execution settings (run directory, Ray address) are left out: they do not change the data.",
+        "Execution settings (run directory, Ray address, failure handling) are left out: they do not change the data.",
         "",
         "```yaml",
-        yaml.safe_dump(cfg.model_dump(exclude={"run_dir", "ray"}), sort_keys=True).rstrip(),
+        yaml.safe_dump(cfg.model_dump(exclude={"run_dir", "ray", "failures"}), sort_keys=True).rstrip(),
         "```",
         "",
     ]
     return "\n".join(lines)
+
+
+def _spread_text(spread: dict) -> str:
+    if not spread["count"]:
+        return "none captioned"
+    return f"mean {spread['mean']}, median {spread['p50']}, max {spread['p100']} over {spread['count']} clips"

@@ -182,6 +182,10 @@ class ShardConfig(_Strict):
     keyframes: int = Field(0, ge=0, le=64, description="JPEG keyframes per sample as f000.jpg, f001.jpg, ...")
     keyframe_height: int = Field(224, ge=16)
     output: str | None = Field(None, description="publish the dataset here too: a directory or fsspec URL (s3://...)")
+    license: str | None = Field(
+        None, description="the dataset's license for its card (an SPDX id such as cc-by-4.0, as the sources allow); "
+        "unset: `unknown`, with a visible note"
+    )
 
 
 class FailureConfig(_Strict):
@@ -278,7 +282,7 @@ class PipelineConfig(_Strict):
     def stage_hash(self, stage: str) -> str:
         """Fingerprint of what decides a stage's output, so a changed setting re-runs it."""
         section = getattr(self, stage, None)
-        payload = section.model_dump(exclude={"resources"}) if isinstance(section, BaseModel) else {}
+        payload = section.model_dump(exclude={"resources", "license"}) if isinstance(section, BaseModel) else {}
         if stage == "probe":
             payload = {**payload, "inputs": self.inputs}
         if stage in ("caption", "embed", "quality") or (stage == "ground" and self.ground.rewrite):

@@ -36,7 +36,7 @@ import pyarrow.dataset  # noqa: F401 - makes pa.dataset available
 import pyarrow.parquet as pq
 
 from pipelines.config import PipelineConfig
-from pipelines.card import dataset_card
+from pipelines.card import content_stats, dataset_card
 from pipelines.ledger import build_ledger, pending_retries, summarize
 from schemas.readers import INDEX
 from schemas.tables import CLIPS, FAILED, KEPT, REJECTED, SHARDED, STATUS_COLUMNS, TABLES, VIDEOS, to_table
@@ -428,8 +428,9 @@ class Runner:
         stats["failure_budget"] = over_budget(tables, stats, self.cfg.failures)
         if shard_marker:
             dataset = self.stage_dir("shard") / DATASET
+            stats["content"] = content_stats(dataset, tables, self.cfg)
             (dataset / "stats.json").write_text(json.dumps(stats, indent=2, sort_keys=True))
-            (dataset / "README.md").write_text(dataset_card(stats, self.cfg, dataset))
+            (dataset / "README.md").write_text(dataset_card(stats, self.cfg))
         if stats["failure_budget"]:
             raise FailureBudgetExceeded.of_run(self.run_dir, stats, pending_retries(ledger, self.cfg.failures))
         if shard_marker:

@@ -13,10 +13,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import time
 from pathlib import Path
 
 import fsspec
+import yaml
 
 from schemas.readers import INDEX
 from stages.failures import is_transient
@@ -24,6 +26,7 @@ from stages.failures import is_transient
 log = logging.getLogger("vidcurate")
 
 VERSION_PREFIX = "v-"
+CARD = "README.md"
 SHARD_FILES = (".tar", ".parquet")  # versioned; every other file is also copied beside the index
 
 
@@ -42,6 +45,19 @@ def dataset_version(local_dir: Path) -> str:
             while block := f.read(1 << 20):
                 digest.update(block)
     return VERSION_PREFIX + digest.hexdigest()[:16]
+
+
+def relocated_card(text: str, version: str) -> str:
+    """The card with its `configs` data_files pointing into the version folder (front matter
+    between `---` lines, as the Hub reads it); a card without front matter is unchanged."""
+    match = re.match(r"---\n(.*?)\n---\n", text, flags=re.S)
+    if not match:
+        return text
+    meta = yaml.safe_load(match.group(1))
+    for config in meta.get("configs", []):
+        for files in config.get("data_files", []):
+            files["path"] = f"{version}/{files['path']}"
+    return "---\n" + yaml.safe_dump(meta, sort_keys=False) + "---\n" + text[match.end() :]
 
 
 def publish(local_dir: Path, url: str, retries: int = 4, backoff_s: float = 1.0) -> str:
@@ -76,7 +92,15 @@ def publish(local_dir: Path, url: str, retries: int = 4, backoff_s: float = 1.0)
     finally:
         staged.unlink()
     for name in [n for n in names if n not in shards and n != INDEX]:  # card, stats
-        attempt(name, fs.put_file, str(local_dir / name), f"{root}/{name}")
+        source = local_dir / name
+        if name == CARD:
+            source = local_dir.parent / f".{CARD}.published"
+            source.write_text(relocated_card((local_dir / CARD).read_text(), version))
+        try:
+            attempt(name, fs.put_file, str(source), f"{root}/{name}")
+        finally:
+            if name == CARD:
+                source.unlink()
     for path in fs.ls(root, detail=False):
         name = path.rstrip("/").rsplit("/", 1)[-1]
         stale = name.startswith(VERSION_PREFIX) and name != version

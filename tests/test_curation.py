@@ -4,9 +4,12 @@ work for every trainer format, and a later scheduled run ships nothing twice."""
 
 from __future__ import annotations
 
+import fnmatch
 import json
+import re
 
 import pyarrow.parquet as pq
+import yaml
 import pytest
 
 from flows.corpus import corpus_flow
@@ -104,3 +107,89 @@ def test_a_scheduled_rerun_ships_nothing_twice(curated, mixed_inputs):
     shipped_before = [r for r in ledger if r["entity"] == "clip" and r["stage"] == "dedup"]
     assert len(shipped_before) == first["samples"]
     assert all("(shipped)" in r["reason"] for r in shipped_before)
+
+
+def _card(dataset) -> tuple[str, dict]:
+    from huggingface_hub import DatasetCard
+
+    text = (dataset / "README.md").read_text()
+    return text, DatasetCard(text).data.to_dict()
+
+
+def test_card_is_a_hub_dataset_card_whose_numbers_are_the_data(curated):
+    root, stats = curated
+    dataset = root / "run" / "shard" / "dataset"
+    text, meta = _card(dataset)
+    written = json.loads((dataset / "stats.json").read_text())
+    assert meta["license"] == "unknown" and "License unknown" in text  # shard.license unset
+    assert meta["task_categories"] == ["video-text-to-text"] and meta["size_categories"] == ["n<1K"]
+    assert [c["config_name"] for c in meta["configs"]] == ["clips", "windows"]
+    samples = [json.loads(s["json"]) for s in open_shards(str(dataset))]  # counted here from the shards themselves
+    clips = [m for m in samples if m["kind"] == "clip"]
+    assert f"{len(clips)} clip samples" in text and written["samples"] == len(clips)
+    assert f"{len(samples) - len(clips)} window samples" in text
+    assert f"{round(sum(m['duration_s'] for m in clips) / 3600, 4)} hours of video" in text
+    for kind in ("clip", "window"):
+        tasks = {}
+        for m in samples:
+            for item in m["grounding"]["qa"] if m["kind"] == kind else []:
+                tasks[item["task"]] = tasks.get(item["task"], 0) + 1
+        assert written["content"]["qa_items"][kind] == tasks
+    for task, n in written["content"]["qa_items"]["clip"].items():
+        assert f"| {task} | {n} | {written['content']['qa_items']['window'].get(task, 0)} |" in text
+    ledger = pq.read_table(root / "run" / "ledger.parquet").to_pylist()
+    for entity, label in (("video", "inputs"), ("clip", "clips")):
+        rows = [r for r in ledger if r["entity"] == entity]
+        kept, rejected = sum(r["status"] == "kept" for r in rows), sum(r["status"] == "rejected" for r in rows)
+        assert f"{len(rows)}{' videos' if entity == 'video' else ''}, {kept} kept, {rejected} rejected" in text
+    quality_rules = {}
+    for r in ledger:
+        if r["entity"] == "clip" and r["stage"] == "quality" and r["status"] == "rejected":
+            for rule in re.findall(r"(\w+)=", r["reason"]):
+                quality_rules[rule] = quality_rules.get(rule, 0) + 1
+    for rule, n in quality_rules.items():
+        assert f"- quality / {rule}: {n}" in text
+    for name in {name for m in clips for name in m.get("scores", {})}:
+        count = sum(name in m.get("scores", {}) for m in clips)
+        assert re.search(rf"\| {name} \| {count} \|", text), name
+    dedup = pq.read_table(root / "run" / "dedup").to_pylist()
+    for kind in {r["dup_kind"] for r in dedup if r["status"] == "rejected"}:
+        groups = {r["duplicate_of"] for r in dedup if r["dup_kind"] == kind and r["status"] == "rejected"}
+        assert f"- {kind}: {len(groups)} groups" in text
+
+
+def test_card_warns_exactly_when_a_random_weight_model_ran(curated, tmp_path):
+    from pipelines.card import dataset_card
+
+    root, _ = curated
+    text, _ = _card(root / "run" / "shard" / "dataset")
+    assert "Warning: not for training" in text and "caption, embed" in text
+    stats = json.loads((root / "run" / "shard" / "dataset" / "stats.json").read_text())
+    for model in stats["content"]["models"].values():
+        model["random_weights"] = False  # as with real models (profile default, or named models)
+    real = load_config(None, profile="default", **{"shard.license": "cc-by-4.0"})
+    card = dataset_card(stats, real)
+    assert "Warning: not for training" not in card and "License unknown" not in card and "license: cc-by-4.0" in card
+
+
+def test_load_dataset_on_the_folder_alone_yields_the_cards_counts(curated, tmp_path, s3_endpoint):
+    import fsspec
+    from datasets import Video, load_dataset
+
+    from schemas.readers import signed_shard_urls
+    from stages.publish import publish
+
+    root, stats = curated
+    dataset = root / "run" / "shard" / "dataset"
+    published = tmp_path / "published"
+    publish(dataset, str(published))  # shards go to a version folder; the card points there
+    for folder in (dataset, published):
+        assert load_dataset(str(folder), split="train").num_rows == stats["samples"]
+        assert load_dataset(str(folder), "windows", split="train").num_rows == stats["window_samples"]
+    fsspec.filesystem("s3").mkdir("carded")
+    publish(dataset, "s3://carded/ds")
+    card = fsspec.filesystem("s3").cat("s3://carded/ds/README.md").decode()
+    clip_glob = yaml.safe_load(card.split("---")[1])["configs"][0]["data_files"][0]["path"]
+    urls = [u for u in signed_shard_urls("s3://carded/ds") if fnmatch.fnmatch(u.split("?")[0], f"*/ds/{clip_glob}")]
+    hub = load_dataset("webdataset", data_files={"train": urls}, split="train", streaming=True).cast_column("mp4", Video(decode=False))
+    assert sum(1 for _ in hub) == stats["samples"]
