@@ -7,9 +7,10 @@ Layout under the config's `run_dir` (the corpus root):
 With `shard.output` set, increment <id> is published to `<output>/<id>/`, so earlier
 increments are never rewritten. The id is a hash of the increment's inputs: an increment
 that did not ship (interrupted by a crash, or over its failure budget because a backend was
-down) is run again first by every later run, with the same inputs: its transient failures are
-retried (up to `failures.max_tries` runs), and it ships once it is within its budget. Its
-inputs are never lost, nor taken again by a new increment.
+down), or that shipped with transient failures still to retry, is run again first by every
+later run, with the same inputs: its transient failures are retried (up to
+`failures.max_tries` runs) and it is (re)published once within its budget. Its inputs are
+never lost, nor taken again by a new increment.
 """
 
 from __future__ import annotations
@@ -18,10 +19,12 @@ import hashlib
 import json
 from pathlib import Path
 
+import pyarrow.parquet as pq
 from prefect import flow, get_run_logger
 
 from flows.corpus import corpus_flow
 from pipelines.config import PipelineConfig
+from pipelines.ledger import pending_retries
 from pipelines.runner import FailureBudgetExceeded, read_stage_table
 from stages.media import list_inputs
 
@@ -36,6 +39,14 @@ def _increments(root: Path) -> list[Path]:
 
 def _shipped(increment: Path) -> bool:
     return (increment / SHIPPED_MARKER).is_file()
+
+
+def _needs_run(increment: Path, failures) -> bool:
+    """Not shipped yet, or shipped with transient failures a re-run would still retry."""
+    if not _shipped(increment):
+        return True
+    ledger = increment / "ledger.parquet"
+    return ledger.is_file() and pending_retries(pq.read_table(ledger), failures) > 0
 
 
 def seen_inputs(root: Path) -> set[str]:
@@ -78,8 +89,8 @@ def incremental_flow(config: dict) -> dict:
     root = Path(cfg.run_dir)
     done, failed = [], []
     for inc in _increments(root):
-        if not _shipped(inc):
-            log.info("increment %s did not ship: running it again (unfinished work and transient failures)", inc.name)
+        if _needs_run(inc, cfg.failures):
+            log.info("increment %s: running it again (it did not ship, or has transient failures to retry)", inc.name)
             # today's failure settings apply to old increments too (they change no stage's output)
             config = {**json.loads((inc / "config.json").read_text())["config"], "failures": cfg.failures.model_dump()}
             _run_increment(config, done, failed)

@@ -178,6 +178,23 @@ def test_a_run_while_the_server_is_down_fails_then_ships_everything_once_it_is_u
     assert "failed (0 transient, 0 permanent)" in capsys.readouterr().out
 
 
+def test_report_and_inspect_tell_transient_from_permanent(tmp_path, inputs, capsys, ray_local):
+    from pipelines.report import build_report
+
+    run_dir = tmp_path / "run"
+    with socket.socket() as down:  # bound, never listening: connections are refused
+        down.bind(("127.0.0.1", 0))
+        cfg = _config(inputs, run_dir, f"http://127.0.0.1:{down.getsockname()[1]}/v1", max_failed_fraction=1.0)
+        Runner(cfg).run_all()
+    html = build_report(run_dir)
+    failed = [r for r in _ledger(run_dir) if r["status"] == "failed"]
+    assert failed and html.count("<td>transient</td>") >= 1 and "<th>tries</th>" in html
+    assert cli_main(["inspect", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert f"{len(failed)} failed ({len(failed)} transient, 0 permanent)" in out
+    assert f"failed(caption, transient): backend" in out and f"transient failures by tries so far: {len(failed)} after 1" in out
+
+
 def test_scheduled_increments_during_an_outage_ship_once_the_server_is_back(
     tmp_path, inputs, tiny, uninterrupted, prefect_server
 ):
@@ -193,10 +210,16 @@ def test_scheduled_increments_during_an_outage_ship_once_the_server_is_back(
     (increment,) = (root / "increments").iterdir()
     assert not (increment / SHIPPED_MARKER).exists()
 
-    with server:  # night 2: the server is back; no new inputs, the unshipped increment runs again
-        result = incremental_flow(config)
-    assert result["increments_run"] == [increment.name] and (increment / SHIPPED_MARKER).is_file()
-    assert result["samples"] == ref_stats["samples"]
+    with server:  # night 2: the server is back but overloaded for a moment; the budget allows it
+        server.failures_left = 1
+        lenient = {**config, "failures": {**config["failures"], "max_failed_fraction": 0.5}}
+        second = incremental_flow(lenient)
+        retried = [r for r in _ledger(increment) if r["status"] == "failed"]
+        assert second["increments_run"] == [increment.name] and (increment / SHIPPED_MARKER).is_file()
+        assert retried and all(r["transient"] and r["tries"] == 2 for r in retried)  # shipped, not yet whole
+        result = incremental_flow(config)  # night 3: the increment still has retries, so it runs again
+    assert result["increments_run"] == [increment.name] and result["samples"] == ref_stats["samples"]
+    assert not [r for r in _ledger(increment) if r["status"] == "failed"]
 
     def samples(location):
         return sorted((s["__key__"], s["json"], s["mp4"]) for s in open_shards(str(location)))

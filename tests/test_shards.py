@@ -80,6 +80,7 @@ def test_index_sidecars_and_card_describe_the_shards(published):
     card = fs.cat(f"{DEST}/README.md").decode()
     stats = json.loads(fs.cat(f"{DEST}/stats.json"))
     assert f"{stats['samples']} clip samples in {len(stats['shards'])} WebDataset shards" in card
+    assert "not for training" not in card  # no model stage ran (stages: []), so no random-weight model
     assert not fs.exists(f"{DEST}/_staging")
 
 
