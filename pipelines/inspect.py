@@ -9,7 +9,7 @@ from typing import TextIO
 
 import pyarrow.parquet as pq
 
-from pipelines.ledger import summarize
+from pipelines.ledger import summarize, transient_failures
 from pipelines.runner import ALL_STAGES, describe_marker, read_marker
 from schemas.readers import open_shards
 
@@ -36,11 +36,7 @@ def _describe_run(run_dir: Path, out: TextIO) -> None:
         for reason, count in s["reasons"].items():
             print(f"    {count:5d}  {reason}", file=out)
     print(f"samples: {stats['samples']} in {len(stats['shards'])} shards", file=out)
-    tries = Counter(
-        r["tries"] or 1
-        for r in ledger.to_pylist()
-        if r["status"] == "failed" and r["transient"] and (r["entity"] == "clip" or r["stage"] == "probe")
-    )
+    tries = Counter(r["tries"] or 1 for r in transient_failures(ledger))
     if tries:
         print("transient failures by tries so far: " + ", ".join(f"{n} after {t}" for t, n in sorted(tries.items())), file=out)
 

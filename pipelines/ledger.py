@@ -80,16 +80,21 @@ def _reason_key(row: dict) -> str:
     return f"{row['status']}({row['stage']}{kind}): {reason_code(row['reason'])}"
 
 
+def retry_due(row: dict, failures) -> bool:
+    """A stage row or ledger entry that a re-run tries again: failed transiently, under the cap."""
+    failed_transiently = row["status"] == FAILED and bool(row["transient"])
+    return failures.retry_transient and failed_transiently and (row["tries"] or 1) < failures.max_tries
+
+
+def transient_failures(ledger: pa.Table) -> list[dict]:
+    """Clips and probed inputs that failed transiently (a video entry whose clips failed is
+    counted through its clips)."""
+    rows = ledger.to_pylist()
+    return [r for r in rows if r["status"] == FAILED and r["transient"] and (r["entity"] == "clip" or r["stage"] == "probe")]
+
+
 def pending_retries(ledger: pa.Table, failures) -> int:
-    """Clips and probed inputs that failed transiently and that a re-run would try again (a
-    video entry whose clips failed is counted through its clips)."""
-    if not failures.retry_transient:
-        return 0
-    return sum(
-        r["status"] == FAILED and bool(r["transient"]) and (r["tries"] or 1) < failures.max_tries
-        for r in ledger.to_pylist()
-        if r["entity"] == "clip" or r["stage"] == "probe"
-    )
+    return sum(retry_due(r, failures) for r in transient_failures(ledger))
 
 
 def summarize(ledger: pa.Table, shards: list[dict]) -> dict:

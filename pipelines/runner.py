@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 
 from pipelines.config import PipelineConfig
 from pipelines.card import content_stats, dataset_card
-from pipelines.ledger import build_ledger, pending_retries, summarize
+from pipelines.ledger import build_ledger, pending_retries, retry_due, summarize
 from schemas.readers import INDEX
 from schemas.tables import CLIPS, FAILED, KEPT, REJECTED, SHARDED, STATUS_COLUMNS, TABLES, VIDEOS, to_table
 from stages import probe, shard, split
@@ -166,10 +166,7 @@ class Runner:
 
     def retryable(self, rows: list[dict]) -> list[dict]:
         """Rows a re-run re-attempts: failed transiently and tried fewer than `max_tries` times."""
-        failures = self.cfg.failures
-        if not failures.retry_transient:
-            return []
-        return [r for r in rows if r["status"] == FAILED and r["transient"] and (r["tries"] or 1) < failures.max_tries]
+        return [r for r in rows if retry_due(r, self.cfg.failures)]
 
     def _plan_redo(self, stage: str, input_dir: Path | None, old: list[dict], retry: list[dict]) -> tuple[tuple | None, list[dict]]:
         """What an update of a completed stage computes: (unit column, its values) or None for

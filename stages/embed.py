@@ -145,17 +145,17 @@ def embed_decoded(decoded: list[dict], encoder: ClipEncoder) -> list[dict]:
     except Exception as exc:
         if not is_transient(exc):
             raise
-        rows = []
-        for clip in decoded:
-            row = {"clip_id": clip["clip_id"], "video_id": clip["video_id"], "stage": STAGE, "embed_model": encoder.name}
-            rows.append({**row, **(clip["error"] or failed("embed", exc))})
-        return rows
+        return [{**_row(clip, encoder), **(clip["error"] or failed("embed", exc))} for clip in decoded]
+
+
+def _row(clip: dict, encoder: ClipEncoder) -> dict:
+    return {"clip_id": clip["clip_id"], "video_id": clip["video_id"], "stage": STAGE, "embed_model": encoder.name}
 
 
 def _embed_decoded(decoded: list[dict], encoder: ClipEncoder) -> list[dict]:
     rows, frames, owners = {}, [], []
     for clip in decoded:
-        row = {"clip_id": clip["clip_id"], "video_id": clip["video_id"], "stage": STAGE, "embed_model": encoder.name}
+        row = _row(clip, encoder)
         if clip["error"]:
             rows[clip["clip_id"]] = {**row, **clip["error"]}
             continue

@@ -85,22 +85,12 @@ def publish(local_dir: Path, url: str, retries: int = 4, backoff_s: float = 1.0)
     index = json.loads((local_dir / INDEX).read_text())
     for shard in index["shardlist"]:
         shard["url"] = f"{version}/{shard['url']}"
-    staged = local_dir.parent / f".{INDEX}.published"
-    staged.write_text(json.dumps(index, indent=1))
-    try:
-        attempt(INDEX, fs.put_file, str(staged), f"{root}/{INDEX}")  # the commit point: one object
-    finally:
-        staged.unlink()
+    # the commit point: one object
+    attempt(INDEX, fs.pipe_file, f"{root}/{INDEX}", json.dumps(index, indent=1).encode())
     for name in [n for n in names if n not in shards and n != INDEX]:  # card, stats
-        source = local_dir / name
-        if name == CARD:
-            source = local_dir.parent / f".{CARD}.published"
-            source.write_text(relocated_card((local_dir / CARD).read_text(), version))
-        try:
-            attempt(name, fs.put_file, str(source), f"{root}/{name}")
-        finally:
-            if name == CARD:
-                source.unlink()
+        data = (local_dir / name).read_text()
+        data = relocated_card(data, version) if name == CARD else data
+        attempt(name, fs.pipe_file, f"{root}/{name}", data.encode())
     for path in fs.ls(root, detail=False):
         name = path.rstrip("/").rsplit("/", 1)[-1]
         stale = name.startswith(VERSION_PREFIX) and name != version

@@ -9,14 +9,17 @@ a window whose frame count does not match its span fails rather than ship shifte
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import av
 import fsspec
 import pyarrow as pa
 
-from pipelines.config import SplitConfig
 from stages.failures import failed
 from stages.split import ClipEncoder
+
+if TYPE_CHECKING:
+    from pipelines.config import SplitConfig
 
 
 def cut_window(window_id: str, clip_uris: list[str], frames: int, fps: float, out_dir: Path, cfg: SplitConfig) -> dict:
