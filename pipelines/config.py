@@ -46,8 +46,8 @@ class ProbeConfig(_Strict):
 
 class SplitConfig(_Strict):
     detector: Literal["content", "transnetv2", "combined"] = Field(
-        "content", description="content: frame differences + dissolve/black analysis; transnetv2: the bundled "
-        "TransNetV2 network; combined: content cuts plus TransNetV2's transitions away from them"
+        "content", description="content: frame differences + dissolve (calm and moving shots) and black analysis; "
+        "transnetv2: the bundled TransNetV2 network; combined: content cuts plus TransNetV2's transitions away from them"
     )
     transnet_threshold: float = Field(0.5, gt=0, lt=1, description="TransNetV2 transition probability")
     device: str = Field("auto", description="TransNetV2: auto, cpu, cuda")

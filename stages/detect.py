@@ -1,9 +1,10 @@
 """Shot-boundary detection on downscaled frames (pure numpy, no I/O).
 
-A cut at frame index i means frame i is the first frame of a new shot. Three detectors
-share one pass over the frames: hard cuts (adaptive frame difference, flashes excluded),
-dissolves (steady structural change between calm shots) and black runs (fades through
-black, black lead-ins), whose edges become cuts so the black itself can be cut out.
+A cut at frame index i means frame i is the first frame of a new shot. Four tests share one
+pass over the frames: hard cuts (adaptive frame difference, flashes excluded), dissolves
+between calm shots (steady structural change), dissolves between moving shots (frames that
+are the average of their neighbours) and black runs (fades through black, black lead-ins),
+whose edges become cuts so the black itself can be cut out.
 """
 
 from __future__ import annotations
@@ -22,6 +23,16 @@ DISSOLVE_HALF_WIDTHS = (4, 8)  # frames on each side of a dissolve's middle that
 DISSOLVE_MIN_CHANGE = 0.6  # structure change across a dissolve, in per-frame standard deviations
 DISSOLVE_MIN_STEADINESS = 0.6  # how much of the frame-to-frame change adds up in one direction
 DISSOLVE_CONTRAST = 2.0  # the change across a dissolve vs the change within the shots beside it
+# A dissolve between moving shots: over 2k frames (k below) the structure changes by at least
+# BLEND_MIN_CHANGE while the middle frame stays within BLEND_MAX_RESIDUAL of the average of the
+# two ends (relative to half their difference). Tuned on make_moving.py seeds 200-211 (pans, zooms,
+# whip pans, flashes, zoom bursts), checked on held-out seeds (benchmarks/RESULTS.md).
+BLEND_HALF_WIDTHS = (8,)
+BLEND_MIN_CHANGE = 0.6
+BLEND_MAX_RESIDUAL = 0.7
+# ...unless one shift of the picture explains the change (a whip pan over smooth content also
+# looks like a blend): after the best shift the ends differ by at most this share of before.
+SHIFT_EXPLAINS = 0.6
 CHUNK = 2048  # frames per block of float work
 # A frozen frame (a paused recording, a slate) changes by encoder noise alone: ~0.5 at most on the
 # test videos, while a calm real shot drifts past this within a few seconds.
@@ -81,11 +92,12 @@ def _is_flash(frames: np.ndarray, i: int, score: float, threshold: float) -> boo
     return any(close(j, i - 1) for j in after) or any(close(i, j) for j in before)
 
 
-def _strongest_apart(candidates: np.ndarray, scores: np.ndarray, gap: int) -> list[int]:
-    """Non-maximum suppression: of candidates closer than `gap` frames, keep the highest score."""
+def _strongest_apart(candidates: np.ndarray, scores: np.ndarray, gap: int, accept=None) -> list[int]:
+    """Non-maximum suppression: of candidates closer than `gap` frames, keep the highest score
+    (that `accept`s, when given: checked only on candidates still in the running)."""
     kept: list[int] = []
     for i in sorted(candidates, key=lambda c: -scores[c]):
-        if all(abs(i - k) >= gap for k in kept):
+        if all(abs(i - k) >= gap for k in kept) and (accept is None or accept(int(i))):
             kept.append(int(i))
     return sorted(kept)
 
@@ -123,16 +135,17 @@ def structure_changes(yuv: np.ndarray, lags: tuple[int, ...]) -> dict[int, np.nd
 
 def dissolves(yuv: np.ndarray, avoid: np.ndarray) -> list[Cut]:
     """Gradual transitions: over 2k frames the picture's structure changes a lot, steadily,
-    while the shots on either side are calm.
+    while the shots on either side are calm; or (blends) between moving shots.
 
     In a dissolve every frame moves the same way from shot A to shot B, so the change from
     frame i-k to i+k about equals the sum of the frame-to-frame changes (steadiness ~1);
     motion changes frames back and forth, so its sum is far larger. A steady pan passes that
-    test, but then the shots beside it change as much: the contrast test rejects it.
+    test, but then the shots beside it change as much: the contrast test rejects it. A fast pan
+    between calm stretches is rejected because one shift of the picture explains its change.
     Frames flagged in `avoid` (black, or next to a hard cut) are never a dissolve's middle.
     """
     n = len(yuv)
-    changes = structure_changes(yuv, (1, *(2 * k for k in DISSOLVE_HALF_WIDTHS)))
+    changes = structure_changes(yuv, tuple(sorted({1, *(2 * k for k in DISSOLVE_HALF_WIDTHS + BLEND_HALF_WIDTHS)})))
     running = np.concatenate([[0.0], np.cumsum(changes[1][:-1])])  # summed frame-to-frame change up to i
     strength = np.zeros(n, dtype=np.float32)
     for k in DISSOLVE_HALF_WIDTHS:
@@ -145,8 +158,70 @@ def dissolves(yuv: np.ndarray, avoid: np.ndarray) -> list[Cut]:
         calm = across >= DISSOLVE_CONTRAST * np.maximum(lagged[mid - 3 * k], lagged[mid + k])
         ok = (across >= DISSOLVE_MIN_CHANGE) & (steady >= DISSOLVE_MIN_STEADINESS) & calm & ~avoid[mid]
         strength[mid] = np.maximum(strength[mid], np.where(ok, across * steady, 0))
-    picked = _strongest_apart(np.flatnonzero(strength > 0), strength, 2 * max(DISSOLVE_HALF_WIDTHS))
+    strength = np.maximum(strength, blends(yuv, avoid, changes))
+    k = max(DISSOLVE_HALF_WIDTHS + BLEND_HALF_WIDTHS)
+
+    def not_a_pan(i: int) -> bool:  # a pan (a whip pan too) moved the picture; nothing replaced it
+        return k <= i < n - k and shift_residual(yuv[i - k], yuv[i + k]) > SHIFT_EXPLAINS
+
+    picked = _strongest_apart(np.flatnonzero(strength > 0), strength, 2 * k, accept=not_a_pan)
     return [Cut(i, "dissolve") for i in picked]
+
+
+def blend_residuals(yuv: np.ndarray, k: int, frames: np.ndarray) -> np.ndarray:
+    """For each i in `frames`: mean |f(i) - (f(i-k) + f(i+k)) / 2| over all planes, divided by
+    half of mean |f(i-k) - f(i+k)|. A cross-fade is linear in pixel values, so its frames are the
+    average of their neighbours (~0) whatever the two shots do; under camera motion the average
+    is a double image that the middle frame does not match (~1)."""
+    out = np.ones(len(frames), dtype=np.float32)
+    for a in range(0, len(frames), CHUNK):
+        idx = frames[a : a + CHUNK]
+        before, mid, after = (yuv[idx + d].reshape(len(idx), -1).astype(np.int16) for d in (-k, 0, k))
+        off_average = np.abs(2 * mid - before - after).sum(axis=1)  # = 2 |mid - average| (int16 holds +-510)
+        spread = np.abs(before - after).sum(axis=1)
+        out[a : a + len(idx)] = off_average / np.maximum(spread, 1)
+    return out
+
+
+def _normalized_luma(frame: np.ndarray) -> np.ndarray:
+    luma = frame[..., 0].astype(np.float32)
+    luma -= luma.mean()
+    return luma / max(float(luma.std()), 8.0)
+
+
+def shift_residual(a: np.ndarray, b: np.ndarray) -> float:
+    """How much of the difference between frames a and b is left once b is moved by the
+    translation (phase correlation) that best matches a: ~0 for a pan, ~1 for new content."""
+    za, zb = _normalized_luma(a), _normalized_luma(b)
+    h, w = za.shape
+    cross = np.fft.fft2(za) * np.conj(np.fft.fft2(zb))
+    peak = np.fft.ifft2(cross / np.maximum(np.abs(cross), 1e-6)).real
+    dy, dx = np.unravel_index(int(np.argmax(peak)), peak.shape)
+    dy, dx = (dy - h if dy > h // 2 else dy), (dx - w if dx > w // 2 else dx)  # za(y, x) ~ zb(y - dy, x - dx)
+    ys, xs = slice(max(dy, 0), h + min(dy, 0)), slice(max(dx, 0), w + min(dx, 0))
+    if ys.stop - ys.start < h // 3 or xs.stop - xs.start < w // 3:
+        return 1.0  # too little overlap to tell
+    moved = zb[ys.start - dy : ys.stop - dy, xs.start - dx : xs.stop - dx]
+    return float(np.abs(za[ys, xs] - moved).mean() / max(np.abs(za - zb).mean(), 1e-6))
+
+
+def blends(yuv: np.ndarray, avoid: np.ndarray, lagged: dict[int, np.ndarray]) -> np.ndarray:
+    """Per-frame strength of a dissolve between moving shots (0 where none): the structure
+    changes a lot across 2k frames and the middle frame is a blend of the two ends.
+
+    The calm-shots test cannot see these: the shots beside the dissolve change as fast as it
+    does. `lagged[2k]` are structure_changes' series.
+    """
+    n = len(yuv)
+    strength = np.zeros(n, dtype=np.float32)
+    for k in BLEND_HALF_WIDTHS:
+        mid = np.arange(k, n - k)
+        across = lagged[2 * k][mid - k]
+        mid = mid[(across >= BLEND_MIN_CHANGE) & ~avoid[mid]]  # only here is the residual needed
+        residual = blend_residuals(yuv, k, mid)
+        ok = residual <= BLEND_MAX_RESIDUAL
+        strength[mid[ok]] = np.maximum(strength[mid[ok]], lagged[2 * k][mid[ok] - k] * (1 - residual[ok]))
+    return strength
 
 
 def frozen_run_end(yuv: np.ndarray, start: int) -> int:

@@ -6,10 +6,11 @@ import json
 
 import numpy as np
 import pytest
+import make_moving
 from make_synthetic import FPS, Shot, encode, make
 
 from pipelines.config import SplitConfig
-from stages.detect import detect_cuts
+from stages.detect import SHIFT_EXPLAINS, detect_cuts, shift_residual
 from stages.media import read_small_frames
 
 TOLERANCE = 2
@@ -67,6 +68,40 @@ def test_flash_or_fast_pan_inside_a_shot_is_no_cut(tmp_path, event):
     encode([shot.frame(t).clip(0, 255).astype(np.uint8) for t in range(shot.frames)], path)
     cuts, black = _detect(path)
     assert cuts == [] and not black.any()
+
+
+@pytest.fixture(scope="module")
+def moving_videos(tmp_path_factory):
+    """Pans and zooms over photographs, dissolves between moving shots, whip pans, flashes and
+    zoom bursts inside shots (seeds outside the 200-211 the blend test was tuned on)."""
+    out = tmp_path_factory.mktemp("moving") / "videos"
+    make_moving.make(out, count=4, seed=300, height=144, width=256)
+    return [(path, json.loads((out.parent / "truth" / f"{path.stem}.json").read_text())) for path in sorted(out.glob("*.mp4"))]
+
+
+def test_dissolves_between_moving_shots_found_and_traps_give_no_cut(moving_videos):
+    dissolves = 0
+    for path, truth in moving_videos:
+        cuts, black = _detect(path)
+        spans = [t["frames"] for t in truth["transitions"]]
+        for t in truth["transitions"]:
+            a, b = t["frames"]
+            assert any(a - TOLERANCE <= c.frame <= b + TOLERANCE for c in cuts), (path.name, t, cuts)
+            dissolves += t["kind"] == "dissolve"
+        for cut in cuts:
+            if not (cut.kind == "to_black" and black[cut.frame :].all()):
+                assert any(a - TOLERANCE <= cut.frame <= b + TOLERANCE for a, b in spans), (path.name, cut, truth)
+    assert dissolves >= 6 and any(trap["kind"] == "whip" for _, truth in moving_videos for trap in truth["traps"])
+
+
+def test_a_shift_explains_a_pan_but_not_a_cross_fade():
+    rng = np.random.default_rng(3)
+    scene = np.kron(rng.integers(0, 255, (12, 20, 3)), np.ones((4, 4, 1))).astype(np.uint8)  # 48 x 80
+    other = np.kron(rng.integers(0, 255, (12, 20, 3)), np.ones((4, 4, 1))).astype(np.uint8)
+    view, panned = scene[:36, :64], scene[6:42, 9:73]  # the camera moved 9 px right and 6 down
+    assert shift_residual(view, panned) < 0.1
+    faded = (view.astype(np.float32) * 0.4 + other[:36, :64] * 0.6).astype(np.uint8)
+    assert shift_residual(view, faded) > SHIFT_EXPLAINS
 
 
 @pytest.mark.parametrize("detector", ["transnetv2", "combined"])
