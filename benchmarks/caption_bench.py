@@ -2,13 +2,15 @@
 
     python benchmarks/caption_bench.py [--shape tiny|2b] [--device cpu|cuda] [--clips 8]
                                        [--frames 8] [--new-tokens 128] [--backends transformers,openai]
+                                       [--batches 1,2,4,8]
 
 Random-initialised Qwen2-VL models (no hub here): `tiny` is the CI profile's model; `2b` has
 Qwen2-VL-2B's shapes (1.5k hidden, 28 layers, 675M-parameter vision tower), for GPU runs. Every
 clip generates exactly `--new-tokens` tokens (EOS ignored), so tokens/s is comparable across
 models and backends. Frames come from real clips of the synthetic sample videos.
 
-Backends: `transformers` in-process; `openai` sends the same prompts over HTTP to a local
+Backends: `transformers` in-process, once per `--batches` size (greedy prompts, one `generate`
+per batch; the ratio of the best to batch 1 is printed); `openai` sends the same prompts over HTTP to a local
 OpenAI-compatible server wrapping the same model (the client's overhead: encoding, HTTP,
 concurrency). `vllm` needs a vLLM install (not in this environment: see docs/vllm.md).
 """
@@ -82,7 +84,7 @@ def prompts(pool, new_tokens: int) -> list[Prompt]:
         for k, frame in enumerate(frames):
             parts += [("text", f"Frame at {k * 0.25:.2f} s:"), ("image", frame)]
         parts.append(("text", "Describe the clip."))
-        out.append(Prompt(parts, None, new_tokens, 1.0, i))
+        out.append(Prompt(parts, None, new_tokens, 0.0, i))  # greedy: batched like the caption stage's first attempt
     return out
 
 
@@ -93,9 +95,9 @@ class FixedLength(TransformersCaptioner):
         super().__init__(*args, **kwargs)
         self.model.generation_config.eos_token_id = None
 
-    def _one(self, prompt: Prompt) -> str:
-        self.model.generation_config.min_new_tokens = prompt.max_tokens
-        return super()._one(prompt)
+    def _generate(self, prompts: list[Prompt]) -> list[str]:
+        self.model.generation_config.min_new_tokens = max(p.max_tokens for p in prompts)
+        return super()._generate(prompts)
 
 
 def bench(name: str, captioner, batch: list[Prompt]) -> dict:
@@ -116,19 +118,28 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=8)
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--backends", default="transformers,openai")
+    parser.add_argument("--batches", default="1,2,4,8", help="transformers backend: prompts per generate call")
     args = parser.parse_args()
 
     model = str(tiny_qwen2vl()) if args.shape == "tiny" else str(build_2b(Path(tempfile.mkdtemp()) / "qwen2-vl-2b-shaped"))
     captioner = FixedLength(model, device=args.device, structured="off")
+    captioner.batch_size = 1
     batch = prompts(clip_frames_pool(args.clips, args.frames), args.new_tokens)
     results = []
     if "transformers" in args.backends:
-        results.append(bench("transformers", captioner, batch))
+        for size in (int(b) for b in args.batches.split(",")):
+            captioner.batch_size = size
+            results.append({**bench("transformers", captioner, batch), "batch_size": size})
+        by_batch = [r for r in results if "batch_size" in r]
+        best = max(by_batch, key=lambda r: r["tokens_per_s"])
+        print(f"transformers: batch 1 {by_batch[0]['tokens_per_s']} tokens/s, best batch {best['batch_size']} "
+              f"{best['tokens_per_s']} tokens/s: {best['tokens_per_s'] / by_batch[0]['tokens_per_s']:.2f}x")  # fmt: skip
     if "openai" in args.backends:
         from openai_server import OpenAIServer
 
         from stages.captioners import OpenAICaptioner
 
+        captioner.batch_size = 1  # the server answers one request at a time
         with OpenAIServer(captioner) as server:
             client = OpenAICaptioner(model, server.base_url, concurrency=4, structured="off")
             results.append(bench("openai (local server, same model)", client, batch))

@@ -15,6 +15,7 @@ from schemas.tables import TABLES
 
 EPILOG = """examples:
   vidcurate run --config pipelines/configs/sample.yaml
+  vidcurate doctor --config corpus.yaml                # models, GPU, caption server, store, Ray: seconds
   vidcurate run --config corpus.yaml --incremental      # only inputs not seen by earlier increments
   vidcurate serve --config corpus.yaml --cron "0 3 * * *"   # the same, scheduled (Prefect)
   vidcurate stage split --input runs/sample/probe --output runs/sample/split
@@ -46,6 +47,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(json.dumps({k: stats[k] for k in ("videos", "clips", "samples")}, indent=2))
     print(f"shards: {Path(cfg.run_dir) / 'shard' / 'dataset'}  ledger: {Path(cfg.run_dir) / 'ledger.parquet'}")
     return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from pipelines.doctor import diagnose
+
+    findings = diagnose(_config(args))
+    for finding in findings:
+        print(finding.line())
+    failed = sum(not f.ok for f in findings)
+    print(f"{failed} problem(s)" if failed else "ready to run")
+    return 1 if failed else 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -106,6 +118,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--incremental", action="store_true", help="only inputs no earlier increment saw (run-dir: the corpus root)")
     run.add_argument("--no-retry", action="store_true", help="keep completed stages as they are: do not retry transient failures")
     run.set_defaults(func=cmd_run)
+
+    doctor = sub.add_parser("doctor", help="check a config end to end in seconds (exit 1 on any problem)")
+    doctor.add_argument("--config", help="pipeline YAML")
+    doctor.add_argument("--inputs")
+    doctor.add_argument("--run-dir")
+    doctor.add_argument("--ray-address")
+    doctor.set_defaults(func=cmd_doctor)
 
     serve = sub.add_parser("serve", help="serve the incremental flow as a Prefect deployment on a cron schedule")
     serve.add_argument("--cron", required=True, help='e.g. "0 3 * * *" (daily at 03:00)')

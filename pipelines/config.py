@@ -81,6 +81,10 @@ class OpenAIEndpoint(_Strict):
     max_retries: int = Field(5, ge=0)
     backoff_s: float = Field(1.0, ge=0, description="first retry delay; doubles each retry")
     timeout_s: float = Field(300.0, gt=0)
+    structured: Literal["vllm", "json_schema", "off"] = Field(
+        "vllm", description="how the answer grammar is sent: vLLM's structured_outputs regex, the standard "
+        "response_format JSON schema (hosted APIs, llama.cpp, SGLang), or not at all; caption.structured: off wins"
+    )
 
 
 class CaptionConfig(_Strict):
@@ -101,6 +105,10 @@ class CaptionConfig(_Strict):
         "auto", description="enforce the answer grammar: vLLM/openai always (auto), transformers for small vocabularies"
     )
     device: str = Field("auto", description="transformers backend: auto, cpu, cuda, cuda:1, ...")
+    batch_size: int = Field(
+        8, ge=1, description="transformers backend: greedy prompts per generate call (at most the clips of one "
+        "resources.batch_size batch)"
+    )
     vllm: dict = Field(default_factory=dict, description="extra vllm.LLM arguments (tensor_parallel_size, ...)")
     openai: OpenAIEndpoint = OpenAIEndpoint()
     resources: StageResources = StageResources(batch_size=4)
@@ -123,6 +131,10 @@ class GroundConfig(_Strict):
 class EmbedConfig(_Strict):
     model: str | None = Field(None, description="open_clip model (ViT-B-32, ViT-L-14, ViT-B-16-SigLIP, ...); None: the profile's")
     pretrained: str | None = Field("laion2b_s34b_b79k", description="open_clip pretrained tag or a checkpoint path")
+    tokenizer: str | None = Field(
+        None, description="hub id or local folder of the model's Hugging Face tokenizer (SigLIP's lives on the hub); "
+        "None: the model's own"
+    )
     keyframes: int = Field(4, ge=1, le=64, description="evenly spaced frames per clip")
     device: str = "auto"
     resources: StageResources = StageResources(batch_size=16)

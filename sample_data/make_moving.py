@@ -12,13 +12,12 @@ changes every frame as much as the dissolve does. Truth is written as by make_sy
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from make_synthetic import FPS, encode
+from make_synthetic import FPS, write_video
 
 PHOTOS = (
     "astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry",
@@ -115,19 +114,7 @@ def render(seed: int, height: int = 360, width: int = 640, shots: int = 6) -> tu
 
 
 def make(out: Path, count: int, seed: int, height: int = 360, width: int = 640) -> list[Path]:
-    truth_dir = out.parent / "truth"
-    for d in (out, truth_dir):
-        d.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i in range(count):
-        name = f"moving_{seed + i:03d}"
-        frames, truth = render(seed + i, height, width)
-        path = out / f"{name}.mp4"
-        encode(frames, path)
-        meta = {"video": path.name, "fps": FPS, "n_frames": len(frames), **truth}
-        (truth_dir / f"{name}.json").write_text(json.dumps(meta, indent=1))
-        paths.append(path)
-    return paths
+    return [write_video(out, f"moving_{seed + i:03d}", *render(seed + i, height, width)) for i in range(count)]
 
 
 def main() -> None:

@@ -96,19 +96,23 @@ def encode(frames: list[np.ndarray], path: Path, crf: int = 20) -> None:
         out.mux(stream.encode(None))
 
 
-def make(out: Path, count: int, seed: int, truncated: bool = False, height: int = 144, width: int = 256) -> list[Path]:
+def write_video(out: Path, name: str, frames: list[np.ndarray], truth: dict) -> Path:
+    """<out>/<name>.mp4 and its truth, <out>/../truth/<name>.json."""
     truth_dir = out.parent / "truth"
     for d in (out, truth_dir):
         d.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}.mp4"
+    encode(frames, path)
+    meta = {"video": path.name, "fps": FPS, "n_frames": len(frames), **truth}
+    (truth_dir / f"{name}.json").write_text(json.dumps(meta, indent=1))
+    return path
+
+
+def make(out: Path, count: int, seed: int, truncated: bool = False, height: int = 144, width: int = 256) -> list[Path]:
     paths = []
     for i in range(count):
-        name = f"synthetic_{seed + i:03d}"
-        frames, truth = render(seed + i, height, width)
-        path = out / f"{name}.mp4"
-        encode(frames, path)
-        meta = {"video": path.name, "fps": FPS, "n_frames": len(frames), "transitions": truth}
-        (truth_dir / f"{name}.json").write_text(json.dumps(meta, indent=1))
-        paths.append(path)
+        frames, transitions = render(seed + i, height, width)
+        paths.append(write_video(out, f"synthetic_{seed + i:03d}", frames, {"transitions": transitions}))
     if truncated and paths:  # a damaged input, to show the ledger rejecting it
         data = paths[0].read_bytes()
         (out / "damaged_truncated.mp4").write_bytes(data[: len(data) // 3])

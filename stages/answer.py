@@ -82,6 +82,25 @@ class RegexConstraint:
         return allowed or [self.eos_id]
 
 
+def answer_schema(frame_times: list[float], duration_s: float, max_events: int, max_chars: int = 200) -> dict:
+    """answer_regex as a JSON schema, for servers that take OpenAI's `response_format` (hosted
+    APIs, llama.cpp, SGLang): the same fields, times limited to the same choices."""
+    times = [float(t) for t in time_choices(frame_times, duration_s)]
+    text = {"type": "string", "pattern": f"^{TEXT_CHARS}{{1,{max_chars}}}$"}
+    event = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["start_s", "end_s", "text"],
+        "properties": {"start_s": {"type": "number", "enum": times}, "end_s": {"type": "number", "enum": times}, "text": text},
+    }
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["caption", "events"],
+        "properties": {"caption": text, "events": {"type": "array", "items": event, "maxItems": max_events}},
+    }
+
+
 def parse_answer(raw: str) -> dict:
     """Strict: the whole answer must be one JSON object of ANSWER_SCHEMA (a ```json fence is allowed)."""
     body = raw.strip()

@@ -20,7 +20,7 @@ from pipelines.config import CaptionConfig
 from schemas.readers import clip_frames
 from schemas.tables import CAPTIONS, FAILED, KEPT, stable_int, to_table
 from stages.failures import failed, is_transient
-from stages.answer import InvalidAnswer, answer_regex, clean_events, clean_text, parse_answer, time_choices
+from stages.answer import InvalidAnswer, answer_regex, answer_schema, clean_events, clean_text, parse_answer, time_choices
 from stages.captioners import BackendError, Prompt
 from stages.media import pack_frames, unpack_frames
 from stages.models import DEFAULT_CAPTION_MODEL, tiny_qwen2vl
@@ -66,6 +66,7 @@ def build_prompt(clip_id: str, frames, times, duration_s: float, cfg: CaptionCon
     return Prompt(
         parts=parts,
         regex=answer_regex(times, duration_s, cfg.max_events),
+        schema=answer_schema(times, duration_s, cfg.max_events),
         max_tokens=cfg.max_tokens,
         temperature=cfg.temperature if attempt == 0 else cfg.retry_temperature,
         seed=seed_for(clip_id, attempt),
@@ -144,7 +145,7 @@ def make_captioner(cfg: CaptionConfig, profile: str):
         from stages.captioners import TransformersCaptioner
 
         model = cfg.model or (str(tiny_qwen2vl()) if profile == "tiny" else DEFAULT_CAPTION_MODEL)
-        return TransformersCaptioner(model, device=cfg.device, structured=cfg.structured)
+        return TransformersCaptioner(model, device=cfg.device, structured=cfg.structured, batch_size=cfg.batch_size)
     model = cfg.model or (DEFAULT_CAPTION_MODEL if profile == "default" else str(tiny_qwen2vl()))
     if cfg.backend == "vllm":
         from stages.captioners import VllmCaptioner
@@ -152,7 +153,10 @@ def make_captioner(cfg: CaptionConfig, profile: str):
         return VllmCaptioner(model, max_images=cfg.max_frames, structured=cfg.structured, **cfg.vllm)
     from stages.captioners import OpenAICaptioner
 
-    return OpenAICaptioner(model, structured=cfg.structured, **cfg.openai.model_dump())
+    endpoint = cfg.openai.model_dump()
+    if cfg.structured == "off":
+        endpoint["structured"] = "off"
+    return OpenAICaptioner(model, **endpoint)
 
 
 class CaptionWorker:

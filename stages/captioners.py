@@ -2,8 +2,10 @@
 
 - `transformers`: in-process model (CPU or GPU); the grammar is enforced token by token.
 - `vllm`: vLLM's offline `LLM` engine (one per Ray actor); grammar via structured outputs.
-- `openai`: any OpenAI-compatible server (`vllm serve`, ...), with bounded concurrency and
-  retries with backoff; the grammar is sent as vLLM's `structured_outputs` when enabled.
+- `openai`: any OpenAI-compatible server (`vllm serve`, hosted APIs, llama.cpp, SGLang), with
+  bounded concurrency and retries with backoff; the grammar is sent as vLLM's
+  `structured_outputs` regex (`structured: vllm`), as the standard `response_format` JSON schema
+  (`json_schema`), or not at all (`off`).
 
 A prompt is a list of parts, ("text", str) or ("image", RGB uint8 array), so every backend
 renders the same interleaving of frame timestamps and frames.
@@ -37,6 +39,7 @@ class Prompt:
     max_tokens: int
     temperature: float
     seed: int
+    schema: dict | None = None  # the same grammar as a JSON schema, for servers that take `response_format`
 
 
 class BackendError(RuntimeError):
@@ -65,7 +68,11 @@ def chat_messages(prompt: Prompt, image_part) -> list[dict]:
 
 
 class TransformersCaptioner:
-    def __init__(self, model: str, device: str = "auto", structured: str = "auto"):
+    """In-process generation. Greedy prompts are generated `batch_size` at a time (left padding,
+    one `generate` per batch); sampled ones (retries) one at a time under their own seed, so a
+    clip's answer never depends on which clips shared its batch."""
+
+    def __init__(self, model: str, device: str = "auto", structured: str = "auto", batch_size: int = 8):
         import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -73,37 +80,57 @@ class TransformersCaptioner:
         self.device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
         dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
         self.processor = AutoProcessor.from_pretrained(model)
+        self.processor.tokenizer.padding_side = "left"  # generation continues every row from its last token
         self.model = AutoModelForImageTextToText.from_pretrained(model, dtype=dtype).to(self.device).eval()
         vocab = len(self.processor.tokenizer)
         self.structured = structured == "on" or (structured == "auto" and vocab <= SMALL_VOCAB)
+        self.batch_size = batch_size
 
     def generate(self, prompts: list[Prompt]) -> list[str]:
-        return [self._one(p) for p in prompts]
+        answers: list[str] = [""] * len(prompts)
+        greedy = [i for i, p in enumerate(prompts) if p.temperature == 0]
+        batches = [greedy[a : a + self.batch_size] for a in range(0, len(greedy), self.batch_size)]
+        batches += [[i] for i, p in enumerate(prompts) if p.temperature > 0]
+        for batch in batches:
+            for i, answer in zip(batch, self._generate([prompts[i] for i in batch])):
+                answers[i] = answer
+        return answers
 
-    def _one(self, prompt: Prompt) -> str:
+    def constraint(self, prompt: Prompt, prompt_len: int):
+        """The grammar as a `prefix_allowed_tokens_fn` for one row, or None."""
+        if not (self.structured and prompt.regex):
+            return None
+        return RegexConstraint(prompt.regex, self.processor.tokenizer, prompt_len, self.model.generation_config.eos_token_id)
+
+    def _generate(self, prompts: list[Prompt]) -> list[str]:
         import torch
 
-        messages = chat_messages(prompt, lambda _rgb: {"type": "image"})
-        text = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        images = [_pil(v) for kind, v in prompt.parts if kind == "image"] or None
-        inputs = self.processor(text=[text], images=images, return_tensors="pt").to(self.device)
-        prompt_len = inputs["input_ids"].shape[1]
+        texts = [
+            self.processor.apply_chat_template(chat_messages(p, lambda _rgb: {"type": "image"}), add_generation_prompt=True, tokenize=False)
+            for p in prompts
+        ]
+        images = [_pil(v) for p in prompts for kind, v in p.parts if kind == "image"] or None
+        inputs = self.processor(text=texts, images=images, return_tensors="pt", padding=True).to(self.device)
+        prompt_len = inputs["input_ids"].shape[1]  # padded: every row's answer starts here
         tokenizer = self.processor.tokenizer
-        constraint = None
-        if self.structured and prompt.regex:
-            constraint = RegexConstraint(prompt.regex, tokenizer, prompt_len, self.model.generation_config.eos_token_id)
-        torch.manual_seed(prompt.seed)
+        constraints = [self.constraint(p, prompt_len) for p in prompts]
+        everything = list(range(len(tokenizer)))
+
+        def allowed(row: int, ids) -> list[int]:
+            return constraints[row](row, ids) if constraints[row] else everything
+
+        torch.manual_seed(prompts[0].seed)  # sampled prompts come alone: their own seed
         with torch.inference_mode():
             out = self.model.generate(
                 **inputs,
-                max_new_tokens=prompt.max_tokens,
-                do_sample=prompt.temperature > 0,
-                temperature=prompt.temperature if prompt.temperature > 0 else None,
+                max_new_tokens=max(p.max_tokens for p in prompts),
+                do_sample=prompts[0].temperature > 0,
+                temperature=prompts[0].temperature if prompts[0].temperature > 0 else None,
                 top_p=None,
                 top_k=None,
-                prefix_allowed_tokens_fn=constraint,
+                prefix_allowed_tokens_fn=allowed if any(constraints) else None,
             )
-        return tokenizer.decode(out[0, prompt_len:], skip_special_tokens=True)
+        return [tokenizer.decode(row[prompt_len : prompt_len + p.max_tokens], skip_special_tokens=True) for row, p in zip(out, prompts)]
 
 
 class VllmCaptioner:
@@ -156,7 +183,7 @@ class OpenAICaptioner:
         max_retries: int = 5,
         backoff_s: float = 1.0,
         timeout_s: float = 300.0,
-        structured: str = "auto",
+        structured: str = "vllm",
     ):
         import httpx
 
@@ -166,7 +193,7 @@ class OpenAICaptioner:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         self.client = httpx.Client(headers=headers, timeout=timeout_s)
         self.concurrency, self.max_retries, self.backoff_s = concurrency, max_retries, backoff_s
-        self.structured = structured != "off"
+        self.structured = structured
 
     def generate(self, prompts: list[Prompt]) -> list[str]:
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
@@ -180,8 +207,10 @@ class OpenAICaptioner:
             "temperature": prompt.temperature,
             "seed": prompt.seed,
         }
-        if self.structured and prompt.regex:
+        if self.structured == "vllm" and prompt.regex:
             body["structured_outputs"] = {"regex": prompt.regex}
+        if self.structured == "json_schema" and prompt.schema:
+            body["response_format"] = {"type": "json_schema", "json_schema": {"name": "clip_answer", "strict": True, "schema": prompt.schema}}
         return body
 
     def _one(self, prompt: Prompt) -> str:

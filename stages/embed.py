@@ -59,10 +59,18 @@ def phash(gray: np.ndarray) -> int:
     return int(np.packbits(bits).view(">i8")[0])
 
 
+def _hf_tokenizer(model: str, name_or_folder: str):
+    """The model's Hugging Face tokenizer loaded from elsewhere, with its config's settings."""
+    import open_clip
+
+    text = open_clip.get_model_config(model)["text_cfg"]
+    return open_clip.tokenizer.HFTokenizer(name_or_folder, context_length=text.get("context_length", 77), **text.get("tokenizer_kwargs", {}))
+
+
 class ClipEncoder:
     """open_clip model + tokenizer on one device, with batched GPU-side preprocessing."""
 
-    def __init__(self, model: str, pretrained: str | None, device: str = "auto", precision: str = "auto"):
+    def __init__(self, model: str, pretrained: str | None, device: str = "auto", precision: str = "auto", tokenizer: str | None = None):
         import open_clip
         import torch
 
@@ -70,7 +78,7 @@ class ClipEncoder:
         if precision == "auto":
             precision = "fp16" if self.device.startswith("cuda") else "fp32"
         self.model = open_clip.create_model(model, pretrained=pretrained, precision=precision, device=self.device).eval()
-        self.tokenizer = open_clip.get_tokenizer(model)
+        self.tokenizer = open_clip.get_tokenizer(model) if tokenizer is None else _hf_tokenizer(model, tokenizer)
         cfg = self.model.visual.preprocess_cfg
         self.size = cfg["size"] if isinstance(cfg["size"], int) else cfg["size"][0]
         self.mean = torch.tensor(cfg["mean"], device=self.device).view(1, 3, 1, 1)
@@ -178,10 +186,13 @@ def _embed_decoded(decoded: list[dict], encoder: ClipEncoder) -> list[dict]:
     return [rows[c["clip_id"]] for c in decoded]
 
 
+DEFAULT_CLIP_MODEL = "ViT-B-32"  # the default profile's, with embed.pretrained's weights
+
+
 def make_encoder(cfg, profile: str) -> ClipEncoder:
     if profile == "tiny" and cfg.model is None:
         return ClipEncoder(TINY_CLIP_MODEL, tiny_clip_checkpoint(), cfg.device)
-    return ClipEncoder(cfg.model or "ViT-B-32", cfg.pretrained, cfg.device)
+    return ClipEncoder(cfg.model or DEFAULT_CLIP_MODEL, cfg.pretrained, cfg.device, tokenizer=cfg.tokenizer)
 
 
 class EmbedWorker:

@@ -36,48 +36,75 @@ def cache_dir() -> Path:
 def tiny_qwen2vl(root: Path | None = None) -> Path:
     """A Qwen2-VL model (2 text layers, 1 vision block, byte-level vocabulary) saved with its
     processor, so `from_pretrained(path)` works exactly as for a hub checkpoint."""
-    path = (root or cache_dir()) / TINY_CAPTION_MODEL
+    return tiny_vlm("qwen2_vl", root)
+
+
+# Text and vision shapes of the tiny models: the real architectures' code at toy width.
+_TINY_TEXT = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+              "num_key_value_heads": 2, "max_position_embeddings": 4096}  # fmt: skip
+_TINY_VISION = {
+    "qwen2_vl": {"depth": 1, "embed_dim": 32, "hidden_size": 64, "num_heads": 2, "mlp_ratio": 2, "patch_size": 14},
+    "qwen2_5_vl": {"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "out_hidden_size": 64,
+                   "patch_size": 14, "window_size": 56, "fullatt_block_indexes": [1]},
+    "qwen3_vl": {"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "out_hidden_size": 64,
+                 "patch_size": 16, "num_position_embeddings": 64, "deepstack_visual_indexes": [0]},
+}  # fmt: skip
+TINY_VLM_DIRS = {"qwen2_vl": TINY_CAPTION_MODEL, "qwen2_5_vl": "tiny-qwen2.5-vl", "qwen3_vl": "tiny-qwen3-vl"}
+
+
+def tiny_vlm(arch: str, root: Path | None = None) -> Path:
+    """A random-initialised `arch` (qwen2_vl, qwen2_5_vl, qwen3_vl) with its processor and the
+    byte-level tokenizer, built once into the cache: the code path of the real checkpoints
+    (processor, chat template, vision tower, M-RoPE, generate) at toy size."""
+    path = (root or cache_dir()) / TINY_VLM_DIRS[arch]
     if (path / "config.json").is_file():
         return path
     import torch
-    from transformers import (
-        Qwen2VLConfig,
-        Qwen2VLForConditionalGeneration,
-        Qwen2VLImageProcessor,
-        Qwen2VLProcessor,
-        Qwen2VLVideoProcessor,
-    )
+    import transformers as tf
 
     tokenizer = _byte_tokenizer()
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in _SPECIAL}
-    config = Qwen2VLConfig(
-        text_config={
-            "vocab_size": len(tokenizer),
-            "hidden_size": 64,
-            "intermediate_size": 128,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
-            "max_position_embeddings": 4096,
-            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
-            "eos_token_id": ids["<|im_end|>"],
-            "bos_token_id": ids["<|endoftext|>"],
-            "pad_token_id": ids["<|endoftext|>"],
-        },
-        vision_config={"depth": 1, "embed_dim": 32, "hidden_size": 64, "num_heads": 2, "mlp_ratio": 2, "patch_size": 14},
+    text = {
+        **_TINY_TEXT,
+        "vocab_size": len(tokenizer),
+        "eos_token_id": ids["<|im_end|>"],
+        "bos_token_id": ids["<|endoftext|>"],
+        "pad_token_id": ids["<|endoftext|>"],
+    }
+    rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}  # 16-dim heads: 2+3+3 = 8 pairs
+    if arch == "qwen3_vl":
+        text |= {"head_dim": 16, "rope_parameters": {**rope, "mrope_interleaved": True}}
+    else:
+        text |= {"rope_parameters": rope}
+    config_class, model_class, processor_class = {
+        "qwen2_vl": (tf.Qwen2VLConfig, tf.Qwen2VLForConditionalGeneration, tf.Qwen2VLProcessor),
+        "qwen2_5_vl": (tf.Qwen2_5_VLConfig, tf.Qwen2_5_VLForConditionalGeneration, tf.Qwen2_5_VLProcessor),
+        "qwen3_vl": (tf.Qwen3VLConfig, tf.Qwen3VLForConditionalGeneration, tf.Qwen3VLProcessor),
+    }[arch]
+    config = config_class(
+        text_config=text,
+        vision_config=_TINY_VISION[arch],
         image_token_id=ids["<|image_pad|>"],
         video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"],
         vision_end_token_id=ids["<|vision_end|>"],
     )
     torch.manual_seed(0)
-    model = Qwen2VLForConditionalGeneration(config).eval()
+    model = model_class(config).eval()
     model.generation_config.eos_token_id = ids["<|im_end|>"]
     model.generation_config.pad_token_id = ids["<|endoftext|>"]
-    # Few image tokens per frame: 112x112 -> 8x8 patches -> 16 tokens after the 2x2 merge.
-    images = Qwen2VLImageProcessor(min_pixels=112 * 112, max_pixels=112 * 112)
-    videos = Qwen2VLVideoProcessor(min_pixels=112 * 112, max_pixels=112 * 112)
-    processor = Qwen2VLProcessor(image_processor=images, tokenizer=tokenizer, video_processor=videos, chat_template=CHAT_TEMPLATE)
+    # Few image tokens per frame: 112x112 -> 8x8 patches -> 16 tokens after the 2x2 merge
+    # (Qwen3-VL's 16-pixel patches: 128x128).
+    side = 128 if arch == "qwen3_vl" else 112
+    pixels = {"min_pixels": side * side, "max_pixels": side * side}
+    patch = {"patch_size": _TINY_VISION[arch]["patch_size"]}
+    video_class = tf.Qwen3VLVideoProcessor if arch == "qwen3_vl" else tf.Qwen2VLVideoProcessor
+    processor = processor_class(
+        image_processor=tf.Qwen2VLImageProcessor(**pixels, **patch),
+        tokenizer=tokenizer,
+        video_processor=video_class(**pixels, **patch),
+        chat_template=CHAT_TEMPLATE,
+    )
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     model.save_pretrained(tmp)
     processor.save_pretrained(tmp)

@@ -1,7 +1,13 @@
 """A real OpenAI-compatible chat-completions server on loopback, answering with the tiny
-Qwen2-VL through the transformers backend (as `vllm serve` would with a real model): images
-arrive as data URLs and vLLM's `structured_outputs.regex` is honoured. `fail_first` requests
-get HTTP 503 first, to exercise the client's retries."""
+Qwen2-VL through the transformers backend: images arrive as data URLs. `fail_first` requests
+get HTTP 503 first, to exercise the client's retries.
+
+Two dialects:
+- `vllm` (as `vllm serve`): honours vLLM's `structured_outputs.regex`, ignores other fields.
+- `openai` (as OpenAI's API and servers that copy it): a field it does not know is refused with
+  HTTP 400, and `response_format` JSON schemas are enforced by lm-format-enforcer, a JSON-schema
+  decoding engine of its own (not our regex), token by token.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +23,31 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from PIL import Image
 
-from stages.captioners import Prompt
+from stages.captioners import Prompt, TransformersCaptioner
+
+# What OpenAI's chat completions accept (the part of it this client could send).
+OPENAI_FIELDS = {"model", "messages", "max_tokens", "max_completion_tokens", "temperature", "seed", "response_format", "top_p", "n", "stop"}
+
+
+class JsonSchemaCaptioner(TransformersCaptioner):
+    """The same model and processor as `base`, constrained by a prompt's JSON schema."""
+
+    def __init__(self, base: TransformersCaptioner):
+        self.__dict__.update(base.__dict__)
+        tokenizer = self.processor.tokenizer
+        from lmformatenforcer.tokenenforcer import TokenEnforcerTokenizerData
+
+        special = set(tokenizer.all_special_ids)
+        regular = [(i, tokenizer.decode([i]), False) for i in range(len(tokenizer)) if i not in special]
+        eos = self.model.generation_config.eos_token_id
+        decode = lambda ids: tokenizer.decode(ids).rstrip("\ufffd")  # noqa: E731
+        self.tokens = TokenEnforcerTokenizerData(regular, decode, eos, False, len(tokenizer))
+
+    def constraint(self, prompt: Prompt, prompt_len: int):
+        from lmformatenforcer import JsonSchemaParser, TokenEnforcer
+
+        enforcer = TokenEnforcer(self.tokens, JsonSchemaParser(prompt.schema))
+        return lambda _row, ids: enforcer.get_allowed_tokens(ids[prompt_len:].tolist()).allowed_tokens
 
 
 def _prompt(body: dict) -> Prompt:
@@ -29,13 +59,15 @@ def _prompt(body: dict) -> Prompt:
             data = base64.b64decode(part["image_url"]["url"].split(",", 1)[1])
             parts.append(("image", np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))))
     regex = (body.get("structured_outputs") or {}).get("regex")
-    return Prompt(parts, regex, body["max_tokens"], body["temperature"], body["seed"])
+    schema = ((body.get("response_format") or {}).get("json_schema") or {}).get("schema")
+    return Prompt(parts, regex, body["max_tokens"], body["temperature"], body["seed"], schema)
 
 
 class OpenAIServer:
-    def __init__(self, captioner, fail_first: int = 0):
+    def __init__(self, captioner, fail_first: int = 0, dialect: str = "vllm"):
         self.requests: list[dict] = []
         self.failures_left = fail_first
+        schema_captioner = JsonSchemaCaptioner(captioner) if dialect == "openai" else None
         app = FastAPI()
 
         @app.post("/v1/chat/completions")
@@ -45,7 +77,13 @@ class OpenAIServer:
             if self.failures_left > 0:
                 self.failures_left -= 1
                 return JSONResponse({"error": "overloaded"}, status_code=503, headers={"retry-after": "0.1"})
-            answer = captioner.generate([_prompt(body)])[0]
+            if dialect == "openai":
+                unknown = sorted(set(body) - OPENAI_FIELDS)
+                if unknown:
+                    message = f"Unrecognized request argument supplied: {unknown[0]}"
+                    return JSONResponse({"error": {"message": message, "type": "invalid_request_error"}}, status_code=400)
+            prompt = _prompt(body)
+            answer = (schema_captioner if dialect == "openai" and prompt.schema else captioner).generate([prompt])[0]
             return {"choices": [{"index": 0, "message": {"role": "assistant", "content": answer}}], "model": body["model"]}
 
         self.socket = socket.socket()

@@ -10,9 +10,11 @@ import regex
 
 from pipelines.config import CaptionConfig, OpenAIEndpoint
 from stages.answer import InvalidAnswer, answer_regex, clean_events, parse_answer
-from stages.caption import caption_clips, make_captioner
+from stages.caption import build_prompt, caption_clips, decode_clips, make_captioner
 from stages.captioners import OpenAICaptioner
 from schemas.tables import FAILED, KEPT
+from stages.media import unpack_frames
+from stages.models import tiny_vlm
 
 CFG = CaptionConfig(frames=4, frame_height=112, max_events=3, max_tokens=1024, temperature=1.0)
 
@@ -93,6 +95,38 @@ def test_tiny_model_under_the_grammar_gives_valid_deterministic_captions(clips, 
     assert caption_clips(clips, tiny, CFG) == rows  # seeded per clip: a re-run asks and answers the same
 
 
+@pytest.mark.parametrize("structured", ["on", "off"])
+def test_batched_greedy_generation_answers_as_one_prompt_at_a_time(clips, structured):
+    """Left-padded batches (prompts of different lengths) give each clip the answer it gets alone."""
+    cfg = CFG.model_copy(update={"temperature": 0.0, "structured": structured, "max_tokens": 64})
+    decoded = decode_clips(clips, cfg)
+    prompts = [  # 2, 3 and 4 frames: prompts of different lengths, so the batch is padded
+        build_prompt(c["clip_id"], list(unpack_frames(c["frames"]))[: 2 + k], c["frame_times"][: 2 + k], c["end_s"] - c["start_s"], cfg, 0)
+        for k, c in enumerate(decoded)
+    ]
+    captioner = make_captioner(cfg.model_copy(update={"batch_size": 1}), "tiny")
+    alone = captioner.generate(prompts)
+    captioner.batch_size = 3
+    assert captioner.generate(prompts) == alone
+    assert len(set(alone)) == 3
+
+
+@pytest.mark.parametrize(
+    "arch, model_class",
+    [("qwen2_5_vl", "Qwen2_5_VLForConditionalGeneration"), ("qwen3_vl", "Qwen3VLForConditionalGeneration")],
+)
+def test_qwen25_and_qwen3_vl_caption_through_the_default_profiles_path(clips, arch, model_class):
+    """Random toy-width copies of the real architectures, named by folder as a user names a
+    checkpoint: processor, chat template, vision tower and batched generate under the grammar."""
+    update = {"model": str(tiny_vlm(arch)), "structured": "on", "temperature": 0.0, "batch_size": 2, "max_events": 1}
+    cfg = CFG.model_copy(update=update)
+    captioner = make_captioner(cfg, "default")
+    assert type(captioner.model).__name__ == model_class
+    rows = caption_clips(clips[:2], captioner, cfg)
+    assert [r["status"] for r in rows] == [KEPT] * 2
+    _check_events(rows, clips[:2])
+
+
 def test_unconstrained_noise_fails_the_clip_with_its_raw_answer(clips):
     cfg = CFG.model_copy(update={"structured": "off", "max_tokens": 24, "max_attempts": 2})
     rows = caption_clips(clips[:2], make_captioner(cfg, "tiny"), cfg)
@@ -107,7 +141,7 @@ def test_openai_backend_retries_and_sends_the_grammar(clips, tiny):
 
     with OpenAIServer(tiny, fail_first=2) as server:
         endpoint = OpenAIEndpoint(base_url=server.base_url, concurrency=2, backoff_s=0.05)
-        captioner = OpenAICaptioner(tiny.name, structured="auto", **endpoint.model_dump())
+        captioner = OpenAICaptioner(tiny.name, **endpoint.model_dump())
         rows = caption_clips(clips, captioner, CFG)
     assert [r["status"] for r in rows] == [KEPT] * 3
     _check_events(rows, clips)
@@ -115,6 +149,37 @@ def test_openai_backend_retries_and_sends_the_grammar(clips, tiny):
     body = server.requests[-1]
     assert body["structured_outputs"]["regex"].startswith('\\{"caption": ')
     assert body["messages"][0]["content"][1]["image_url"]["url"].startswith("data:image/jpeg;base64,")
+
+
+def test_json_schema_mode_works_where_a_server_refuses_unknown_fields(clips, tiny):
+    """OpenAI's dialect: vLLM's field is refused (400, permanent), the response_format schema is
+    enforced by an independent JSON-schema engine and its answers pass our strict parser."""
+    from openai_server import OpenAIServer
+
+    with OpenAIServer(tiny, dialect="openai") as server:
+        endpoint = OpenAIEndpoint(base_url=server.base_url, backoff_s=0.01)
+        refused = caption_clips(clips[:1], make_captioner(CFG.model_copy(update={"backend": "openai", "openai": endpoint}), "tiny"), CFG)
+        cfg = CFG.model_copy(update={"backend": "openai", "openai": endpoint.model_copy(update={"structured": "json_schema"})})
+        rows = caption_clips(clips, make_captioner(cfg, "tiny"), cfg)
+    assert refused[0]["status"] == FAILED and refused[0]["transient"] is False
+    assert refused[0]["reason"].startswith("backend: BackendError: HTTP 400: ") and "structured_outputs" in refused[0]["reason"]
+    assert [r["status"] for r in rows] == [KEPT] * 3
+    _check_events(rows, clips)
+    body = server.requests[-1]
+    assert "structured_outputs" not in body and body["response_format"]["json_schema"]["strict"] is True
+    times = body["response_format"]["json_schema"]["schema"]["properties"]["events"]["items"]["properties"]["start_s"]["enum"]
+    assert times[0] == 0.0 and times == sorted(times) and len(times) == 5  # 4 frame times and the clip end
+
+
+def test_structured_off_sends_no_grammar(clips, tiny):
+    from openai_server import OpenAIServer
+
+    with OpenAIServer(tiny, dialect="openai") as server:
+        endpoint = OpenAIEndpoint(base_url=server.base_url, structured="json_schema")
+        cfg = CFG.model_copy(update={"backend": "openai", "openai": endpoint, "structured": "off", "max_tokens": 24, "max_attempts": 1})
+        rows = caption_clips(clips[:1], make_captioner(cfg, "tiny"), cfg)
+    assert rows[0]["status"] == FAILED and rows[0]["reason"].startswith("invalid_output: ")  # accepted, answered noise
+    assert not {"structured_outputs", "response_format"} & set(server.requests[0])
 
 
 def test_openai_backend_gives_up_after_retries_and_the_clip_fails(clips, tiny):
