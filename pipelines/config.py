@@ -11,6 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from schemas.tables import CLIP_STAGES, TABLES
+from stages.content_flags import OCR_SIDE
 
 
 class _Strict(BaseModel):
@@ -169,6 +170,10 @@ class QualityConfig(_Strict):
     ocr: bool = Field(False, description="score `ocr_coverage`: share of the frame in detected text (flags extra)")
     nsfw: bool = Field(False, description="score `nsfw`: NudeNet confidence of exposed nudity (flags extra)")
     flag_frames: int = Field(3, ge=1, description="frames per clip the ocr / nsfw detectors look at")
+    ocr_side: int = Field(
+        OCR_SIDE, ge=32, description="short side the text detector scales frames to (rapidocr's own 736 upsamples 360p "
+        "clips 2x; benchmarks/flags_bench.py measures cost and agreement)"
+    )
     rank_scores: list[str] = Field(
         default_factory=lambda: ["sharpness", "aesthetic", "clip_score", "resolution"],
         description="their mean percentile rank is the `quality` dedup keeps the best copy by",
