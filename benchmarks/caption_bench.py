@@ -122,8 +122,7 @@ def main() -> None:
     args = parser.parse_args()
 
     model = str(tiny_qwen2vl()) if args.shape == "tiny" else str(build_2b(Path(tempfile.mkdtemp()) / "qwen2-vl-2b-shaped"))
-    captioner = FixedLength(model, device=args.device, structured="off")
-    captioner.batch_size = 1
+    captioner = FixedLength(model, device=args.device, structured="off", batch_size=1)
     batch = prompts(clip_frames_pool(args.clips, args.frames), args.new_tokens)
     results = []
     if "transformers" in args.backends:

@@ -23,6 +23,7 @@ import yaml
 
 from pipelines.config import PipelineConfig
 from schemas.sample import SCHEMA_VERSION
+from stages import caption, embed
 
 SIZE_CATEGORIES = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M")]
 TASK_CATEGORIES = ["video-text-to-text"]
@@ -75,11 +76,11 @@ def _models(clips: list[dict], tables: dict[str, pa.Table], cfg: PipelineConfig)
     models = {}
     caption_ids = sorted({m["caption"]["model"] for m in clips if "caption" in m})
     if "caption" in tables:
-        tiny = cfg.profile == "tiny" and cfg.caption.model is None
+        tiny = caption.named_model(cfg.caption, cfg.profile) is None
         models["caption"] = {"id": caption_ids, "backend": cfg.caption.backend, "profile": cfg.profile, "random_weights": tiny}
     if "embed" in tables:
         ids = sorted(set(tables["embed"].column("embed_model").drop_null().to_pylist()))
-        tiny = cfg.profile == "tiny" and cfg.embed.model is None
+        tiny = embed.named_model(cfg.embed, cfg.profile) is None
         models["embed"] = {"id": ids, "backend": "open_clip", "profile": cfg.profile, "random_weights": tiny}
     if "quality" in tables and "embed" in tables:
         tiny = cfg.quality.aesthetic_head is None

@@ -93,11 +93,12 @@ def _not_here(check: str, what: str, repo: str, instead: str) -> Finding:
 
 
 def _caption_model(cfg: PipelineConfig) -> Finding:
-    from stages.models import DEFAULT_CAPTION_MODEL, cache_dir
+    from stages.caption import named_model
+    from stages.models import cache_dir
 
-    if cfg.caption.model is None and cfg.profile == "tiny":
+    model = named_model(cfg.caption, cfg.profile)
+    if model is None:
         return Finding("caption model", True, f"tiny random model, built into {cache_dir()} (not for training)")
-    model = cfg.caption.model or DEFAULT_CAPTION_MODEL
     if (Path(model) / "config.json").is_file() or _hub_cached(model):
         return Finding("caption model", True, f"{model} is on this machine")
     return _not_here("caption model", model, model, "set caption.model to a local folder")
@@ -106,11 +107,11 @@ def _caption_model(cfg: PipelineConfig) -> Finding:
 def _embed_model(cfg: PipelineConfig) -> Finding:
     import open_clip
 
-    if cfg.embed.model is None and cfg.profile == "tiny":
-        return Finding("embed model", True, "tiny random CLIP, built locally (not for training)")
-    from stages.embed import DEFAULT_CLIP_MODEL
+    from stages.embed import named_model
 
-    model, pretrained = cfg.embed.model or DEFAULT_CLIP_MODEL, cfg.embed.pretrained
+    model, pretrained = named_model(cfg.embed, cfg.profile), cfg.embed.pretrained
+    if model is None:
+        return Finding("embed model", True, "tiny random CLIP, built locally (not for training)")
     if model not in open_clip.list_models():
         return Finding("embed model", False, f"open_clip has no model {model!r}", "pick one of `open_clip.list_models()`")
     if pretrained is None or Path(pretrained).is_file():

@@ -139,14 +139,18 @@ def _row(item: dict, status: str, reason: str | None, attempts: int, **fields) -
     return {**{k: item.get(k) for k in keep}, "status": status, "reason": reason, "attempts": attempts, **fields}
 
 
+def named_model(cfg: CaptionConfig, profile: str) -> str | None:
+    """The model `model` or the profile names; None: profile tiny's random model."""
+    return cfg.model or (None if profile == "tiny" else DEFAULT_CAPTION_MODEL)
+
+
 def make_captioner(cfg: CaptionConfig, profile: str):
     """The configured backend with the profile's model unless `model` names one."""
+    model = named_model(cfg, profile) or str(tiny_qwen2vl())
     if cfg.backend == "transformers":
         from stages.captioners import TransformersCaptioner
 
-        model = cfg.model or (str(tiny_qwen2vl()) if profile == "tiny" else DEFAULT_CAPTION_MODEL)
         return TransformersCaptioner(model, device=cfg.device, structured=cfg.structured, batch_size=cfg.batch_size)
-    model = cfg.model or (DEFAULT_CAPTION_MODEL if profile == "default" else str(tiny_qwen2vl()))
     if cfg.backend == "vllm":
         from stages.captioners import VllmCaptioner
 

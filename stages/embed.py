@@ -189,10 +189,16 @@ def _embed_decoded(decoded: list[dict], encoder: ClipEncoder) -> list[dict]:
 DEFAULT_CLIP_MODEL = "ViT-B-32"  # the default profile's, with embed.pretrained's weights
 
 
+def named_model(cfg, profile: str) -> str | None:
+    """The open_clip model `model` or the profile names; None: profile tiny's random model."""
+    return cfg.model or (None if profile == "tiny" else DEFAULT_CLIP_MODEL)
+
+
 def make_encoder(cfg, profile: str) -> ClipEncoder:
-    if profile == "tiny" and cfg.model is None:
+    model = named_model(cfg, profile)
+    if model is None:
         return ClipEncoder(TINY_CLIP_MODEL, tiny_clip_checkpoint(), cfg.device)
-    return ClipEncoder(cfg.model or DEFAULT_CLIP_MODEL, cfg.pretrained, cfg.device, tokenizer=cfg.tokenizer)
+    return ClipEncoder(model, cfg.pretrained, cfg.device, tokenizer=cfg.tokenizer)
 
 
 class EmbedWorker:
