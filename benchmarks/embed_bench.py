@@ -4,8 +4,8 @@
                                      [--clips-per-batch 16] [--raw-batch 256] [--repeat 3]
 
 Stage: `stages.embed.embed_clips` on real clips (cut from the sample videos by the split
-stage): decode keyframes, resize/crop/normalise with torch on the device, encode images and
-captions, hash. Model half: `embed_decoded` on keyframes decoded beforehand, as the pipeline
+stage): decode keyframes at the encoder's input size, crop, normalise on the device, encode
+images and captions, hash. Model half: `embed_decoded` on keyframes decoded beforehand, as the pipeline
 runs it (CPU tasks decode, the model actor only preprocesses and encodes). Raw: `encode_image`
 on ready tensors at `--raw-batch`. Prints frames/s of each and the ratios to raw (targets:
 model half >= 0.85 of raw on CPU, >= 0.70 on GPU). Weights are random (`pretrained=None`):
@@ -79,7 +79,7 @@ def main() -> None:
     # The model half (decoded keyframes in) and the raw encode of the same frame count, batch by
     # batch, one right after the other: drifts in the machine's speed hit both alike.
     model_half_s = paired_raw_s = 0.0
-    for batch in (decode_keyframes(b, args.keyframes) for b in batches):
+    for batch in (decode_keyframes(b, args.keyframes, encoder.size) for b in batches):
         count = sum(len(unpack_frames(c["frames"])) for c in batch)
         model_half_s += timed(lambda: embed_decoded(batch, encoder))
         paired_raw_s += timed(lambda: raw(count))

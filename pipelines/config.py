@@ -95,6 +95,11 @@ class CaptionConfig(_Strict):
     fps: float | None = Field(None, gt=0, description="sample at this rate instead, capped by max_frames")
     max_frames: int = Field(32, ge=1)
     frame_height: int = Field(336, ge=16, description="frames are scaled to this height before the model")
+    frames_as: Literal["images", "video"] = Field(
+        "images", description="images: each frame after its time as text; video: one video input with the frames' "
+        "times in its metadata (the model's native video path: Qwen2.5-VL's absolute time, Qwen3-VL's timestamps); "
+        "transformers backend"
+    )
     max_events: int = Field(8, ge=0)
     min_event_s: float = Field(0.2, ge=0)
     event_overlap: Literal["merge", "trim"] = "merge"
@@ -118,6 +123,8 @@ class CaptionConfig(_Strict):
     def _frames(self) -> CaptionConfig:
         if self.frames > self.max_frames:
             raise ValueError(f"frames ({self.frames}) must not exceed max_frames ({self.max_frames})")
+        if self.frames_as == "video" and self.backend != "transformers":
+            raise ValueError(f"frames_as: video needs backend: transformers (the {self.backend} backend sends frames as images)")
         return self
 
 

@@ -327,7 +327,7 @@ class Runner:
         fields = ("clip_id", "video_id", "clip_uri")
         rows = [{**{k: c[k] for k in fields}, "caption": c.get("caption")} for c in self.clip_view(input_dir)]
         cfg = self.cfg.embed
-        decode = (embed.decode_batch, {"keyframes": cfg.keyframes})
+        decode = (embed.decode_batch, {"keyframes": cfg.keyframes, "side": embed.input_side(cfg, self.cfg.profile)})
         self._map_clips("embed", rows, tmp, embed.EmbedWorker, cfg.resources, decode, cfg=cfg, profile=self.cfg.profile)
 
     def _run_quality(self, input_dir: Path, _output_dir, tmp: Path) -> None:

@@ -84,9 +84,18 @@ def decode_pts(container, stream, wanted: set[int]) -> Iterator[av.VideoFrame]:
             return
 
 
-def clip_frames(mp4: bytes, count: int) -> tuple[np.ndarray, np.ndarray]:
+def scaled_size(width: int, height: int, short_side: int | None) -> dict:
+    """PyAV reformat arguments that bring the short side down to `short_side`; none to keep it."""
+    scale = short_side / min(width, height) if short_side else 1
+    if scale >= 1:
+        return {}
+    return {"width": max(short_side, round(width * scale)), "height": max(short_side, round(height * scale)), "interpolation": "BICUBIC"}
+
+
+def clip_frames(mp4: bytes, count: int, short_side: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """`count` evenly spaced RGB frames of a clip, (n, h, w, 3) uint8, and their times in seconds
-    from the clip start: the same clock as the spans in the sample's json.
+    from the clip start: the same clock as the spans in the sample's json. With `short_side`,
+    larger frames are scaled down (bicubic, during the YUV to RGB conversion) to that short side.
 
     Frame i is the i-th in presentation order (packet pts, known without decoding); frames no
     pick depends on are not decoded (non-reference frames skipped), and decoding stops after
@@ -106,7 +115,7 @@ def clip_frames(mp4: bytes, count: int) -> tuple[np.ndarray, np.ndarray]:
         else:  # no usable pts: count decoded frames
             picked = (f for i, f in enumerate(container.decode(stream)) if i in wanted)
         for frame in picked:
-            frames.append(frame.to_ndarray(format="rgb24"))
+            frames.append(frame.to_ndarray(format="rgb24", **scaled_size(frame.width, frame.height, short_side)))
             times.append(float(frame.time))
             if len(frames) == len(wanted):
                 break

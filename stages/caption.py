@@ -28,8 +28,12 @@ from stages.models import DEFAULT_CAPTION_MODEL, tiny_qwen2vl
 log = logging.getLogger("vidcurate")
 STAGE = "caption"
 
+OPENING = {
+    "images": "The frames above are from one video clip lasting {duration:.2f} seconds. ",
+    "video": "The video above is one clip lasting {duration:.2f} seconds; its frames are at {frame_times} seconds. ",
+}
 INSTRUCTION = (
-    "The frames above are from one video clip lasting {duration:.2f} seconds. Reply with a JSON object: "
+    "Reply with a JSON object: "
     '{{"caption": "<one paragraph describing the clip>", "events": [{{"start_s": <s>, "end_s": <s>, '
     '"text": "<what happens>"}}, ...]}}. List at most {max_events} events in time order. Times are seconds '
     "from the clip start and must be one of: {times}."
@@ -59,10 +63,14 @@ def seed_for(clip_id: str, attempt: int) -> int:
 
 def build_prompt(clip_id: str, frames, times, duration_s: float, cfg: CaptionConfig, attempt: int) -> Prompt:
     parts: list[tuple[str, object]] = []
-    for frame, t in zip(frames, times):
-        parts += [("text", f"Frame at {t:.2f} s:"), ("image", frame)]
+    if cfg.frames_as == "video":
+        parts.append(("video", (list(frames), list(times), duration_s)))
+    else:
+        for frame, t in zip(frames, times):
+            parts += [("text", f"Frame at {t:.2f} s:"), ("image", frame)]
     choices = ", ".join(time_choices(times, duration_s))
-    parts.append(("text", INSTRUCTION.format(duration=duration_s, max_events=cfg.max_events, times=choices)))
+    opening = OPENING[cfg.frames_as].format(duration=duration_s, frame_times=", ".join(f"{t:.2f}" for t in times))
+    parts.append(("text", opening + INSTRUCTION.format(max_events=cfg.max_events, times=choices)))
     return Prompt(
         parts=parts,
         regex=answer_regex(times, duration_s, cfg.max_events),
@@ -150,7 +158,10 @@ def make_captioner(cfg: CaptionConfig, profile: str):
     if cfg.backend == "transformers":
         from stages.captioners import TransformersCaptioner
 
-        return TransformersCaptioner(model, device=cfg.device, structured=cfg.structured, batch_size=cfg.batch_size)
+        captioner = TransformersCaptioner(model, device=cfg.device, structured=cfg.structured, batch_size=cfg.batch_size)
+        if cfg.frames_as == "video" and not captioner.takes_video:
+            raise ValueError(f"caption.frames_as: video, but {model} has no video processor: use frames_as: images")
+        return captioner
     if cfg.backend == "vllm":
         from stages.captioners import VllmCaptioner
 

@@ -8,7 +8,8 @@
   (`json_schema`), or not at all (`off`).
 
 A prompt is a list of parts, ("text", str) or ("image", RGB uint8 array), so every backend
-renders the same interleaving of frame timestamps and frames.
+renders the same interleaving of frame timestamps and frames; or, for models with a native video
+path (transformers backend), one ("video", (frames, times_s, duration_s)) part.
 """
 
 from __future__ import annotations
@@ -63,8 +64,20 @@ def _jpeg_data_url(rgb: np.ndarray) -> str:
 
 def chat_messages(prompt: Prompt, image_part) -> list[dict]:
     """OpenAI-style chat messages; `image_part` renders a frame in the backend's own way."""
-    content = [{"type": "text", "text": value} if kind == "text" else image_part(value) for kind, value in prompt.parts]
-    return [{"role": "user", "content": content}]
+    rendered = {"text": lambda text: {"type": "text", "text": text}, "image": image_part, "video": lambda _video: {"type": "video"}}
+    return [{"role": "user", "content": [rendered[kind](value) for kind, value in prompt.parts]}]
+
+
+def video_metadata(times_s: list[float], duration_s: float):
+    """The frames' times as transformers' video metadata, on a millisecond clock: Qwen3-VL writes
+    them into the prompt; Qwen2.5-VL's absolute time encoding takes the sampling rate
+    (frames / total frames x fps), which is set to the frames' own spacing."""
+    from transformers.video_utils import VideoMetadata
+
+    spacing = (times_s[-1] - times_s[0]) / (len(times_s) - 1) if len(times_s) > 1 else duration_s
+    return VideoMetadata(
+        total_num_frames=max(1, round(len(times_s) * spacing * 1000)), fps=1000.0, frames_indices=[round(t * 1000) for t in times_s]
+    )
 
 
 class TransformersCaptioner:
@@ -85,6 +98,7 @@ class TransformersCaptioner:
         vocab = len(self.processor.tokenizer)
         self.structured = structured == "on" or (structured == "auto" and vocab <= SMALL_VOCAB)
         self.batch_size = batch_size
+        self.takes_video = getattr(self.processor, "video_processor", None) is not None
 
     def generate(self, prompts: list[Prompt]) -> list[str]:
         answers: list[str] = [""] * len(prompts)
@@ -102,15 +116,28 @@ class TransformersCaptioner:
             return None
         return RegexConstraint(prompt.regex, self.processor.tokenizer, prompt_len, self.model.generation_config.eos_token_id)
 
-    def _generate(self, prompts: list[Prompt]) -> list[str]:
-        import torch
-
+    def model_inputs(self, prompts: list[Prompt]):
+        """The processor's tensors for a batch: chat template, frames or videos, left padding."""
         texts = [
             self.processor.apply_chat_template(chat_messages(p, lambda _rgb: {"type": "image"}), add_generation_prompt=True, tokenize=False)
             for p in prompts
         ]
         images = [_pil(v) for p in prompts for kind, v in p.parts if kind == "image"] or None
-        inputs = self.processor(text=texts, images=images, return_tensors="pt", padding=True).to(self.device)
+        videos = [v for p in prompts for kind, v in p.parts if kind == "video"]
+        media = {}
+        if videos:
+            media = {
+                "videos": [np.stack(frames) for frames, _, _ in videos],
+                "video_metadata": [video_metadata(times, duration) for _, times, duration in videos],
+                "do_sample_frames": False,  # the stage sampled them, at the times the prompt states
+                "cap_pixels_per_frame": True,  # the reference (qwen-vl-utils) per-frame pixel budget
+            }
+        return self.processor(text=texts, images=images, **media, return_tensors="pt", padding=True).to(self.device)
+
+    def _generate(self, prompts: list[Prompt]) -> list[str]:
+        import torch
+
+        inputs = self.model_inputs(prompts)
         prompt_len = inputs["input_ids"].shape[1]  # padded: every row's answer starts here
         tokenizer = self.processor.tokenizer
         constraints = [self.constraint(p, prompt_len) for p in prompts]

@@ -127,6 +127,36 @@ def test_qwen25_and_qwen3_vl_caption_through_the_default_profiles_path(clips, ar
     _check_events(rows, clips[:2])
 
 
+@pytest.mark.parametrize("arch", ["qwen2_5_vl", "qwen3_vl"])
+def test_frames_as_video_hands_the_model_the_frames_times(clips, arch):
+    """The native video path: one video input whose metadata carries the sampled frames' times.
+    Qwen3-VL writes a time per temporal patch (2 frames: their mean) into the prompt; Qwen2.5-VL
+    encodes each patch as 2 frame spacings of absolute time. Then the stage captions through it."""
+    update = {"model": str(tiny_vlm(arch)), "frames_as": "video", "structured": "on", "temperature": 0.0, "batch_size": 2, "max_events": 1}
+    cfg = CFG.model_copy(update=update)
+    captioner = make_captioner(cfg, "default")
+    clip = decode_clips(clips[:1], cfg)[0]
+    times = clip["frame_times"]
+    prompt = build_prompt(clip["clip_id"], list(unpack_frames(clip["frames"])), times, clip["end_s"] - clip["start_s"], cfg, 0)
+    inputs = captioner.model_inputs([prompt])
+    assert "pixel_values" not in inputs and int(inputs["video_grid_thw"][0][0]) == -(-len(times) // 2)
+    if arch == "qwen3_vl":
+        text = captioner.processor.tokenizer.decode(inputs["input_ids"][0])
+        patches = [times[i : i + 2] for i in range(0, len(times), 2)]
+        assert regex.findall(r"<([\d.]+) seconds>", text) == [f"{(p[0] + p[-1]) / 2:.1f}" for p in patches]
+    else:
+        spacing = (times[-1] - times[0]) / (len(times) - 1)
+        assert float(inputs["second_per_grid_ts"][0]) == pytest.approx(2 * spacing, rel=1e-3)
+    rows = caption_clips(clips[:2], captioner, cfg)
+    assert [r["status"] for r in rows] == [KEPT] * 2
+    _check_events(rows, clips[:2])
+
+
+def test_frames_as_video_is_refused_where_the_backend_sends_images():
+    with pytest.raises(ValueError, match="frames_as: video needs backend: transformers"):
+        CaptionConfig(backend="openai", frames_as="video")
+
+
 def test_unconstrained_noise_fails_the_clip_with_its_raw_answer(clips):
     cfg = CFG.model_copy(update={"structured": "off", "max_tokens": 24, "max_attempts": 2})
     rows = caption_clips(clips[:2], make_captioner(cfg, "tiny"), cfg)

@@ -19,11 +19,14 @@ def test_half_precision_encoder_matches_float32():
     frames, _ = render(5, height=144, width=256)
     clips = [np.stack(frames[0:4]), np.stack(frames[200:204])]
     weights = tiny_clip_checkpoint()
-    full = ClipEncoder(TINY_CLIP_MODEL, weights, "cpu", precision="fp32").images(clips)
-    half = ClipEncoder(TINY_CLIP_MODEL, weights, "cpu", precision="bf16").images(clips)
+    texts = ["a red square", "shapes move across a textured background"]
+    full, full_text = ClipEncoder(TINY_CLIP_MODEL, weights, "cpu", precision="fp32").encode(clips, texts)
+    half, half_text = ClipEncoder(TINY_CLIP_MODEL, weights, "cpu", precision="bf16").encode(clips, texts)
     assert half.shape == full.shape == (8, full.shape[1])
+    assert half_text.shape == full_text.shape == (2, full.shape[1])
     assert np.allclose(np.linalg.norm(half, axis=1), 1, atol=0.02)
     assert (np.sum(half * full, axis=1) > 0.99).all()
+    assert (np.sum(half_text * full_text, axis=1) > 0.99).all()
 
 
 @pytest.mark.parametrize(
