@@ -10,6 +10,7 @@ from __future__ import annotations
 from prefect import flow, get_run_logger, task
 
 from pipelines.config import PipelineConfig
+from pipelines.cost import describe_run_cost, run_cost
 from pipelines.runner import Runner, describe_marker
 
 
@@ -30,6 +31,9 @@ def write_ledger(config: dict) -> dict:
         stats["samples"],
         len(stats["shards"]),
     )
+    cost = run_cost(Runner(PipelineConfig.model_validate(config)).markers())
+    if cost:
+        get_run_logger().info(describe_run_cost(cost))
     return stats
 
 

@@ -9,6 +9,7 @@ from typing import TextIO
 
 import pyarrow.parquet as pq
 
+from pipelines.cost import describe_run_cost, run_cost
 from pipelines.ledger import summarize, transient_failures
 from pipelines.runner import ALL_STAGES, describe_marker, read_marker
 from schemas.readers import open_shards
@@ -23,9 +24,13 @@ def describe(location: str, n: int, out: TextIO) -> None:
 
 
 def _describe_run(run_dir: Path, out: TextIO) -> None:
+    markers = []
     for stage in ALL_STAGES:
         marker = read_marker(run_dir / stage)
         print(describe_marker(marker) if marker else f"{stage}: not run", file=out)
+        markers += [marker] if marker else []
+    if cost := run_cost(markers):
+        print(describe_run_cost(cost), file=out)
     ledger = pq.read_table(run_dir / "ledger.parquet")
     stats = summarize(ledger, (read_marker(run_dir / "shard") or {}).get("shards", []))
     for entity in ("videos", "clips"):

@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow.parquet as pq
 from PIL import Image
 
+from pipelines.cost import describe_run_cost, run_cost
 from pipelines.export import render
 from pipelines.ledger import reason_code
 from pipelines.runner import ALL_STAGES, read_marker, read_stage_table
@@ -217,12 +218,16 @@ def build_report(run_dir: Path, max_thumbnails: int = 60) -> str:
     )
     annotations = "".join(_annotation_html(c) for c in kept if "caption" in c and c["caption"] is not None)[: 400_000]
     annotations = annotations or "<p>no captioned clips (the caption stage did not run or kept nothing)</p>"
+    markers = [m for s in ALL_STAGES if (m := read_marker(run_dir / s))]
     stages = "".join(
-        f"<tr><td>{s}</td><td>{m['rows']}</td><td>{_e(m['counts'])}</td><td>{m.get('transient_failed', 0)}</td>"
-        f"<td>{m.get('rows_done', m['rows'])}</td><td>{m['seconds']}</td></tr>"
-        for s in ALL_STAGES
-        if (m := read_marker(run_dir / s))
+        f"<tr><td>{m['stage']}</td><td>{m['rows']}</td><td>{_e(m['counts'])}</td><td>{m.get('transient_failed', 0)}</td>"
+        f"<td>{m.get('rows_done', m['rows'])}</td><td>{m['seconds']}</td>{_cost_cells(m)}</tr>"
+        for m in markers
     )
+    cost = run_cost(markers)
+    if cost:
+        stages += f"<tr><td>run</td><td></td><td></td><td></td><td></td><td>{cost['seconds']}</td>{_cost_cells(cost)}</tr>"
+    cost_note = f"<p>{_e(describe_run_cost(cost))}</p>" if cost else ""
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>vidcurate report: {_e(run_dir.name)}</title>
 <style>{CSS}</style></head><body>
@@ -239,9 +244,15 @@ def build_report(run_dir: Path, max_thumbnails: int = 60) -> str:
 <h2 id="annotations">Captions, events and QA</h2>{annotations}
 <h2 id="inputs">Inputs</h2>
 <table><tr><th>input</th><th>status</th><th>stage</th><th>failure</th><th>tries</th><th>reason</th></tr>{inputs_html}</table>
-<h2 id="stages">Stages</h2><table><tr><th>stage</th><th>rows</th><th>by status</th><th>transient failures</th><th>rows done in its last run</th><th>seconds</th></tr>{stages}</table>
+<h2 id="stages">Stages and cost</h2>{cost_note}<table><tr><th>stage</th><th>rows</th><th>by status</th><th>transient failures</th><th>rows done in its last run</th><th>seconds</th>
+<th>video-s</th><th>video-s per s</th><th>CPU-s per video-hour</th><th>GPU-s per video-hour</th></tr>{stages}</table>
 </body></html>
 """
+
+
+def _cost_cells(m: dict) -> str:
+    cells = (m.get("video_s"), m.get("video_s_per_s"), m.get("cpu_s_per_video_h"), m.get("gpu_s_per_video_h"))
+    return "".join(f"<td>{'' if v is None else v}</td>" for v in cells)
 
 
 def write_report(run_dir: Path, out: Path | None = None, max_thumbnails: int = 60) -> Path:

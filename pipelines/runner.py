@@ -36,6 +36,7 @@ import pyarrow.dataset  # noqa: F401 - makes pa.dataset available
 import pyarrow.parquet as pq
 
 from pipelines.config import PipelineConfig
+from pipelines.cost import CpuMeter, cost_fields, describe_cost
 from pipelines.card import content_stats, dataset_card
 from pipelines.ledger import build_ledger, pending_retries, retry_due, summarize
 from schemas.readers import INDEX
@@ -83,7 +84,7 @@ def describe_marker(marker: dict) -> str:
     transient = f" ({marker['transient_failed']} transient)" if marker.get("transient_failed") else ""
     done = marker.get("rows_done", marker["rows"])
     redone = f"; {done} of them computed by its last run" if done != marker["rows"] else ""
-    return f"{marker['stage']}: {marker['rows']} rows {marker['counts']}{transient} in {marker['seconds']} s{rate}{redone}"
+    return f"{marker['stage']}: {marker['rows']} rows {marker['counts']}{transient} in {marker['seconds']} s{rate}{redone}{describe_cost(marker)}"
 
 
 def _digest(*parts: str) -> str:
@@ -129,19 +130,21 @@ class Runner:
             log.info("%s: complete, skipped (%s)", stage, output_dir)
             return previous
         started = time.monotonic()
-        self._redo, keep = self._plan_redo(stage, input_dir, old, retry)
-        if old:
-            log.info("%s: retrying %d transiently failed rows; %d rows kept from the last run", stage, len(retry), len(keep))
-        tmp = output_dir.with_name(output_dir.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        try:
-            extra = getattr(self, f"_run_{stage}")(input_dir, output_dir, tmp) or {}
-        finally:
-            self._redo = None
-        done = read_stage_table(tmp, stage)
-        table = self._merged(stage, tmp, keep, done, old) if old or stage == "quality" else done
+        with CpuMeter() as meter:
+            self._redo, keep = self._plan_redo(stage, input_dir, old, retry)
+            if old:
+                log.info("%s: retrying %d transiently failed rows; %d rows kept from the last run", stage, len(retry), len(keep))
+            tmp = output_dir.with_name(output_dir.name + ".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            try:
+                extra = getattr(self, f"_run_{stage}")(input_dir, output_dir, tmp) or {}
+            finally:
+                self._redo = None
+            done = read_stage_table(tmp, stage)
+            table = self._merged(stage, tmp, keep, done, old) if old or stage == "quality" else done
         statuses = table.column("status").to_pylist()
+        seconds = round(time.monotonic() - started, 2)
         marker = {
             "stage": stage,
             "fingerprint": fingerprint,
@@ -151,7 +154,8 @@ class Runner:
             "rows_done": done.num_rows,
             "counts": {s: statuses.count(s) for s in sorted(set(statuses))},
             "transient_failed": sum(bool(t) for t in table.column("transient").to_pylist()),
-            "seconds": round(time.monotonic() - started, 2),
+            "seconds": seconds,
+            **self._cost(stage, input_dir, done, seconds, meter.seconds),
             **extra,
         }
         if "start_frame" in done.column_names:  # a table of frame spans: report throughput of this run's work
@@ -163,6 +167,34 @@ class Runner:
         os.replace(tmp, output_dir)
         log.info("%s", describe_marker(marker))
         return marker
+
+    def _cost(self, stage: str, input_dir: Path | None, done: pa.Table, seconds: float, cpu_s: float) -> dict:
+        """This run's cost for the marker: the video its rows cover, CPU-seconds of the process
+        tree, GPU-seconds held (GPUs per actor x actors x wall time)."""
+        resources = getattr(getattr(self.cfg, stage, None), "resources", None)
+        gpus = resources.num_gpus * (resources.concurrency or 1) if resources else 0.0
+        remote = self.cfg.ray.address is not None
+        return cost_fields(seconds, cpu_s, gpus * seconds, self._video_seconds(stage, input_dir, done), remote)
+
+    @staticmethod
+    def _video_seconds(stage: str, input_dir: Path | None, done: pa.Table) -> float | None:
+        """Seconds of video behind the rows a run computed: probe's durations for a video's rows,
+        split's spans for a clip's; None where those tables are not beside the input."""
+        try:
+            if stage == "probe":
+                return sum(d for d in done.column("duration_s").to_pylist() if d)
+            wanted = set(done.column("video_id" if stage == "split" else "clip_id").to_pylist())
+            if stage == "split":
+                videos = read_stage_table(input_dir, "probe").select(["video_id", "duration_s"]).to_pylist()
+                return sum(v["duration_s"] or 0.0 for v in videos if v["video_id"] in wanted)
+            spans = read_stage_table(input_dir.parent / "split", "split").select(["clip_id", "start_s", "end_s"]).to_pylist()
+            return sum(c["end_s"] - c["start_s"] for c in spans if c["clip_id"] in wanted)
+        except (FileNotFoundError, KeyError):
+            return None
+
+    def markers(self) -> list[dict]:
+        """The markers of this config's completed stages, in pipeline order."""
+        return [m for stage in self.cfg.pipeline() if (m := read_marker(self.stage_dir(stage)))]
 
     def retryable(self, rows: list[dict]) -> list[dict]:
         """Rows a re-run re-attempts: failed transiently and tried fewer than `max_tries` times."""

@@ -15,7 +15,7 @@ from conftest import dataset_digests
 from flows.corpus import corpus_flow
 from pipelines.cli import main as cli_main
 from pipelines.config import load_config
-from pipelines.runner import read_marker
+from pipelines.runner import read_marker, read_stage_table
 from schemas.sample import validate_sample
 from schemas.tables import clip_id
 
@@ -56,6 +56,27 @@ def test_shards_are_readable_and_match_the_ledger(full_run):
             assert stream.codec_context.name == "h264"
         span = meta["provenance"]["end_frame"] - meta["provenance"]["start_frame"]
         assert decoded == span
+
+
+def test_every_stage_reports_its_cost_per_video_hour(full_run, capsys):
+    """Markers, the log line and `vidcurate inspect` carry video covered, its rate and CPU-seconds
+    per video-hour; the video a stage covered is what its rows span in probe and split."""
+    run_dir, _ = full_run
+    probe, split, shard = (read_marker(run_dir / s) for s in ("probe", "split", "shard"))
+    clips = [c for c in read_stage_table(run_dir / "split", "split").to_pylist() if c["status"] == "kept"]
+    probed = read_stage_table(run_dir / "probe", "probe").to_pylist()
+    assert probe["video_s"] > 0 and probe["video_s"] == pytest.approx(sum(v["duration_s"] or 0 for v in probed), abs=0.01)
+    assert shard["video_s"] > 0 and shard["video_s"] == pytest.approx(sum(c["end_s"] - c["start_s"] for c in clips), abs=0.01)
+    for marker in (probe, split, shard):
+        assert marker["cpu_s"] > 0 and marker["video_s_per_s"] == pytest.approx(marker["video_s"] / marker["seconds"], rel=0.01)
+        rounding = 0.05 / marker["video_s"] * 3600 + 0.1  # cpu_s is stored to 0.1 s, the rate from the exact value
+        assert marker["cpu_s_per_video_h"] == pytest.approx(marker["cpu_s"] / marker["video_s"] * 3600, abs=rounding)
+        assert "gpu_s" not in marker  # no stage asked for a GPU
+    capsys.readouterr()
+    assert cli_main(["inspect", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert f"{split['cpu_s_per_video_h']} CPU-s per video-hour" in out
+    assert f"cost: {probe['video_s']} video-s in" in out
 
 
 def test_every_input_ends_in_the_ledger_once_with_a_reason(full_run, mixed_inputs):

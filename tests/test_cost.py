@@ -1,0 +1,37 @@
+"""Cost accounting: the CPU meter counts the work of child processes, including one that exits
+before the block ends (as model actors do), and not the idle time around it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+from pipelines.cost import CpuMeter, cost_fields, run_cost
+
+BURN = "import time\nt = time.process_time()\nwhile time.process_time() - t < {s}: pass\n"
+
+
+def test_cpu_meter_counts_children_that_exit_inside_the_block():
+    with CpuMeter(sample_s=0.05) as meter:
+        subprocess.run([sys.executable, "-c", BURN.format(s=1.0)], check=True)
+        time.sleep(0.3)  # idle: no CPU
+    assert 0.8 <= meter.seconds <= 2.5  # the child's 1 s, its interpreter start-up, the sampler
+
+
+def test_cpu_meter_reads_zero_for_an_idle_block():
+    with CpuMeter(sample_s=0.05) as meter:
+        time.sleep(0.5)
+    assert meter.seconds < 0.2
+
+
+def test_run_cost_is_per_hour_of_the_input_video():
+    markers = [
+        {"stage": "probe", "seconds": 2.0, **cost_fields(2.0, 4.0, 0.0, 1800.0, False)},
+        {"stage": "split", "seconds": 8.0, **cost_fields(8.0, 16.0, 0.0, 1800.0, False)},
+        {"stage": "caption", "seconds": 10.0, **cost_fields(10.0, 5.0, 10.0, 1200.0, False)},
+    ]
+    cost = run_cost(markers)
+    assert cost["cpu_s"] == 25.0 and cost["cpu_s_per_video_h"] == 50.0  # 25 CPU-s for half an hour
+    assert cost["gpu_s_per_video_h"] == 20.0 and cost["video_s_per_s"] == 90.0
+    assert markers[2]["video_s_per_s"] == 120.0 and markers[2]["cpu_s_per_video_h"] == 15.0
