@@ -261,7 +261,9 @@ TINY_DEFAULTS = {
 class PipelineConfig(_Strict):
     inputs: str | None = Field(None, description="directory, glob, list file (.txt) or s3:// prefix; probe needs it")
     run_dir: str = "runs/default"
-    profile: Literal["tiny", "default"] = "tiny"
+    profile: Literal["tiny", "default"] = Field(
+        "default", description="default: the real models' weights; tiny: random toy models built locally (tests, the sample job)"
+    )
     ray: RayConfig = RayConfig()
     probe: ProbeConfig = ProbeConfig()
     split: SplitConfig = SplitConfig()
@@ -280,7 +282,7 @@ class PipelineConfig(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _profile_defaults(cls, data):
-        if isinstance(data, dict) and data.get("profile", "tiny") == "tiny":
+        if isinstance(data, dict) and data.get("profile") == "tiny":
             data = {**data}
             for dotted, value in TINY_DEFAULTS.items():
                 section, key = dotted.split(".")

@@ -38,6 +38,7 @@ def planted_run(tmp_path_factory, ray_local):
     with OpenAIServer(PlantedEventCaptioner()) as server:
         cfg = load_config(
             None,
+            profile="tiny",
             inputs=str(inputs),
             run_dir=str(root / "run"),
             stages=["caption", "ground"],

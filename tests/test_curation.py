@@ -22,7 +22,7 @@ from schemas.sample import validate_sample
 
 def _run(inputs, run_dir, history) -> dict:
     overrides = {"split.max_clip_s": 6.0, "dedup.history": str(history)}  # profile tiny: TINY_DEFAULTS apply
-    cfg = load_config(None, inputs=str(inputs), run_dir=str(run_dir), **overrides)
+    cfg = load_config(None, profile="tiny", inputs=str(inputs), run_dir=str(run_dir), **overrides)
     return corpus_flow(cfg.model_dump())
 
 

@@ -45,6 +45,16 @@ def test_a_default_profile_model_missing_from_the_hub_cache_is_named(tmp_path, m
     assert not found["embed model"].ok and "ViT-B-32/laion2b_s34b_b79k" in found["embed model"].detail
 
 
+def test_a_config_that_names_no_profile_runs_the_real_models_and_doctor_says_they_are_missing(tmp_path, monkeypatch):
+    """Forgetting `profile:` must not ship random weights: the default profile names real models."""
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    job = tmp_path / "job.yaml"
+    job.write_text(f"inputs: {tmp_path}\nrun_dir: {tmp_path / 'run'}\n")
+    cfg = load_config(job)
+    assert cfg.profile == "default" and cfg.caption.max_tokens == 512  # no tiny defaults either
+    assert not _by_check(cfg)["caption model"].ok
+
+
 def test_caption_server_checks_its_dialect_and_the_grammar(tmp_path):
     from openai_server import OpenAIServer
 

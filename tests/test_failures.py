@@ -63,7 +63,7 @@ def _overrides(base_url: str) -> dict:
 
 def _config(inputs, run_dir, base_url: str, **failures):
     data = {"inputs": str(inputs), "run_dir": str(run_dir), **_overrides(base_url), "failures": failures}
-    return load_config(None, **{k: v for k, v in data.items()})
+    return load_config(None, profile="tiny", **{k: v for k, v in data.items()})
 
 
 def _ledger(run_dir) -> list[dict]:
@@ -155,7 +155,7 @@ def test_a_run_while_the_server_is_down_fails_then_ships_everything_once_it_is_u
     server = OpenAIServer(tiny)  # its port is taken but nobody answers yet: the server is down
     run_dir = tmp_path / "run"
     config = tmp_path / "job.yaml"
-    config.write_text(yaml.safe_dump({"inputs": str(inputs), "run_dir": str(run_dir), **_overrides(server.base_url)}))
+    config.write_text(yaml.safe_dump({"profile": "tiny", "inputs": str(inputs), "run_dir": str(run_dir), **_overrides(server.base_url)}))
 
     assert cli_main(["run", "--config", str(config)]) == 3
     err = capsys.readouterr().err.strip().splitlines()
@@ -203,7 +203,7 @@ def test_scheduled_increments_during_an_outage_ship_once_the_server_is_back(
     reference, ref_stats = uninterrupted
     server = OpenAIServer(tiny)
     root = tmp_path / "corpus"
-    config = load_config(None, inputs=str(inputs), run_dir=str(root), **_overrides(server.base_url)).model_dump()
+    config = load_config(None, profile="tiny", inputs=str(inputs), run_dir=str(root), **_overrides(server.base_url)).model_dump()
 
     with pytest.raises(FailureBudgetExceeded, match="did not ship"):
         incremental_flow(config)  # night 1: the server is down
@@ -245,7 +245,7 @@ def test_a_killed_model_worker_loses_and_duplicates_nothing(tmp_path, inputs, ra
     overrides = {"stages": ["caption"], "split.max_clip_s": 4.0, "caption.resources.batch_size": 1}
     runners = {}
     for name in ("killed", "calm"):
-        runners[name] = Runner(load_config(None, inputs=str(inputs), run_dir=str(tmp_path / name), **overrides))
+        runners[name] = Runner(load_config(None, profile="tiny", inputs=str(inputs), run_dir=str(tmp_path / name), **overrides))
         for stage in ("probe", "split"):
             runners[name].run_stage(stage)
     errors = []

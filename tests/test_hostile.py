@@ -120,7 +120,7 @@ def corpus(tmp_path_factory) -> Path:
 
 def test_hostile_corpus_completes_with_a_reason_for_every_input(corpus, tmp_path, ray_local, monkeypatch):
     monkeypatch.chdir(tmp_path)  # a shell-interpreted name would create ./pwned here
-    cfg = load_config(None, inputs=str(corpus), run_dir=str(tmp_path / "run"), stages=[])  # ingest: probe, split, shard
+    cfg = load_config(None, profile="tiny", inputs=str(corpus), run_dir=str(tmp_path / "run"), stages=[])  # ingest: probe, split, shard
     stats = Runner(cfg).run_all()
     ledger = pq.read_table(tmp_path / "run" / "ledger.parquet").to_pylist()
     videos = {Path(r["id"]).name: r for r in ledger if r["entity"] == "video"}

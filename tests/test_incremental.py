@@ -32,7 +32,7 @@ def corpus(tmp_path, synthetic_videos):
 
 
 def _config(inbox, root) -> dict:
-    return load_config(None, inputs=str(inbox), run_dir=str(root), stages=STAGES).model_dump()
+    return load_config(None, profile="tiny", inputs=str(inbox), run_dir=str(root), stages=STAGES).model_dump()
 
 
 def test_increments_take_only_new_inputs_and_never_reship(corpus, ray_local, prefect_server):
@@ -61,7 +61,7 @@ def test_increments_take_only_new_inputs_and_never_reship(corpus, ray_local, pre
 def test_an_interrupted_increment_is_finished_first(corpus, ray_local, prefect_server):
     inbox, videos, root = corpus
     shutil.copy(videos[0], inbox / "a.mp4")
-    planned = plan_increment(load_config(None, inputs=str(inbox), run_dir=str(root), stages=STAGES))
+    planned = plan_increment(load_config(None, profile="tiny", inputs=str(inbox), run_dir=str(root), stages=STAGES))
     interrupted = os.path.basename(planned["run_dir"])  # planned, then the process died
     shutil.copy(videos[1], inbox / "b.mp4")
     result = incremental_flow(_config(inbox, root))
@@ -77,7 +77,7 @@ def test_serve_cron_deploys_and_runs_the_incremental_flow(corpus, prefect_server
     inbox, videos, root = corpus
     shutil.copy(videos[0], inbox / "a.mp4")
     config = tmp_path / "corpus.yaml"
-    config.write_text(yaml.safe_dump({"inputs": str(inbox), "run_dir": str(root), "stages": STAGES, "ray": {"num_cpus": 1}}))
+    config.write_text(yaml.safe_dump({"profile": "tiny", "inputs": str(inbox), "run_dir": str(root), "stages": STAGES, "ray": {"num_cpus": 1}}))
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
     cmd = [sys.executable, "-m", "pipelines.cli", "serve", "--config", str(config), "--cron", "0 3 * * *", "--name", "nightly"]
     server = subprocess.Popen(cmd, cwd=REPO, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -108,8 +108,8 @@ async def _wait_for_deployment(name: str, get_client, timeout_s: float = 120):
 def test_increment_config_records_its_inputs(corpus):
     inbox, videos, root = corpus
     shutil.copy(videos[0], inbox / "a.mp4")
-    planned = plan_increment(load_config(None, inputs=str(inbox), run_dir=str(root), stages=STAGES))
+    planned = plan_increment(load_config(None, profile="tiny", inputs=str(inbox), run_dir=str(root), stages=STAGES))
     recorded = json.loads((root / "increments" / os.path.basename(planned["run_dir"]) / "config.json").read_text())
     assert recorded["inputs_list"] == [str(inbox / "a.mp4")]
     assert recorded["config"]["dedup"]["history"] == str(root / "shipped")
-    assert plan_increment(load_config(None, inputs=str(inbox), run_dir=str(root), stages=STAGES)) is None  # seen
+    assert plan_increment(load_config(None, profile="tiny", inputs=str(inbox), run_dir=str(root), stages=STAGES)) is None  # seen

@@ -48,7 +48,7 @@ def test_s3_prefix_is_probed_through_ray(tmp_path, s3_endpoint, ray_local):
     uris = list_inputs("s3://videos-in/raw/")
     assert uris == ["s3://videos-in/raw/broken.mp4", "s3://videos-in/raw/counter.mp4"]
 
-    cfg = load_config(None, inputs="s3://videos-in/raw/", run_dir=str(tmp_path / "run"))
+    cfg = load_config(None, profile="tiny", inputs="s3://videos-in/raw/", run_dir=str(tmp_path / "run"))
     Runner(cfg).run_stage("probe")
     rows = {r["uri"]: r for r in pq.read_table(tmp_path / "run" / "probe").to_pylist()}
     assert rows["s3://videos-in/raw/counter.mp4"]["status"] == "kept"

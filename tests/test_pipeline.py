@@ -22,7 +22,7 @@ from schemas.tables import clip_id
 
 def _run(inputs: Path, run_dir: Path, **overrides) -> dict:
     """The foundation: probe -> split -> shard (the clip stages have their own tests)."""
-    cfg = load_config(None, inputs=str(inputs), run_dir=str(run_dir), stages=[], **overrides)
+    cfg = load_config(None, profile="tiny", inputs=str(inputs), run_dir=str(run_dir), stages=[], **overrides)
     return corpus_flow(cfg.model_dump())
 
 

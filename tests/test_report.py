@@ -39,7 +39,7 @@ def report(tmp_path_factory, synthetic_videos, ray_local) -> Path:
     shutil.copy(SHARED_VIDEOS / "psd_testvideo.mp4", inputs / HOSTILE_NAME)
     (inputs / "broken.mp4").write_bytes(b"\x00" * 5000)
     run_dir = tmp_path_factory.mktemp("report-run")
-    Runner(load_config(None, inputs=str(inputs), run_dir=str(run_dir))).run_all()
+    Runner(load_config(None, profile="tiny", inputs=str(inputs), run_dir=str(run_dir))).run_all()
     assert cli_main(["report", str(run_dir)]) == 0
     return run_dir / "report.html"
 

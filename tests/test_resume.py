@@ -21,7 +21,9 @@ def _ledger(run_dir) -> list[tuple]:
 
 
 def test_kill_9_midway_then_rerun_matches_an_uninterrupted_run(tmp_path, mixed_inputs, ray_local, prefect_server):
-    args = ["run", "--inputs", str(mixed_inputs)]
+    job = tmp_path / "job.yaml"
+    job.write_text("profile: tiny\n")
+    args = ["run", "--config", str(job), "--inputs", str(mixed_inputs)]
     assert cli_main([*args, "--run-dir", str(tmp_path / "clean")]) == 0
 
     crashed = tmp_path / "crashed"

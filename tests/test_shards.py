@@ -33,7 +33,7 @@ def published(tmp_path_factory, synthetic_videos, s3_endpoint, ray_local):
     fsspec.filesystem("s3").mkdir("published")
     run_dir = tmp_path_factory.mktemp("publish")
     overrides = {"shard.output": DEST, "shard.keyframes": 2, "shard.maxcount": 3, "split.max_clip_s": 4.0}
-    cfg = load_config(None, inputs=str(synthetic_videos[0]), run_dir=str(run_dir), stages=[], **overrides)
+    cfg = load_config(None, profile="tiny", inputs=str(synthetic_videos[0]), run_dir=str(run_dir), stages=[], **overrides)
     stats = Runner(cfg).run_all()
     kept = sorted(r["id"] for r in pq.read_table(run_dir / "ledger.parquet").to_pylist() if r["entity"] == "clip" and r["status"] == "kept")
     return run_dir, stats, kept
