@@ -12,7 +12,6 @@ the WebDataset builder with no arguments.
 from __future__ import annotations
 
 import json
-import re
 from collections import Counter
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from pipelines.config import PipelineConfig
+from pipelines.ledger import reason_code
 from schemas.sample import SCHEMA_VERSION
 from stages import caption, embed
 
@@ -97,10 +97,8 @@ def _rejections(tables: dict[str, pa.Table]) -> dict[str, dict[str, int]]:
         reasons = [r for s, r in zip(table.column("status").to_pylist(), table.column("reason").to_pylist()) if s == "rejected"]
         rules: Counter = Counter()
         for reason in reasons:
-            if stage == "quality":
-                rules.update(re.findall(r"(\w+)=", reason.split(":", 1)[1]))
-            else:
-                rules[(reason or "").split(":", 1)[0].strip() or "unspecified"] += 1
+            code = reason_code(reason)
+            rules.update(code.split("+") if stage == "quality" else [code])  # quality's code lists its failing rules
         if rules:
             out[stage] = dict(sorted(rules.items()))
     return out

@@ -157,7 +157,8 @@ def thresholds(rules: list, rows: list[dict]) -> list[tuple]:
 
 
 def decide(rows: list[dict], rules: list, rank_scores: list[str]) -> list[dict]:
-    """Keep/reject each scored row; every failing rule is named in the reason. Also sets
+    """Keep/reject each scored row; every failing rule is named in the reason, and the reason's
+    code is the failing scores' names (`motion`, `ocr_coverage+nsfw`). Also sets
     `quality`: the mean percentile rank over `rank_scores`, used to pick a duplicate to keep."""
     scored = [r for r in rows if r["status"] == KEPT]
     limits = thresholds(rules, scored)
@@ -172,15 +173,17 @@ def decide(rows: list[dict], rules: list, rank_scores: list[str]) -> list[dict]:
             out.append(row)
             continue
         scores = json.loads(row["scores"])
-        failing = []
+        failing, rules_failed = [], []
         for name, op, bound, label in limits:
             value = scores.get(name)
             if value is not None and ((op == "min" and value < bound) or (op == "max" and value > bound)):
                 failing.append(f"{name}={value:.4g} ({label})")
+                rules_failed += [name] if name not in rules_failed else []
         pct = [np.searchsorted(v, scores[n], side="right") / n_ for n, (v, n_) in ranks.items() if n in scores]
         quality = round(float(np.mean(pct)), 6) if pct else 0.0
         if failing:
-            out.append({**row, "status": REJECTED, "reason": "quality: " + ", ".join(failing), "quality": quality})
+            reason = "+".join(rules_failed) + ": " + ", ".join(failing)  # the code names the rules: motion, ocr_coverage+nsfw
+            out.append({**row, "status": REJECTED, "reason": reason, "quality": quality})
         else:
             out.append({**row, "quality": quality})
     return out

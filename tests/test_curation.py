@@ -145,8 +145,11 @@ def test_card_is_a_hub_dataset_card_whose_numbers_are_the_data(curated):
     quality_rules = {}
     for r in ledger:
         if r["entity"] == "clip" and r["stage"] == "quality" and r["status"] == "rejected":
-            for rule in re.findall(r"(\w+)=", r["reason"]):
+            named = list(dict.fromkeys(re.findall(r"(\w+)=", r["reason"])))
+            assert r["reason"].split(":", 1)[0] == "+".join(named)  # the ledger's code names the failing rules
+            for rule in named:
                 quality_rules[rule] = quality_rules.get(rule, 0) + 1
+    assert quality_rules  # the corpus has clips the rules reject
     for rule, n in quality_rules.items():
         assert f"- quality / {rule}: {n}" in text
     for name in {name for m in clips for name in m.get("scores", {})}:

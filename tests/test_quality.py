@@ -64,9 +64,9 @@ def test_black_static_and_blurred_clips_are_rejected_for_their_reason(scored):
     assert decided["black"]["status"] == "rejected"
     assert "black_fraction=1 (max 0.5)" in decided["black"]["reason"] and "brightness=" in decided["black"]["reason"]
     assert decided["static"]["status"] == "rejected"
-    assert decided["static"]["reason"].startswith("quality: motion=") and "sharpness" not in decided["static"]["reason"]
+    assert decided["static"]["reason"].startswith("motion: motion=") and "sharpness" not in decided["static"]["reason"]
     assert decided["blurred"]["status"] == "rejected"
-    assert decided["blurred"]["reason"].startswith("quality: sharpness=") and "motion" not in decided["blurred"]["reason"]
+    assert decided["blurred"]["reason"].startswith("sharpness: sharpness=") and "motion" not in decided["blurred"]["reason"]
     assert decided["good"]["quality"] > decided["blurred"]["quality"]
 
 
@@ -133,7 +133,7 @@ def test_ocr_and_nsfw_scores_from_the_bundled_detectors(tmp_path):
     decided = {r["clip_id"]: r for r in decide(scored.to_pylist(), rules, ["ocr_coverage"])}
     assert decided["plain"]["status"] == "kept"
     assert decided["titled"]["status"] == "rejected"
-    assert decided["titled"]["reason"].startswith("quality: ocr_coverage=")
+    assert decided["titled"]["reason"].startswith("ocr_coverage: ocr_coverage=")
 
 
 def test_missing_flag_package_fails_before_any_work(monkeypatch):
