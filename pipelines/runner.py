@@ -35,9 +35,9 @@ import pyarrow.compute as pc
 import pyarrow.dataset  # noqa: F401 - makes pa.dataset available
 import pyarrow.parquet as pq
 
+from pipelines.card import content_stats, dataset_card
 from pipelines.config import PipelineConfig
 from pipelines.cost import CpuMeter, cost_fields, describe_cost
-from pipelines.card import content_stats, dataset_card
 from pipelines.ledger import build_ledger, pending_retries, retry_due, summarize
 from schemas.readers import INDEX
 from schemas.tables import CLIPS, FAILED, KEPT, REJECTED, SHARDED, STATUS_COLUMNS, TABLES, VIDEOS, to_table

@@ -123,7 +123,7 @@ class ClipEncoder:
         page-locked memory in one asynchronous copy."""
         import torch
 
-        host = torch.empty((sum(len(c) for c in clips), *clips[0].shape[1:]), dtype=torch.uint8, pin_memory=self.device != "cpu")
+        host = torch.empty((sum(len(c) for c in clips), *clips[0].shape[1:]), dtype=torch.uint8, pin_memory=self.device.startswith("cuda"))
         start = 0
         with warnings.catch_warnings():  # frames may be read-only views of packed bytes: only read here
             warnings.simplefilter("ignore", UserWarning)

@@ -173,16 +173,16 @@ def decide(rows: list[dict], rules: list, rank_scores: list[str]) -> list[dict]:
             out.append(row)
             continue
         scores = json.loads(row["scores"])
-        failing, rules_failed = [], []
+        failing = []
         for name, op, bound, label in limits:
             value = scores.get(name)
             if value is not None and ((op == "min" and value < bound) or (op == "max" and value > bound)):
-                failing.append(f"{name}={value:.4g} ({label})")
-                rules_failed += [name] if name not in rules_failed else []
+                failing.append((name, f"{name}={value:.4g} ({label})"))
         pct = [np.searchsorted(v, scores[n], side="right") / n_ for n, (v, n_) in ranks.items() if n in scores]
         quality = round(float(np.mean(pct)), 6) if pct else 0.0
         if failing:
-            reason = "+".join(rules_failed) + ": " + ", ".join(failing)  # the code names the rules: motion, ocr_coverage+nsfw
+            code = "+".join(dict.fromkeys(name for name, _ in failing))  # the rules: motion, ocr_coverage+nsfw
+            reason = code + ": " + ", ".join(detail for _, detail in failing)
             out.append({**row, "status": REJECTED, "reason": reason, "quality": quality})
         else:
             out.append({**row, "quality": quality})
