@@ -11,7 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from schemas.tables import CLIP_STAGES, TABLES
-from stages.content_flags import OCR_SIDE
+from stages.content_flags import OCR_GATE_SIDE, OCR_SIDE
 
 
 class _Strict(BaseModel):
@@ -180,6 +180,10 @@ class QualityConfig(_Strict):
     ocr_side: int = Field(
         OCR_SIDE, ge=32, description="short side the text detector scales frames to (rapidocr's own 736 upsamples 360p "
         "clips 2x; benchmarks/flags_bench.py measures cost and agreement)"
+    )
+    ocr_gate_side: int | None = Field(
+        OCR_GATE_SIDE, ge=32, description="first look for text with frames scaled down to this short side; only a "
+        "clip where it finds some is measured at ocr_side (on its frame with the most text); null: every frame at ocr_side"
     )
     rank_scores: list[str] = Field(
         default_factory=lambda: ["sharpness", "aesthetic", "clip_score", "resolution"],

@@ -12,6 +12,7 @@ from collections import Counter
 
 import pyarrow as pa
 
+from schemas.outcomes import code_of
 from schemas.tables import CLIP_STAGES, FAILED, KEPT, LEDGER, REJECTED, STATUSES, to_table
 
 CLIP_LEVEL = ("split", *CLIP_STAGES, "shard")  # tables keyed by clip, in pipeline order
@@ -71,7 +72,7 @@ def _video_outcome(video: dict, clips: list[dict] | None, last_stage: str | None
 
 
 def reason_code(reason: str | None) -> str:
-    return (reason or "").split(":", 1)[0].strip() or "unspecified"
+    return code_of(reason) or "unspecified"
 
 
 def _reason_key(row: dict) -> str:

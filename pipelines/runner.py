@@ -370,7 +370,7 @@ class Runner:
         optional = ("caption", "clip_score", "image_emb")
         rows = [{**{k: c[k] for k in fields}, **{k: c.get(k) for k in optional}} for c in self.clip_view(input_dir)]
         content_flags.require(cfg.ocr, cfg.nsfw)
-        flags = {"ocr": cfg.ocr, "nsfw": cfg.nsfw, "count": cfg.flag_frames, "ocr_side": cfg.ocr_side}
+        flags = {"ocr": cfg.ocr, "nsfw": cfg.nsfw, "count": cfg.flag_frames, "ocr_side": cfg.ocr_side, "ocr_gate_side": cfg.ocr_gate_side}
         kwargs = {
             "frames_per_clip": cfg.frames,
             "aesthetic_path": cfg.aesthetic_head,

@@ -12,10 +12,14 @@ import json
 import sys
 from collections.abc import Iterator
 
+from typing import TYPE_CHECKING
+
 import av
 import fsspec
 import numpy as np
-import webdataset as wds
+
+if TYPE_CHECKING:  # webdataset imports torch (1.5-2 s): only code that reads shards pays for it
+    import webdataset as wds
 
 INDEX = "index.json"
 _FSSPEC_SCHEMES = ("s3", "gs", "gcs", "az", "abfs", "memory")
@@ -28,6 +32,8 @@ def _gopen_fsspec(url: str, mode: str = "rb", bufsize: int = 8192, **_kw):
 
 def register_fsspec_schemes() -> None:
     """Let webdataset stream object-store URLs through fsspec (credentials from the usual places)."""
+    import webdataset.gopen  # noqa: F401 - registers the module under its name
+
     schemes = sys.modules["webdataset.gopen"].gopen_schemes  # the module; the package re-exports a function
     for scheme in _FSSPEC_SCHEMES:
         schemes[scheme] = _gopen_fsspec
@@ -64,6 +70,8 @@ def signed_shard_urls(location: str, expires_s: int = 24 * 3600) -> list[str]:
 
 def open_shards(location: str, **kwargs) -> wds.WebDataset:
     """A WebDataset over every shard at `location`, in index order unless kwargs say otherwise."""
+    import webdataset as wds
+
     register_fsspec_schemes()
     kwargs.setdefault("shardshuffle", False)
     return wds.WebDataset(shard_urls(location), **kwargs)

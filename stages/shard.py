@@ -21,7 +21,6 @@ from pathlib import Path
 import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
-import webdataset as wds
 from PIL import Image
 
 from pipelines.config import ShardConfig
@@ -77,6 +76,8 @@ def write_window_shards(
 
 def _write(entries: list[tuple], out_dir: Path, pattern: str, kind: str, cfg: ShardConfig) -> tuple[list[dict], list[dict]]:
     """(key, video_id, media uri, annotation builder) entries -> shards named by `pattern`."""
+    import webdataset as wds  # imports torch: only the shard stage pays for it, not every driver and task
+
     rows: list[dict] = []
     sidecars: dict[str, list[dict]] = {}
     out_dir.mkdir(parents=True, exist_ok=True)

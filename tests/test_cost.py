@@ -1,5 +1,6 @@
 """Cost accounting: the CPU meter counts the work of child processes, including one that exits
-before the block ends (as model actors do), and not the idle time around it."""
+before the block ends (as model actors do), and not the idle time around it; and the driver's
+start-up stays free of the heavy model libraries."""
 
 from __future__ import annotations
 
@@ -35,3 +36,12 @@ def test_run_cost_is_per_hour_of_the_input_video():
     assert cost["cpu_s"] == 25.0 and cost["cpu_s_per_video_h"] == 50.0  # 25 CPU-s for half an hour
     assert cost["gpu_s_per_video_h"] == 20.0 and cost["video_s_per_s"] == 90.0
     assert markers[2]["video_s_per_s"] == 120.0 and markers[2]["cpu_s_per_video_h"] == 15.0
+
+
+def test_the_driver_starts_without_torch():
+    """Importing the flow, the CLI and the runner must not import torch (1.5-2 s of every command's
+    start-up, and of every probe and split task's first call): only model stages and shard
+    writing (webdataset) import it, when they run."""
+    code = "import sys, flows.corpus, pipelines.cli, pipelines.runner, stages.probe, stages.split; print(sorted(m for m in ('torch', 'webdataset', 'transformers', 'open_clip') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", out

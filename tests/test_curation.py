@@ -18,6 +18,7 @@ from pipelines.config import load_config
 from pipelines.export import FORMATS, parse_times
 from planted import decoded
 from schemas.readers import open_shards
+from schemas.outcomes import known
 from schemas.sample import validate_sample
 
 def _run(inputs, run_dir, history) -> dict:
@@ -40,6 +41,7 @@ def test_every_clip_has_one_final_status_from_the_last_stage_that_saw_it(curated
     split = pq.read_table(run / "split").to_pylist()
     assert sorted(r["id"] for r in ledger) == sorted(r["clip_id"] for r in split)
     assert all(r["reason"] for r in ledger if r["status"] != "kept")
+    assert all(known(r["stage"], r["status"], r["reason"]) for r in ledger if r["status"] != "kept"), ledger
     assert {r["stage"] for r in ledger if r["status"] == "kept"} == {"shard"}
     assert stats["samples"] == stats["clips"]["kept"] > 0
 

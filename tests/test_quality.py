@@ -143,3 +143,36 @@ def test_missing_flag_package_fails_before_any_work(monkeypatch):
     content_flags.require(ocr=True, nsfw=False)
     with pytest.raises(RuntimeError, match=r"quality.nsfw needs the package nudenet: pip install 'vidcurate\[flags\]'"):
         content_flags.require(ocr=False, nsfw=True)
+
+
+def test_text_found_by_the_first_look_is_measured_at_full_size_on_the_frame_that_shows_it():
+    from stages.content_flags import clip_text_coverage, text_coverage
+
+    plain = np.stack([np.asarray(Image.fromarray(f).resize((426, 240))) for f in _frames("good", 3)])
+    titled = np.stack([*plain[:2], _titled(1)[0]])  # the title appears in the last frame only
+    assert clip_text_coverage(plain, 360, 160) == 0.0
+    gated = clip_text_coverage(titled, 360, 160)
+    assert gated == text_coverage(titled[2], 360) > 0.08
+    assert gated == clip_text_coverage(titled, 360, None)  # every frame at full size agrees
+
+
+def test_batched_nudity_decides_as_nudenets_own_detect():
+    """Any class counts here, so faces and covered parts give real detections to compare; the
+    photographs with people come from scikit-image, as in sample_data/make_moving.py. The batch is
+    padded to a multiple of 32 rather than to a square, which moves scores by a few hundredths
+    (benchmarks/flags_bench.py: at most 0.04)."""
+    from nudenet import NudeDetector
+    from nudenet import nudenet as module
+    from skimage import data as photos
+
+    from stages.content_flags import nudity
+
+    every = frozenset(vars(module)["__labels"])
+    frames = np.stack([np.asarray(Image.fromarray(getattr(photos, name)()).convert("RGB").resize((640, 360))) for name in ("astronaut", "coffee", "chelsea")])
+    own = NudeDetector()
+    expected = [round(max((d["score"] for d in own.detect(np.ascontiguousarray(f[..., ::-1]))), default=0.0), 4) for f in frames]
+    assert expected[0] > 0.25  # the astronaut's face: at least one frame has a detection
+    batched = nudity(frames, every)
+    assert [s > 0 for s in batched] == [s > 0 for s in expected]
+    assert np.abs(np.subtract(batched, expected)).max() <= 0.05, (batched, expected)
+    assert nudity(frames) == [0.0, 0.0, 0.0]

@@ -1,0 +1,394 @@
+"""The whole job against a peer and the floor: vidcurate probe -> split -> shard beside video2dataset,
+one corpus, one run, the same cores; then the full sample config stage by stage.
+
+    python benchmarks/pipeline_bench.py [--synthetic 6 --seconds 30] [--height 240] [--preset medium]
+                                        [--skip-peer] [--sample | --sample-only] [--baseline c5403b1]
+
+Corpus: the shared videos plus `--synthetic` moving shots over photographs (sample_data/make_moving.py,
+16:9 at `--synthetic-height`, about `--seconds` each), built once into .bench/corpus-<n>x<s>-<h>p/. Both tools cut shots,
+cut each into a clip of its own (1 to 30 s; longer shots in 30 s pieces), scale it to `--height`
+and write WebDataset shards, each encoding with libx264 at crf 23 and `--preset` (video2dataset
+passes no preset, so ffmpeg's default, medium, is the matched one). video2dataset 1.3.0 runs in
+its own venv (.bench/v2d-venv, made here) with imageio-ffmpeg's ffmpeg as `ffmpeg`
+(benchmarks/v2d_job.py says how it is started).
+
+For each it prints wall time, video-seconds per wall-second, CPU-seconds per video-minute
+(the larger of a 0.1 s sampler over the process tree and the rusage of its waited
+descendants: both can only miss time), clips and bytes written, and how far each clip's real
+duration is from the span its sample claims. Two floors run in the same way on 2 processes:
+decoding every frame, and decoding every frame then encoding it at the target height.
+`--sample` then runs the sample config (every stage, tiny models) on the corpus and prints each
+stage's seconds; `--baseline COMMIT` runs that commit's own sample config beside it (a git
+worktree on PYTHONPATH) and compares kept clips and quality scores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import av
+import psutil
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "sample_data"))
+sys.path.insert(0, str(REPO))
+
+import make_moving  # noqa: E402
+from make_synthetic import FPS as TRUTH_FPS  # noqa: E402
+from make_synthetic import write_video  # noqa: E402
+
+from pipelines.runner import read_marker, read_stage_table  # noqa: E402
+
+SHARED = REPO.parent / "shared" / "data" / "videos"
+BENCH = REPO / ".bench"
+V2D = "video2dataset==1.3.0"
+# video2dataset's runtime needs for its download worker; its torch 2.1.2 / transformers pins
+# serve workers this job never starts (v2d_job.py stands in for those imports).
+V2D_DEPS = [
+    "numpy<2", "pyarrow<20", "pandas", "fsspec", "webdataset", "fire", "requests", "tqdm", "ffmpeg-python",
+    "timeout-decorator", "scenedetect[opencv]==0.6.2", "omegaconf", "webvtt-py", "yt-dlp", "imageio-ffmpeg",
+]
+
+
+OURS = """
+import sys
+from pipelines.config import load_config
+from pipelines.runner import Runner
+runner = Runner(load_config(sys.argv[1]))
+for stage in ("probe", "split", "shard"):
+    runner.run_stage(stage)
+"""
+
+FLOOR = """
+import sys
+from fractions import Fraction
+from multiprocessing import Pool
+import av
+
+def work(job):
+    path, height, preset, out = job
+    with av.open(path) as src:
+        stream = src.streams.video[0]
+        stream.thread_type = "AUTO"
+        sink = None
+        for index, frame in enumerate(src.decode(stream)):
+            if height is None:
+                continue
+            if sink is None:
+                width = round(frame.width * height / frame.height / 2) * 2
+                dst = av.open(out, "w")
+                sink = dst.add_stream("libx264", rate=Fraction(25))
+                sink.width, sink.height, sink.pix_fmt = width, height, "yuv420p"
+                sink.options = {"crf": "23", "preset": preset}
+            image = frame.reformat(width=sink.width, height=sink.height, format="yuv420p")
+            image.pts, image.time_base = index, Fraction(1, 25)
+            dst.mux(sink.encode(image))
+        if sink is not None:
+            dst.mux(sink.encode(None))
+            dst.close()
+
+if __name__ == "__main__":
+    paths, height, preset, out = sys.argv[1].split(","), sys.argv[2], sys.argv[3], sys.argv[4]
+    height = None if height == "none" else int(height)
+    jobs = [(p, height, preset, f"{out}/{i}.mp4") for i, p in enumerate(paths)]
+    with Pool(2) as pool:
+        pool.map(work, jobs, chunksize=1)
+"""
+
+
+def build_corpus(count: int, seconds: float, height: int) -> Path:
+    """A list file of the shared videos and of moving synthetic videos (made once)."""
+    corpus = BENCH / f"corpus-{count}x{seconds:g}-{height}p"
+    videos = corpus / "videos"
+    listing = corpus / "videos.txt"
+    if not listing.is_file():
+        videos.mkdir(parents=True, exist_ok=True)
+        shots = max(1, round(seconds / 3))  # make_moving's shots last 2-4 s
+        for i in range(count):
+            frames, truth = make_moving.render(700 + i, height, height * 16 // 9 // 2 * 2, shots=shots)
+            write_video(videos, f"moving_{700 + i:03d}", frames, truth)
+        paths = sorted(SHARED.iterdir()) + sorted(videos.glob("*.mp4"))
+        listing.write_text("".join(f"{p}\n" for p in paths))
+    return listing
+
+
+def video_seconds(paths: list[Path]) -> float:
+    total = 0.0
+    for path in paths:
+        with av.open(str(path)) as c:
+            s = c.streams.video[0]
+            if s.duration and s.time_base:
+                total += float(s.duration * s.time_base)
+            elif c.duration:
+                total += c.duration / 1e6
+            else:  # no declared duration: count the frames
+                total += sum(1 for p in c.demux(s) if p.pts is not None) / float(s.average_rate or 25)
+    return total
+
+
+def run_measured(cmd: list[str], env: dict | None = None, cwd: Path | None = None) -> dict:
+    """Run a command: wall seconds and CPU-seconds of everything it started (the larger of a
+    sampler over its process tree and the rusage of its waited descendants)."""
+    before = psutil.Process().cpu_times()
+    started = time.monotonic()
+    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    root, seen, output = psutil.Process(proc.pid), {}, bytearray()
+    os.set_blocking(proc.stdout.fileno(), False)
+    while proc.poll() is None:
+        try:
+            for p in [root, *root.children(recursive=True)]:
+                t = p.cpu_times()
+                seen[p.pid] = max(seen.get(p.pid, 0.0), t.user + t.system)
+        except psutil.Error:
+            pass
+        output += proc.stdout.read() or b""
+        time.sleep(0.1)
+    output += proc.stdout.read() or b""
+    wall = time.monotonic() - started
+    after = psutil.Process().cpu_times()
+    waited = after.children_user + after.children_system - before.children_user - before.children_system
+    tail = output.decode(errors="replace")[-3000:]
+    if proc.returncode != 0:
+        raise RuntimeError(f"{cmd[:3]} failed ({proc.returncode}):\n{tail}")
+    return {"wall": wall, "cpu": max(sum(seen.values()), waited), "tail": tail}
+
+
+def clip_checks(tars: list[Path], span_of, truth: dict[str, list]) -> tuple[int, int, list[float], int]:
+    """(clips, bytes of the tars, |mp4 duration - claimed span| per clip, clips of a synthetic
+    video that hold a whole true transition, 2 frames in from either end: two shots in one clip)."""
+    clips, gaps, spanning = 0, [], 0
+    for path in tars:
+        with tarfile.open(path) as tar:
+            members = {m.name: m for m in tar.getmembers()}
+            for name in members:
+                if not name.endswith(".mp4"):
+                    continue
+                span = span_of(json.loads(tar.extractfile(members[name[:-4] + ".json"]).read()))
+                if span is None:
+                    continue
+                uri, start, end = span
+                clips += 1
+                with av.open(io.BytesIO(tar.extractfile(members[name]).read())) as c:
+                    s = c.streams.video[0]
+                    times = [f.time for f in c.decode(s)]
+                    step = 1 / float(s.average_rate or 25)
+                    duration = (times[-1] - times[0] + step) if times else 0.0
+                gaps.append(abs(duration - (end - start)))
+                first, last = round(start * TRUTH_FPS), round(end * TRUTH_FPS) - 1
+                inside = [t for t in truth.get(Path(uri).stem, []) if first + 2 <= t[0] and t[1] <= last - 2]
+                spanning += bool(inside)
+    return clips, sum(p.stat().st_size for p in tars), gaps, spanning
+
+
+def ours_span(meta: dict) -> tuple[str, float, float] | None:
+    if meta.get("kind") != "clip":
+        return None
+    p = meta["provenance"]
+    return p["source_uri"], p["source_start_s"], p["source_end_s"]
+
+
+def v2d_span(meta: dict) -> tuple[str, float, float] | None:
+    if meta.get("status") != "success" or not meta.get("clips"):
+        return None
+    return meta["url"], *meta["clips"][0]
+
+
+def load_truth(listing: Path) -> dict[str, list]:
+    """True transitions (frame spans) of the corpus's synthetic videos, by file stem."""
+    return {p.stem: [t["frames"] for t in json.loads(p.read_text())["transitions"]] for p in (listing.parent / "truth").glob("*.json")}
+
+
+def v2d_python() -> Path:
+    venv = BENCH / "v2d-venv"
+    python = venv / "bin" / "python"
+    if not (venv / "ready").is_file():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", *V2D_DEPS], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", V2D], check=True)
+        (venv / "ready").write_text(V2D)
+    return python
+
+
+def v2d_env(python: Path) -> dict:
+    """PATH with imageio-ffmpeg's binary as `ffmpeg`, which video2dataset calls."""
+    find = [str(python), "-c", "import imageio_ffmpeg; print(imageio_ffmpeg.get_ffmpeg_exe())"]
+    ffmpeg = subprocess.run(find, capture_output=True, text=True, check=True).stdout.strip()
+    bin_dir = BENCH / "v2d-bin"
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    link = bin_dir / "ffmpeg"
+    link.unlink(missing_ok=True)
+    link.symlink_to(ffmpeg)
+    return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+
+
+def row(name: str, result: dict, video_s: float, clips="", size="", gaps: list[float] | None = None, spanning="") -> dict:
+    out = {
+        "what": name,
+        "wall_s": round(result["wall"], 1),
+        "video_s_per_s": round(video_s / result["wall"], 2),
+        "cpu_s_per_video_min": round(result["cpu"] / (video_s / 60), 2),
+        "clips": clips,
+        "mb": round(size / 1e6, 1) if size != "" else "",
+    }
+    if gaps:
+        out["mean_gap_s"] = round(sum(gaps) / len(gaps), 3)
+        out["max_gap_s"] = round(max(gaps), 3)
+        out["clips_off_gt_0.1s"] = sum(g > 0.1 for g in gaps)
+        out["clips_over_a_cut"] = spanning
+    return out
+
+
+def print_rows(rows: list[dict]) -> None:
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    print("| " + " | ".join(keys) + " |")
+    print("|" + "---|" * len(keys))
+    for r in rows:
+        print("| " + " | ".join(str(r.get(k, "")) for k in keys) + " |")
+
+
+def job_config(path: Path, inputs: Path, run_dir: Path, height: int, preset: str) -> Path:
+    cfg = {
+        "inputs": str(inputs),
+        "run_dir": str(run_dir),
+        "profile": "tiny",
+        "stages": [],
+        "split": {"min_clip_s": 1.0, "max_clip_s": 30.0, "clip_max_height": height, "clip_crf": 23, "clip_preset": preset},
+        "shard": {"prefix": "bench", "shuffle_seed": None},
+    }
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def compare_with_peer(args, listing: Path, paths: list[Path], total: float, work: Path, env: dict) -> None:
+    """probe -> split -> shard, video2dataset and the two floors, each measured alone."""
+    truth = load_truth(listing)
+    rows = []
+    ours_dir = work / "ours"
+    config = job_config(work / "ours.yaml", listing, ours_dir, args.height, args.preset)
+    result = run_measured([sys.executable, "-c", OURS, str(config)], env=env, cwd=REPO)
+    checks = clip_checks(sorted((ours_dir / "shard" / "dataset").glob("*.tar")), ours_span, truth)
+    rows.append(row(f"vidcurate probe->split->shard (preset {args.preset})", result, total, *checks))
+    print(json.dumps(rows[-1]), flush=True)
+    if not args.skip_peer:
+        python = v2d_python()
+        listing_parquet = work / "v2d.parquet"
+        urls = [str(p) for p in paths]
+        write = f"import pyarrow as pa, pyarrow.parquet as pq; pq.write_table(pa.table({{'url': {urls!r}}}), {str(listing_parquet)!r})"
+        subprocess.run([str(python), "-c", write], check=True)
+        out = work / "v2d"
+        cmd = [str(python), str(REPO / "benchmarks" / "v2d_job.py"), str(listing_parquet), str(out), "--height", str(args.height), "--tmp", str(work)]
+        result = run_measured(cmd, env=v2d_env(python))
+        peer = row("video2dataset 1.3.0 (ContentDetector, exact clipping, scale)", result, total, *clip_checks(sorted(out.glob("*.tar")), v2d_span, truth))
+        stats = [json.loads(p.read_text()) for p in sorted(out.glob("*_stats.json"))]
+        peer["videos_failed"] = sum(s.get("failed_to_download", 0) + s.get("failed_to_subsample", 0) for s in stats)
+        rows.append(peer)
+        print(json.dumps(peer), flush=True)
+    names = ",".join(str(p) for p in paths)
+    (work / "floor").mkdir()
+    rows.append(row("floor: decode every frame", run_measured([sys.executable, "-c", FLOOR, names, "none", args.preset, str(work / "floor")]), total))
+    floor = [sys.executable, "-c", FLOOR, names, str(args.height), args.preset, str(work / "floor")]
+    rows.append(row(f"floor: decode + encode at {args.height}p ({args.preset})", run_measured(floor), total))
+    print()
+    print_rows(rows)
+    for r in rows[1:]:
+        print(f"vidcurate / {r['what']}: {rows[0]['video_s_per_s'] / r['video_s_per_s']:.2f}x the video-seconds per second")
+
+
+def sample_run(repo: Path, listing: Path, work: Path, env: dict) -> tuple[dict, Path]:
+    """The repo's own sample config on the corpus (dedup history in `work`), through `vidcurate run`."""
+    work.mkdir(parents=True)
+    cfg = yaml.safe_load((repo / "pipelines" / "configs" / "sample.yaml").read_text())
+    cfg.update(inputs=str(listing), run_dir=str(work / "run"))
+    cfg.setdefault("dedup", {})["history"] = str(work / "shipped")
+    config = work / "sample.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    cmd = [sys.executable, "-c", "import sys; from pipelines.cli import main; sys.exit(main())", "run", "--config", str(config)]
+    return run_measured(cmd, env=env, cwd=repo), work / "run"
+
+
+def stage_seconds(run_dir: Path) -> dict:
+    stages = ("probe", "split", "caption", "ground", "embed", "quality", "dedup", "shard")
+    return {stage: marker["seconds"] for stage in stages if (marker := read_marker(run_dir / stage))}
+
+
+def kept_and_scores(run_dir: Path) -> tuple[dict[str, set], dict[str, dict]]:
+    """Kept clip ids of split and of shard, and each scored clip's quality scores."""
+    kept = {}
+    for stage in ("split", "shard"):
+        kept[stage] = {r["clip_id"] for r in read_stage_table(run_dir / stage, stage).to_pylist() if r["status"] == "kept"}
+    quality = read_stage_table(run_dir / "quality", "quality").to_pylist()
+    return kept, {r["clip_id"]: json.loads(r["scores"]) for r in quality if r["scores"]}
+
+
+def compare(head: Path, base: Path) -> None:
+    """Same kept clips? and how far apart the quality scores of the clips both scored are."""
+    (kept_h, scores_h), (kept_b, scores_b) = kept_and_scores(head), kept_and_scores(base)
+    for stage in ("split", "shard"):
+        a, b = kept_h[stage], kept_b[stage]
+        print(f"{stage} kept: HEAD {len(a)}, baseline {len(b)}, both {len(a & b)}, only HEAD {sorted(a - b)}, only baseline {sorted(b - a)}")
+    common = sorted(scores_h.keys() & scores_b.keys())
+    names = sorted({k for c in common for k in scores_h[c]} & {k for c in common for k in scores_b[c]})
+    print(f"quality scores of {len(common)} clips both scored: max |HEAD - baseline| per score")
+    for name in names:
+        gaps = [abs(scores_h[c][name] - scores_b[c][name]) for c in common if scores_h[c].get(name) is not None and scores_b[c].get(name) is not None]
+        print(f"  {name}: {max(gaps, default=0):.4g}")
+
+
+def compare_sample_runs(args, listing: Path, work: Path, env: dict) -> None:
+    """The sample config on the corpus, stage by stage; with --baseline, that commit's beside it."""
+    runs = {"HEAD": sample_run(REPO, listing, work / "sample-head", env)}
+    if args.baseline:
+        tree = BENCH / f"baseline-{args.baseline}"
+        if not tree.is_dir():
+            subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(tree), args.baseline], check=True)
+        runs[args.baseline] = sample_run(tree, listing, work / "sample-base", {**env, "PYTHONPATH": str(tree)})
+    print()
+    stages = {name: stage_seconds(run_dir) for name, (_, run_dir) in runs.items()}
+    print("| stage | " + " | ".join(runs) + " |")
+    print("|---|" + "---|" * len(runs))
+    for stage in stages["HEAD"]:
+        print(f"| {stage} | " + " | ".join(str(stages[n].get(stage, "")) for n in runs) + " |")
+    print("| whole command | " + " | ".join(f"{result['wall']:.1f}" for result, _ in runs.values()) + " |")
+    if args.baseline:
+        head, base = runs["HEAD"][0]["wall"], runs[args.baseline][0]["wall"]
+        print(f"sample config: HEAD {head:.1f} s, {args.baseline} {base:.1f} s: {base / head:.2f}x")
+        compare(runs["HEAD"][1], runs[args.baseline][1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--synthetic", type=int, default=6)
+    parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--synthetic-height", type=int, default=720, help="height of the synthetic videos (16:9)")
+    parser.add_argument("--height", type=int, default=240, help="height the clips are scaled to")
+    parser.add_argument("--preset", default="medium")
+    parser.add_argument("--skip-peer", action="store_true")
+    parser.add_argument("--sample", action="store_true", help="also run the full sample config, stage by stage")
+    parser.add_argument("--sample-only", action="store_true", help="only the sample config (with --baseline: both)")
+    parser.add_argument("--baseline", help="a commit whose sample config runs beside ours (implies --sample)")
+    args = parser.parse_args()
+    listing = build_corpus(args.synthetic, args.seconds, args.synthetic_height)
+    paths = [Path(p) for p in listing.read_text().split()]
+    total = video_seconds(paths)
+    print(f"corpus: {len(paths)} videos, {total:.1f} s of video ({listing})", flush=True)
+    work = BENCH / "work"
+    subprocess.run(["rm", "-rf", str(work)], check=True)
+    work.mkdir(parents=True)
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(REPO)}
+    if not args.sample_only:
+        compare_with_peer(args, listing, paths, total, work, env)
+    if args.sample or args.sample_only or args.baseline:
+        compare_sample_runs(args, listing, work, env)
+
+
+if __name__ == "__main__":
+    main()
