@@ -29,7 +29,7 @@ SHARED = REPO.parent / "shared" / "data" / "videos"
 def save(out: str, synthetic: int) -> None:
     from make_synthetic import make
 
-    from pipelines.config import SplitConfig
+    from stages.split import SplitConfig
     from stages.media import read_small_frames
 
     width = SplitConfig().analysis_width
@@ -45,7 +45,7 @@ def save(out: str, synthetic: int) -> None:
 def run(frames_file: str, devices: list[str], repeat: int) -> None:
     import torch
 
-    from pipelines.config import SplitConfig
+    from stages.split import SplitConfig
     from stages.transnet import transnet_cuts
 
     threshold = SplitConfig().transnet_threshold

@@ -23,7 +23,6 @@ import yaml
 from pipelines.config import PipelineConfig
 from pipelines.ledger import reason_code
 from schemas.sample import SCHEMA_VERSION
-from stages import caption, embed
 
 SIZE_CATEGORIES = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M")]
 TASK_CATEGORIES = ["video-text-to-text"]
@@ -76,11 +75,11 @@ def _models(clips: list[dict], tables: dict[str, pa.Table], cfg: PipelineConfig)
     models = {}
     caption_ids = sorted({m["caption"]["model"] for m in clips if "caption" in m})
     if "caption" in tables:
-        tiny = caption.named_model(cfg.caption, cfg.profile) is None
+        tiny = cfg.caption.model is None
         models["caption"] = {"id": caption_ids, "backend": cfg.caption.backend, "profile": cfg.profile, "random_weights": tiny}
     if "embed" in tables:
         ids = sorted(set(tables["embed"].column("embed_model").drop_null().to_pylist()))
-        tiny = embed.named_model(cfg.embed, cfg.profile) is None
+        tiny = cfg.embed.model is None
         models["embed"] = {"id": ids, "backend": "open_clip", "profile": cfg.profile, "random_weights": tiny}
     if "quality" in tables and "embed" in tables:
         tiny = cfg.quality.aesthetic_head is None

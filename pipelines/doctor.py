@@ -93,10 +93,9 @@ def _not_here(check: str, what: str, repo: str, instead: str) -> Finding:
 
 
 def _caption_model(cfg: PipelineConfig) -> Finding:
-    from stages.caption import named_model
     from stages.models import cache_dir
 
-    model = named_model(cfg.caption, cfg.profile)
+    model = cfg.caption.model
     if model is None:
         return Finding("caption model", True, f"tiny random model, built into {cache_dir()} (not for training)")
     if (Path(model) / "config.json").is_file() or _hub_cached(model):
@@ -107,9 +106,7 @@ def _caption_model(cfg: PipelineConfig) -> Finding:
 def _embed_model(cfg: PipelineConfig) -> Finding:
     import open_clip
 
-    from stages.embed import named_model
-
-    model, pretrained = named_model(cfg.embed, cfg.profile), cfg.embed.pretrained
+    model, pretrained = cfg.embed.model, cfg.embed.pretrained
     if model is None:
         return Finding("embed model", True, "tiny random CLIP, built locally (not for training)")
     if model not in open_clip.list_models():
@@ -147,7 +144,7 @@ def _caption_server(cfg: PipelineConfig) -> Finding:
     from stages.captioners import BackendError
 
     endpoint = cfg.caption.openai
-    captioner = make_captioner(cfg.caption.model_copy(update={"openai": endpoint.model_copy(update={"max_retries": 0})}), cfg.profile)
+    captioner = make_captioner(cfg.caption.model_copy(update={"openai": endpoint.model_copy(update={"max_retries": 0})}))
     grey = np.full((cfg.caption.frame_height, cfg.caption.frame_height, 3), 128, dtype=np.uint8)
     prompt = build_prompt("doctor", [grey], [0.0], 1.0, cfg.caption.model_copy(update={"temperature": 0.0}), 0)
     started = time.monotonic()

@@ -341,7 +341,7 @@ class Runner:
         rows = [{k: r[k] for k in fields} for r in self.clip_view(input_dir)]
         cfg = self.cfg.caption
         decode = (caption.decode_batch, {"cfg": cfg})
-        self._map_clips("caption", rows, tmp, caption.CaptionWorker, cfg.resources, decode, cfg=cfg, profile=self.cfg.profile)
+        self._map_clips("caption", rows, tmp, caption.CaptionWorker, cfg.resources, decode, cfg=cfg)
 
     def _run_ground(self, input_dir: Path, _output_dir, tmp: Path) -> dict:
         from stages.ground import GroundWorker, distractor_pool
@@ -350,7 +350,7 @@ class Runner:
         pool = distractor_pool(clips)
         fields = ("clip_id", "video_id", "start_s", "end_s", "caption", "events")
         rows = [{**{k: c[k] for k in fields}, "distractors": pool[c["clip_id"]]} for c in clips]
-        kwargs = {"cfg": self.cfg.ground, "caption_cfg": self.cfg.caption, "profile": self.cfg.profile}
+        kwargs = {"cfg": self.cfg.ground, "caption_cfg": self.cfg.caption}
         self._map_clips("ground", rows, tmp, GroundWorker, self.cfg.ground.resources, None, **kwargs)
 
     def _run_embed(self, input_dir: Path, _output_dir, tmp: Path) -> None:
@@ -359,8 +359,8 @@ class Runner:
         fields = ("clip_id", "video_id", "clip_uri")
         rows = [{**{k: c[k] for k in fields}, "caption": c.get("caption")} for c in self.clip_view(input_dir)]
         cfg = self.cfg.embed
-        decode = (embed.decode_batch, {"keyframes": cfg.keyframes, "side": embed.input_side(cfg, self.cfg.profile)})
-        self._map_clips("embed", rows, tmp, embed.EmbedWorker, cfg.resources, decode, cfg=cfg, profile=self.cfg.profile)
+        decode = (embed.decode_batch, {"keyframes": cfg.keyframes, "side": embed.input_side(cfg)})
+        self._map_clips("embed", rows, tmp, embed.EmbedWorker, cfg.resources, decode, cfg=cfg)
 
     def _run_quality(self, input_dir: Path, _output_dir, tmp: Path) -> None:
         from stages import content_flags, quality

@@ -10,20 +10,79 @@ from __future__ import annotations
 
 import json
 import logging
+from typing import Literal
 
 import fsspec
 import numpy as np
 import pyarrow as pa
 from PIL import Image
+from pydantic import Field, model_validator
 
-from pipelines.config import CaptionConfig
 from schemas.readers import clip_frames
 from schemas.tables import CAPTIONS, FAILED, KEPT, stable_int, to_table
 from stages.failures import failed, is_transient
 from stages.answer import InvalidAnswer, answer_regex, answer_schema, clean_events, clean_text, parse_answer, time_choices
 from stages.captioners import BackendError, Prompt
 from stages.media import pack_frames, unpack_frames
-from stages.models import DEFAULT_CAPTION_MODEL, tiny_qwen2vl
+from stages.models import tiny_qwen2vl
+from stages.settings import StageResources, StrictModel
+
+
+class OpenAIEndpoint(StrictModel):
+    base_url: str = Field("http://localhost:8000/v1", description="an OpenAI-compatible server, e.g. `vllm serve`")
+    api_key_env: str = Field("OPENAI_API_KEY", description="environment variable holding the key (never logged)")
+    concurrency: int = Field(8, ge=1, description="requests in flight per worker")
+    max_retries: int = Field(5, ge=0)
+    backoff_s: float = Field(1.0, ge=0, description="first retry delay; doubles each retry")
+    timeout_s: float = Field(300.0, gt=0)
+    structured: Literal["vllm", "json_schema", "off"] = Field(
+        "vllm", description="how the answer grammar is sent: vLLM's structured_outputs regex, the standard "
+        "response_format JSON schema (hosted APIs, llama.cpp, SGLang), or not at all; caption.structured: off wins"
+    )
+
+
+class CaptionConfig(StrictModel):
+    backend: Literal["transformers", "vllm", "openai"] = "transformers"
+    model: str | None = Field(
+        None, description="hub id or local path; unset: the profile's (default: Qwen2.5-VL-7B-Instruct; tiny: a random "
+        "toy Qwen2-VL built locally)"
+    )
+    frames: int = Field(8, ge=1, description="frames per clip (when fps is not set)")
+    fps: float | None = Field(None, gt=0, description="sample at this rate instead, capped by max_frames")
+    max_frames: int = Field(32, ge=1)
+    frame_height: int = Field(336, ge=16, description="frames are scaled to this height before the model")
+    frames_as: Literal["images", "video"] = Field(
+        "images", description="images: each frame after its time as text; video: one video input with the frames' "
+        "times in its metadata (the model's native video path: Qwen2.5-VL's absolute time, Qwen3-VL's timestamps); "
+        "transformers backend"
+    )
+    max_events: int = Field(8, ge=0)
+    min_event_s: float = Field(0.2, ge=0)
+    event_overlap: Literal["merge", "trim"] = "merge"
+    max_tokens: int = Field(512, ge=16)
+    temperature: float = Field(0.0, ge=0, description="first attempt; retries sample at retry_temperature")
+    retry_temperature: float = Field(0.7, ge=0)
+    max_attempts: int = Field(3, ge=1)
+    structured: Literal["auto", "on", "off"] = Field(
+        "auto", description="enforce the answer grammar: vLLM/openai always (auto), transformers for small vocabularies"
+    )
+    device: str = Field("auto", description="transformers backend: auto, cpu, cuda, cuda:1, ...")
+    batch_size: int = Field(
+        8, ge=1, description="transformers backend: greedy prompts per generate call (at most the clips of one "
+        "resources.batch_size batch)"
+    )
+    vllm: dict = Field(default_factory=dict, description="extra vllm.LLM arguments (tensor_parallel_size, ...)")
+    openai: OpenAIEndpoint = OpenAIEndpoint()
+    resources: StageResources = StageResources(batch_size=4)
+
+    @model_validator(mode="after")
+    def _frames(self) -> CaptionConfig:
+        if self.frames > self.max_frames:
+            raise ValueError(f"frames ({self.frames}) must not exceed max_frames ({self.max_frames})")
+        if self.frames_as == "video" and self.backend != "transformers":
+            raise ValueError(f"frames_as: video needs backend: transformers (the {self.backend} backend sends frames as images)")
+        return self
+
 
 log = logging.getLogger("vidcurate")
 STAGE = "caption"
@@ -147,14 +206,9 @@ def _row(item: dict, status: str, reason: str | None, attempts: int, **fields) -
     return {**{k: item.get(k) for k in keep}, "status": status, "reason": reason, "attempts": attempts, **fields}
 
 
-def named_model(cfg: CaptionConfig, profile: str) -> str | None:
-    """The model `model` or the profile names; None: profile tiny's random model."""
-    return cfg.model or (None if profile == "tiny" else DEFAULT_CAPTION_MODEL)
-
-
-def make_captioner(cfg: CaptionConfig, profile: str):
-    """The configured backend with the profile's model unless `model` names one."""
-    model = named_model(cfg, profile) or str(tiny_qwen2vl())
+def make_captioner(cfg: CaptionConfig):
+    """The configured backend with `model`; none named: profile tiny's random model, built locally."""
+    model = cfg.model or str(tiny_qwen2vl())
     if cfg.backend == "transformers":
         from stages.captioners import TransformersCaptioner
 
@@ -177,9 +231,9 @@ def make_captioner(cfg: CaptionConfig, profile: str):
 class CaptionWorker:
     """Ray Data actor: loads the model once, then captions batches of decoded clips."""
 
-    def __init__(self, cfg: CaptionConfig, profile: str):
+    def __init__(self, cfg: CaptionConfig):
         self.cfg = cfg
-        self.captioner = make_captioner(cfg, profile)
+        self.captioner = make_captioner(cfg)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         return to_table(caption_decoded(batch.to_pylist(), self.captioner, self.cfg), CAPTIONS)

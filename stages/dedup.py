@@ -22,8 +22,21 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from pydantic import Field
 
 from schemas.tables import DEDUPED, KEPT, REJECTED
+from stages.settings import StageResources, StrictModel
+
+
+class DedupConfig(StrictModel):
+    near_cosine: float = Field(0.97, gt=0, le=1, description="embedding cosine at or above which clips are near-duplicates")
+    max_hamming: int | None = Field(6, ge=0, le=32, description="pHash bits that may differ for a near-duplicate; null: off")
+    semantic_eps: float | None = Field(0.05, gt=0, lt=1, description="SemDeDup: same cluster and cosine >= 1 - eps; null: off")
+    n_clusters: int | None = Field(None, ge=1, description="SemDeDup k-means clusters; None: sqrt(clips)")
+    flat_max: int = Field(200_000, ge=2, description="exact search up to this many clips; beyond, clustered search on Ray")
+    history: str | None = Field(None, description="folder of shipped clips shared by scheduled runs; null: this run only")
+    resources: StageResources = StageResources()
+
 
 STAGE = "dedup"
 KINDS = ("exact", "near", "semantic", "shipped")  # strongest first

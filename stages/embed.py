@@ -16,12 +16,30 @@ import warnings
 import fsspec
 import numpy as np
 import pyarrow as pa
+from pydantic import Field
 
 from schemas.readers import clip_frames
 from schemas.tables import EMBEDDED, KEPT, to_table
 from stages.failures import failed, is_transient
 from stages.media import pack_frames, unpack_frames
 from stages.models import TINY_CLIP_MODEL, cache_dir, tiny_clip_config
+from stages.settings import StageResources, StrictModel
+
+
+class EmbedConfig(StrictModel):
+    model: str | None = Field(
+        None, description="open_clip model (ViT-B-32, ViT-L-14, ViT-B-16-SigLIP, ...); unset: the profile's (default: "
+        "ViT-B-32; tiny: a random toy ViT built locally)"
+    )
+    pretrained: str | None = Field("laion2b_s34b_b79k", description="open_clip pretrained tag or a checkpoint path")
+    tokenizer: str | None = Field(
+        None, description="hub id or local folder of the model's Hugging Face tokenizer (SigLIP's lives on the hub); "
+        "None: the model's own"
+    )
+    keyframes: int = Field(4, ge=1, le=64, description="evenly spaced frames per clip")
+    device: str = "auto"
+    resources: StageResources = StageResources(batch_size=16)
+
 
 log = logging.getLogger("vidcurate")
 STAGE = "embed"
@@ -183,12 +201,11 @@ def _unit(v: np.ndarray) -> np.ndarray:
     return v / max(float(np.linalg.norm(v)), 1e-12)
 
 
-def input_side(cfg, profile: str) -> int:
+def input_side(cfg: EmbedConfig) -> int:
     """The side of the square the model's image encoder takes, from its config (no weights)."""
     import open_clip
 
-    model = named_model(cfg, profile)
-    vision = (tiny_clip_config() if model is None else open_clip.get_model_config(model))["vision_cfg"]
+    vision = (tiny_clip_config() if cfg.model is None else open_clip.get_model_config(cfg.model))["vision_cfg"]
     size = vision["image_size"]
     return size if isinstance(size, int) else min(size)
 
@@ -262,27 +279,19 @@ def _embed_decoded(decoded: list[dict], encoder: ClipEncoder) -> list[dict]:
     return [rows[c["clip_id"]] for c in decoded]
 
 
-DEFAULT_CLIP_MODEL = "ViT-B-32"  # the default profile's, with embed.pretrained's weights
-
-
-def named_model(cfg, profile: str) -> str | None:
-    """The open_clip model `model` or the profile names; None: profile tiny's random model."""
-    return cfg.model or (None if profile == "tiny" else DEFAULT_CLIP_MODEL)
-
-
-def make_encoder(cfg, profile: str) -> ClipEncoder:
-    model = named_model(cfg, profile)
-    if model is None:
+def make_encoder(cfg: EmbedConfig) -> ClipEncoder:
+    """The open_clip `model`; none named: profile tiny's random toy ViT, built locally."""
+    if cfg.model is None:
         return ClipEncoder(TINY_CLIP_MODEL, tiny_clip_checkpoint(), cfg.device)
-    return ClipEncoder(model, cfg.pretrained, cfg.device, tokenizer=cfg.tokenizer)
+    return ClipEncoder(cfg.model, cfg.pretrained, cfg.device, tokenizer=cfg.tokenizer)
 
 
 class EmbedWorker:
     """Ray Data actor: one encoder per actor, batches of decoded clips in."""
 
-    def __init__(self, cfg, profile: str):
+    def __init__(self, cfg: EmbedConfig):
         self.cfg = cfg
-        self.encoder = make_encoder(cfg, profile)
+        self.encoder = make_encoder(cfg)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         return to_table(embed_decoded(batch.to_pylist(), self.encoder), EMBEDDED)

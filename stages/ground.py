@@ -15,7 +15,19 @@ import json
 import math
 import re
 
+from pydantic import Field
+
 from schemas.tables import KEPT, REJECTED, stable_int
+from stages.settings import StageResources, StrictModel
+
+
+class GroundConfig(StrictModel):
+    max_window_s: float = Field(60.0, gt=0, description="video-level samples span contiguous clips up to this long")
+    rewrite: bool = Field(False, description="rephrase template questions with the captioner's model")
+    min_rewrite_score: float = Field(0.6, ge=0, le=1, description="verification a rewrite needs to replace the template")
+    rewrite_max_tokens: int = Field(96, ge=8)
+    resources: StageResources = StageResources(batch_size=16)
+
 
 STAGE = "ground"
 TASKS = (
@@ -225,13 +237,13 @@ class GroundWorker:
     """Ray Data callable: templates for every clip; with `rewrite`, also the captioner's model
     (loaded once per actor) to rephrase questions."""
 
-    def __init__(self, cfg, caption_cfg, profile: str):
+    def __init__(self, cfg: GroundConfig, caption_cfg):
         self.cfg = cfg
         self.rephrase = None
         if cfg.rewrite:
             from stages.caption import make_captioner
 
-            captioner = make_captioner(caption_cfg, profile)
+            captioner = make_captioner(caption_cfg)
             self.rephrase = lambda questions: captioner.generate([self._prompt(q) for q in questions])
 
     def _prompt(self, question: str):

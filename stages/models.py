@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 DEFAULT_CAPTION_MODEL = "Qwen/Qwen2.5-VL-7B-Instruct"
+DEFAULT_CLIP_MODEL = "ViT-B-32"  # open_clip, with embed.pretrained's weights
 TINY_CAPTION_MODEL = "tiny-qwen2-vl"
 TINY_CLIP_MODEL = "tiny-clip"
 

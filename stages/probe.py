@@ -13,11 +13,22 @@ import os
 import av
 import fsspec
 import pyarrow as pa
+from pydantic import Field
 
-from pipelines.config import ProbeConfig
 from schemas.tables import KEPT, REJECTED, VIDEOS, to_table
 from stages.failures import failed
 from stages.media import is_remote, local_copy, rotation_of
+from stages.settings import StageResources, StrictModel
+
+
+class ProbeConfig(StrictModel):
+    min_duration_s: float = Field(0.5, ge=0)
+    max_duration_s: float = Field(4 * 3600, gt=0)
+    max_width: int = Field(7680, gt=0, description="decoder-bomb guard: larger declared sizes are rejected")
+    max_height: int = Field(4320, gt=0)
+    max_file_bytes: int = Field(50 * 2**30, gt=0)
+    resources: StageResources = StageResources()
+
 
 STAGE = "probe"
 _HASH_CHUNK = 8 << 20

@@ -15,12 +15,59 @@ from collections import Counter
 import fsspec
 import numpy as np
 import pyarrow as pa
+from pydantic import Field
 
 from schemas.readers import clip_frames
 from schemas.tables import KEPT, REJECTED, SCORED, to_table
 from stages.failures import failed
 from stages.answer import clean_text
-from stages.content_flags import flag_scores
+from stages.content_flags import OCR_GATE_SIDE, OCR_SIDE, flag_scores
+from stages.settings import StageResources, StrictModel
+
+
+class QualityRule(StrictModel):
+    """Bounds on one score; absolute (min/max) and/or corpus percentiles (0-100) of this run."""
+
+    score: str
+    min: float | None = None
+    max: float | None = None
+    percentile_min: float | None = Field(None, ge=0, le=100)
+    percentile_max: float | None = Field(None, ge=0, le=100)
+
+
+class QualityConfig(StrictModel):
+    frames: int = Field(8, ge=2, description="frames per clip the technical scores look at")
+    aesthetic_head: str | None = Field(None, description="LAION-style linear head (.pth); None: seeded random head (tiny)")
+    rules: list[QualityRule] = Field(
+        default_factory=lambda: [
+            QualityRule(score="black_fraction", max=0.5),
+            QualityRule(score="brightness", min=12.0),
+            QualityRule(score="motion", min=0.5),
+            QualityRule(score="sharpness", min=20.0),
+            QualityRule(score="letterbox", max=0.4),
+            QualityRule(score="ocr_coverage", max=0.25),
+            QualityRule(score="nsfw", max=0.5),
+        ],
+        description="a clip failing any rule is rejected, with every failing rule named; "
+        "a rule on a score that was not computed (e.g. nsfw with nsfw off) does nothing",
+    )
+    ocr: bool = Field(False, description="score `ocr_coverage`: share of the frame in detected text (flags extra)")
+    nsfw: bool = Field(False, description="score `nsfw`: NudeNet confidence of exposed nudity (flags extra)")
+    flag_frames: int = Field(3, ge=1, description="frames per clip the ocr / nsfw detectors look at")
+    ocr_side: int = Field(
+        OCR_SIDE, ge=32, description="short side the text detector scales frames to (rapidocr's own 736 upsamples 360p "
+        "clips 2x; benchmarks/flags_bench.py measures cost and agreement)"
+    )
+    ocr_gate_side: int | None = Field(
+        OCR_GATE_SIDE, ge=32, description="first look for text with frames scaled down to this short side; only a "
+        "clip where it finds some is measured at ocr_side (on its frame with the most text); null: every frame at ocr_side"
+    )
+    rank_scores: list[str] = Field(
+        default_factory=lambda: ["sharpness", "aesthetic", "clip_score", "resolution"],
+        description="their mean percentile rank is the `quality` dedup keeps the best copy by",
+    )
+    resources: StageResources = StageResources(batch_size=8)
+
 
 STAGE = "quality"
 ANALYSIS_HEIGHT = 128  # frames are scored at this height, so thresholds do not depend on resolution

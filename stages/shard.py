@@ -22,12 +22,28 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
+from pydantic import Field
 
-from pipelines.config import ShardConfig
 from schemas.readers import clip_frames
 from schemas.sample import SIDECAR, build_sample, build_window_sample, sidecar_row
 from schemas.tables import KEPT
 from stages.failures import failed
+from stages.settings import StageResources, StrictModel
+
+
+class ShardConfig(StrictModel):
+    prefix: str = Field("vidcurate", pattern=r"^[A-Za-z0-9_-]+$")
+    maxcount: int = Field(1000, ge=1, description="samples per shard at most")
+    maxsize: int = Field(1 << 30, ge=1 << 16, description="bytes per shard at most (one sample may overshoot)")
+    shuffle_seed: int | None = Field(0, description="seeded order of samples across shards; null: sorted by clip id")
+    keyframes: int = Field(0, ge=0, le=64, description="JPEG keyframes per sample as f000.jpg, f001.jpg, ...")
+    keyframe_height: int = Field(224, ge=16)
+    output: str | None = Field(None, description="publish the dataset here too: a directory or fsspec URL (s3://...)")
+    license: str | None = Field(
+        None, description="the dataset's license for its card (an SPDX id such as cc-by-4.0, as the sources allow); "
+        "unset: `unknown`, with a visible note"
+    )
+
 
 STAGE = "shard"
 

@@ -11,17 +11,50 @@ import math
 import os
 from fractions import Fraction
 from pathlib import Path
+from typing import Literal
 
 import av
 import numpy as np
 import pyarrow as pa
+from pydantic import Field, model_validator
 
-from pipelines.config import SplitConfig
 from schemas.tables import CLIPS, FAILED, KEPT, REJECTED, clip_id, to_table
 from stages.failures import failed
 from stages.decoding import decode_threads
 from stages.detect import Cut, detect_cuts, frozen_run_end
 from stages.media import local_copy, read_small_frames
+from stages.settings import StageResources, StrictModel
+
+
+class SplitConfig(StrictModel):
+    detector: Literal["content", "transnetv2", "combined"] = Field(
+        "content", description="content: frame differences + dissolve (calm and moving shots) and black analysis; "
+        "transnetv2: the bundled TransNetV2 network; combined: content cuts plus TransNetV2's transitions away from them"
+    )
+    transnet_threshold: float = Field(0.5, gt=0, lt=1, description="TransNetV2 transition probability")
+    device: str = Field("auto", description="TransNetV2: auto, cpu, cuda")
+    threshold: float = Field(12.0, gt=0, description="min frame-difference score (0-255 scale) of a hard cut")
+    adaptive_ratio: float = Field(3.0, ge=1, description="a cut's score must exceed this multiple of its neighbours'")
+    window: int = Field(8, ge=1, description="frames on each side used for the adaptive ratio")
+    min_clip_s: float = Field(1.0, ge=0)
+    max_clip_s: float = Field(30.0, gt=0)
+    short_shots: Literal["merge", "drop"] = "merge"
+    static_lead_in_s: float = Field(
+        1.0, ge=0, description="a first shot frozen for at least this long before it starts moving loses the frozen "
+        "part as rejected(static); 0 keeps it"
+    )
+    analysis_width: int = Field(64, ge=16, description="approximate width of the frames the detector sees")
+    clip_max_height: int = Field(360, ge=16, description="extracted clips are scaled down to at most this height")
+    clip_crf: int = Field(23, ge=0, le=51)
+    clip_preset: str = "veryfast"
+    resources: StageResources = StageResources()
+
+    @model_validator(mode="after")
+    def _lengths(self) -> SplitConfig:
+        if self.min_clip_s >= self.max_clip_s:
+            raise ValueError(f"min_clip_s ({self.min_clip_s}) must be below max_clip_s ({self.max_clip_s})")
+        return self
+
 
 STAGE = "split"
 

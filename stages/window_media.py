@@ -19,7 +19,7 @@ from stages.failures import failed
 from stages.split import ClipEncoder
 
 if TYPE_CHECKING:
-    from pipelines.config import SplitConfig
+    from stages.split import SplitConfig
 
 
 def cut_window(window_id: str, clip_uris: list[str], frames: int, fps: float, out_dir: Path, cfg: SplitConfig) -> dict:

@@ -25,6 +25,17 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("VIDCURATE_CACHE", tempfile.mkdtemp(prefix="vidcurate-cache-"))
 
 
+# Tests that start a Ray cluster or Prefect's server are the heavy end-to-end ones: marked
+# `slow`, so `pytest -m "not slow"` is the fast loop of unit tests (CI runs everything).
+HEAVY_FIXTURES = frozenset({"ray_local", "prefect_server"})
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if HEAVY_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -120,7 +131,8 @@ def mixed_inputs(tmp_path_factory, synthetic_videos) -> Path:
 def cut_clips(tmp_path_factory, synthetic_videos) -> list[dict]:
     """Kept clip rows (with their mp4 files) of the first synthetic video, cut by the real
     probe and split stages: input for the clip-level stages' tests."""
-    from pipelines.config import ProbeConfig, SplitConfig
+    from stages.probe import ProbeConfig
+    from stages.split import SplitConfig
     from stages.probe import probe_video
     from stages.split import split_video
 

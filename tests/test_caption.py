@@ -8,11 +8,10 @@ import json
 import pytest
 import regex
 
-from pipelines.config import CaptionConfig, OpenAIEndpoint
-from stages.answer import InvalidAnswer, answer_regex, clean_events, parse_answer
-from stages.caption import build_prompt, caption_clips, decode_clips, make_captioner
-from stages.captioners import OpenAICaptioner
 from schemas.tables import FAILED, KEPT
+from stages.answer import InvalidAnswer, answer_regex, clean_events, parse_answer
+from stages.caption import CaptionConfig, OpenAIEndpoint, build_prompt, caption_clips, decode_clips, make_captioner
+from stages.captioners import OpenAICaptioner
 from stages.media import unpack_frames
 from stages.models import tiny_vlm
 
@@ -27,7 +26,7 @@ def clips(cut_clips):
 
 @pytest.fixture(scope="module")
 def tiny():
-    return make_captioner(CFG, "tiny")
+    return make_captioner(CFG)
 
 
 def test_grammar_accepts_exactly_the_answer_shape():
@@ -104,7 +103,7 @@ def test_batched_greedy_generation_answers_as_one_prompt_at_a_time(clips, struct
         build_prompt(c["clip_id"], list(unpack_frames(c["frames"]))[: 2 + k], c["frame_times"][: 2 + k], c["end_s"] - c["start_s"], cfg, 0)
         for k, c in enumerate(decoded)
     ]
-    captioner = make_captioner(cfg.model_copy(update={"batch_size": 1}), "tiny")
+    captioner = make_captioner(cfg.model_copy(update={"batch_size": 1}))
     alone = captioner.generate(prompts)
     captioner.batch_size = 3
     assert captioner.generate(prompts) == alone
@@ -120,7 +119,7 @@ def test_qwen25_and_qwen3_vl_caption_through_the_default_profiles_path(clips, ar
     checkpoint: processor, chat template, vision tower and batched generate under the grammar."""
     update = {"model": str(tiny_vlm(arch)), "structured": "on", "temperature": 0.0, "batch_size": 2, "max_events": 1}
     cfg = CFG.model_copy(update=update)
-    captioner = make_captioner(cfg, "default")
+    captioner = make_captioner(cfg)
     assert type(captioner.model).__name__ == model_class
     rows = caption_clips(clips[:2], captioner, cfg)
     assert [r["status"] for r in rows] == [KEPT] * 2
@@ -134,7 +133,7 @@ def test_frames_as_video_hands_the_model_the_frames_times(clips, arch):
     encodes each patch as 2 frame spacings of absolute time. Then the stage captions through it."""
     update = {"model": str(tiny_vlm(arch)), "frames_as": "video", "structured": "on", "temperature": 0.0, "batch_size": 2, "max_events": 1}
     cfg = CFG.model_copy(update=update)
-    captioner = make_captioner(cfg, "default")
+    captioner = make_captioner(cfg)
     clip = decode_clips(clips[:1], cfg)[0]
     times = clip["frame_times"]
     prompt = build_prompt(clip["clip_id"], list(unpack_frames(clip["frames"])), times, clip["end_s"] - clip["start_s"], cfg, 0)
@@ -159,7 +158,7 @@ def test_frames_as_video_is_refused_where_the_backend_sends_images():
 
 def test_unconstrained_noise_fails_the_clip_with_its_raw_answer(clips):
     cfg = CFG.model_copy(update={"structured": "off", "max_tokens": 24, "max_attempts": 2})
-    rows = caption_clips(clips[:2], make_captioner(cfg, "tiny"), cfg)
+    rows = caption_clips(clips[:2], make_captioner(cfg), cfg)
     for row in rows:
         assert row["status"] == FAILED
         assert row["reason"].startswith("invalid_output: not JSON")
@@ -188,9 +187,9 @@ def test_json_schema_mode_works_where_a_server_refuses_unknown_fields(clips, tin
 
     with OpenAIServer(tiny, dialect="openai") as server:
         endpoint = OpenAIEndpoint(base_url=server.base_url, backoff_s=0.01)
-        refused = caption_clips(clips[:1], make_captioner(CFG.model_copy(update={"backend": "openai", "openai": endpoint}), "tiny"), CFG)
+        refused = caption_clips(clips[:1], make_captioner(CFG.model_copy(update={"backend": "openai", "openai": endpoint})), CFG)
         cfg = CFG.model_copy(update={"backend": "openai", "openai": endpoint.model_copy(update={"structured": "json_schema"})})
-        rows = caption_clips(clips, make_captioner(cfg, "tiny"), cfg)
+        rows = caption_clips(clips, make_captioner(cfg), cfg)
     assert refused[0]["status"] == FAILED and refused[0]["transient"] is False
     assert refused[0]["reason"].startswith("backend: BackendError: HTTP 400: ") and "structured_outputs" in refused[0]["reason"]
     assert [r["status"] for r in rows] == [KEPT] * 3
@@ -207,7 +206,7 @@ def test_structured_off_sends_no_grammar(clips, tiny):
     with OpenAIServer(tiny, dialect="openai") as server:
         endpoint = OpenAIEndpoint(base_url=server.base_url, structured="json_schema")
         cfg = CFG.model_copy(update={"backend": "openai", "openai": endpoint, "structured": "off", "max_tokens": 24, "max_attempts": 1})
-        rows = caption_clips(clips[:1], make_captioner(cfg, "tiny"), cfg)
+        rows = caption_clips(clips[:1], make_captioner(cfg), cfg)
     assert rows[0]["status"] == FAILED and rows[0]["reason"].startswith("invalid_output: ")  # accepted, answered noise
     assert not {"structured_outputs", "response_format"} & set(server.requests[0])
 

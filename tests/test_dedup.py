@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipelines.config import DedupConfig
 from stages import dedup
+from stages.dedup import DedupConfig
 from stages.embed import phash
 
 D = 64

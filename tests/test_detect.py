@@ -9,9 +9,9 @@ import pytest
 import make_moving
 from make_synthetic import FPS, Shot, encode, make
 
-from pipelines.config import SplitConfig
 from stages.detect import SHIFT_EXPLAINS, detect_cuts, shift_residual
 from stages.media import read_small_frames
+from stages.split import SplitConfig
 
 TOLERANCE = 2
 

@@ -59,7 +59,7 @@ def test_caption_server_checks_its_dialect_and_the_grammar(tmp_path):
     from openai_server import OpenAIServer
 
     base = load_config(SAMPLE, run_dir=str(tmp_path / "run"))
-    tiny = make_captioner(base.caption, "tiny")
+    tiny = make_captioner(base.caption)
 
     def check(server_url: str, structured: str):
         endpoint = base.caption.openai.model_copy(update={"base_url": server_url, "structured": structured})

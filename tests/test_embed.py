@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 from make_synthetic import render
 
-from pipelines.config import EmbedConfig
 from schemas.tables import KEPT
-from stages.embed import ClipEncoder, embed_clips, make_encoder, tiny_clip_checkpoint
+from stages.embed import ClipEncoder, EmbedConfig, embed_clips, make_encoder, tiny_clip_checkpoint
 from stages.models import TINY_CLIP_MODEL, tiny_qwen2vl
 
 
@@ -39,7 +38,7 @@ def test_full_size_clip_and_siglip_embed_clips_through_the_default_profiles_path
     if tokenizer:
         tokenizer = str(tiny_qwen2vl())  # a Hugging Face tokenizer folder on this machine
     cfg = EmbedConfig(model=model, pretrained=None, tokenizer=tokenizer, device="cpu", keyframes=2)
-    encoder = make_encoder(cfg, "default")
+    encoder = make_encoder(cfg)
     clips = [{**c, "caption": "shapes move across a textured background"} for c in cut_clips[:2]]
     rows = embed_clips(clips, encoder, cfg.keyframes)
     assert [r["status"] for r in rows] == [KEPT, KEPT]

@@ -23,9 +23,10 @@ from conftest import dataset_digests
 from flows.corpus import corpus_flow
 from flows.incremental import SHIPPED_MARKER, incremental_flow
 from pipelines.cli import main as cli_main
-from pipelines.config import CaptionConfig, load_config
+from pipelines.config import load_config
 from pipelines.runner import FailureBudgetExceeded, Runner
 from schemas.readers import open_shards
+from stages.caption import CaptionConfig
 from stages.captioners import BackendError
 from stages.failures import is_transient
 from stages.publish import PublishError, publish
@@ -46,7 +47,7 @@ def inputs(tmp_path_factory, synthetic_videos):
 def tiny():
     from stages.caption import make_captioner
 
-    return make_captioner(CAPTION, "tiny")
+    return make_captioner(CAPTION)
 
 
 def _overrides(base_url: str) -> dict:

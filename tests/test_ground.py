@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.config import CaptionConfig
 from pipelines.export import FORMATS, parse_times, records, render
+from stages.caption import CaptionConfig
 from stages.ground import TASKS, dedupe, ground_clip, rewrite_items, rewrite_score, template_items, verify, windows
 
 GOLDEN = json.loads((Path(__file__).parent / "golden" / "ground_items.json").read_text())
@@ -73,7 +73,7 @@ def test_tiny_model_rewrites_fall_back_to_templates(cut_clips):
     from stages.caption import make_captioner
     from stages.captioners import Prompt
 
-    captioner = make_captioner(CaptionConfig(), "tiny")
+    captioner = make_captioner(CaptionConfig())
     rephrase = lambda qs: captioner.generate([Prompt([("text", q)], None, 32, 0.0, 1) for q in qs])  # noqa: E731
     items = rewrite_items(template_items(GOLDEN["input"]["events"], "a caption", 8.0, "k"), rephrase, 0.6)
     assert items and all(it["generator"] == "template" and it["verification"] == 1.0 for it in items)

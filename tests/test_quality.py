@@ -12,8 +12,7 @@ import pyarrow as pa
 import pytest
 from PIL import Image, ImageFilter
 
-from pipelines.config import QualityConfig, QualityRule
-from stages.quality import decide, score_batch, text_scores
+from stages.quality import QualityConfig, QualityRule, decide, score_batch, text_scores
 
 SIZE = (96, 128)  # height, width
 
