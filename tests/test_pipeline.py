@@ -68,8 +68,9 @@ def test_every_stage_reports_its_cost_per_video_hour(full_run, capsys):
     probed = read_stage_table(run_dir / "probe", "probe").to_pylist()
     assert probe["video_s"] > 0 and probe["video_s"] == pytest.approx(sum(v["duration_s"] or 0 for v in probed), abs=0.01)
     assert shard["video_s"] > 0 and shard["video_s"] == pytest.approx(sum(c["end_s"] - c["start_s"] for c in clips), abs=0.01)
+    assert split["cpu_s"] > 0  # it decodes and encodes every frame; probe and shard may take under the 0.1 s stored
     for marker in (probe, split, shard):
-        assert marker["cpu_s"] > 0 and marker["video_s_per_s"] == pytest.approx(marker["video_s"] / marker["seconds"], rel=0.01)
+        assert marker["cpu_s"] >= 0 and marker["video_s_per_s"] == pytest.approx(marker["video_s"] / marker["seconds"], rel=0.01)
         rounding = 0.05 / marker["video_s"] * 3600 + 0.1  # cpu_s is stored to 0.1 s, the rate from the exact value
         assert marker["cpu_s_per_video_h"] == pytest.approx(marker["cpu_s"] / marker["video_s"] * 3600, abs=rounding)
         assert "gpu_s" not in marker  # no stage asked for a GPU
