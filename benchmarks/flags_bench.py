@@ -105,7 +105,7 @@ def run_clips(run_dir: Path, frames: int) -> list[tuple[str, np.ndarray]]:
     out = []
     for clip in sorted((c for c in split if c["status"] == "kept"), key=lambda c: c["clip_id"]):
         decoded, _ = clip_frames(Path(clip["clip_uri"]).read_bytes(), 8)
-        out.append(("run", decoded[np.unique(np.linspace(0, len(decoded) - 1, min(frames, len(decoded))).round().astype(int))]))
+        out.append(("run", content_flags.flag_frames(decoded, frames)))
     return out
 
 

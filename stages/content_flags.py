@@ -130,6 +130,11 @@ def nudity(frames: np.ndarray, classes: frozenset = EXPOSED) -> list[float]:
     return scores
 
 
+def flag_frames(frames: np.ndarray, count: int) -> np.ndarray:
+    """The `count` evenly spaced frames (all, when there are fewer) the detectors look at."""
+    return frames[np.unique(np.linspace(0, len(frames) - 1, min(count, len(frames))).round().astype(int))]
+
+
 def flag_scores(
     frames: np.ndarray, count: int, ocr: bool, nsfw: bool, ocr_side: int = OCR_SIDE, ocr_gate_side: int | None = OCR_GATE_SIDE
 ) -> dict:
@@ -137,7 +142,7 @@ def flag_scores(
     one frame of a burned-in title or of nudity is enough to matter."""
     if not (ocr or nsfw):
         return {}
-    picked = frames[np.unique(np.linspace(0, len(frames) - 1, min(count, len(frames))).round().astype(int))]
+    picked = flag_frames(frames, count)
     scores = {}
     if ocr:
         scores["ocr_coverage"] = clip_text_coverage(picked, ocr_side, ocr_gate_side)

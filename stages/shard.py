@@ -28,7 +28,7 @@ from schemas.readers import clip_frames
 from schemas.sample import SIDECAR, build_sample, build_window_sample, sidecar_row
 from schemas.tables import KEPT
 from stages.failures import failed
-from stages.settings import StageResources, StrictModel
+from stages.settings import StrictModel
 
 
 class ShardConfig(StrictModel):
