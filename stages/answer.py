@@ -13,8 +13,9 @@ import json
 import re
 
 import jsonschema
-import regex
 from ftfy import fix_text
+
+from stages.grammar import CharAutomaton, Pieces
 
 TEXT_CHARS = r"[A-Za-z0-9 ,.;:'()!?-]"
 
@@ -61,25 +62,35 @@ def answer_regex(frame_times: list[float], duration_s: float, max_events: int, m
 class RegexConstraint:
     """Allowed next tokens under a regex, for transformers' `prefix_allowed_tokens_fn`.
 
-    Each step tries every token's text as a continuation (partial regex match), so the cost
-    grows with the vocabulary: meant for small vocabularies such as the tiny profile's bytes.
-    Large models get the same grammar through vLLM's structured outputs instead.
+    The regex runs as a character automaton (`stages.grammar`): each step walks only the text
+    added since the last one, and a state's allowed tokens are worked out once. The pieces are
+    every token's own text, so it suits small vocabularies such as the tiny profile's bytes;
+    large models get the same grammar through vLLM's structured outputs instead.
     """
 
     def __init__(self, pattern: str, tokenizer, prompt_len: int, eos_id: int):
-        self.pattern = regex.compile(pattern)
+        self.automaton = CharAutomaton(pattern)
         self.tokenizer = tokenizer
         self.prompt_len = prompt_len
         self.eos_id = eos_id
         special = set(tokenizer.all_special_ids)
-        self.pieces = [(i, tokenizer.decode([i])) for i in range(len(tokenizer)) if i not in special]
+        self.pieces = Pieces([(i, tokenizer.decode([i])) for i in range(len(tokenizer)) if i not in special])
+        self._last = ("", self.automaton.start)  # the text walked so far and its state
+        self._allowed: dict[frozenset, list[int]] = {}
 
     def __call__(self, _batch_id: int, input_ids) -> list[int]:
         text = self.tokenizer.decode(input_ids[self.prompt_len :], skip_special_tokens=True)
-        allowed = [i for i, piece in self.pieces if piece and self.pattern.fullmatch(text + piece, partial=True)]
-        if self.pattern.fullmatch(text):
-            allowed.append(self.eos_id)
-        return allowed or [self.eos_id]
+        walked, state = self._last
+        if not text.startswith(walked):
+            walked, state = "", self.automaton.start
+        state = self.automaton.walk(state, text[len(walked) :])
+        self._last = (text, state)
+        if state not in self._allowed:
+            allowed = self.automaton.allowed(state, self.pieces)
+            if self.automaton.accepts(state):
+                allowed.append(self.eos_id)
+            self._allowed[state] = allowed or [self.eos_id]
+        return self._allowed[state]
 
 
 def answer_schema(frame_times: list[float], duration_s: float, max_events: int, max_chars: int = 200) -> dict:

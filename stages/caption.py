@@ -68,12 +68,12 @@ class CaptionConfig(StrictModel):
     )
     device: str = Field("auto", description="transformers backend: auto, cpu, cuda, cuda:1, ...")
     batch_size: int = Field(
-        8, ge=1, description="transformers backend: greedy prompts per generate call (at most the clips of one "
+        8, ge=1, description="transformers backend: prompts per generate call (at most the clips of one "
         "resources.batch_size batch)"
     )
     vllm: dict = Field(default_factory=dict, description="extra vllm.LLM arguments (tensor_parallel_size, ...)")
     openai: OpenAIEndpoint = OpenAIEndpoint()
-    resources: StageResources = StageResources(batch_size=4)
+    resources: StageResources = StageResources(batch_size=8)
 
     @model_validator(mode="after")
     def _frames(self) -> CaptionConfig:

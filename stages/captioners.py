@@ -80,10 +80,37 @@ def video_metadata(times_s: list[float], duration_s: float):
     )
 
 
+class RowSampler:
+    """Picks each row's next token itself: the argmax for a greedy row, a draw from its own
+    generator (seeded by its prompt) for a sampled one. Greedy and sampled prompts then share one
+    batched `generate`, and a clip's answer never depends on which clips shared its batch; the
+    draws equal a batch-1 `do_sample` run under `torch.manual_seed(seed)`. Runs last, after the
+    grammar's mask; returns scores whose argmax is the chosen token."""
+
+    def __init__(self, prompts: list[Prompt]):
+        self.temperatures = [p.temperature for p in prompts]
+        self.seeds = [p.seed for p in prompts]
+        self.generators: list | None = None
+
+    def __call__(self, _input_ids, scores):
+        import torch
+
+        if self.generators is None:
+            self.generators = [torch.Generator(scores.device).manual_seed(s) if t > 0 else None for t, s in zip(self.temperatures, self.seeds)]
+        chosen = torch.full_like(scores, float("-inf"))
+        for row, (temperature, generator) in enumerate(zip(self.temperatures, self.generators)):
+            if generator is None:
+                token = scores[row].argmax()
+            else:
+                probs = torch.softmax(scores[row : row + 1] / temperature, dim=-1)
+                token = torch.multinomial(probs, 1, generator=generator)[0, 0]
+            chosen[row, token] = 0.0
+        return chosen
+
+
 class TransformersCaptioner:
-    """In-process generation. Greedy prompts are generated `batch_size` at a time (left padding,
-    one `generate` per batch); sampled ones (retries) one at a time under their own seed, so a
-    clip's answer never depends on which clips shared its batch."""
+    """In-process generation: prompts are generated `batch_size` at a time (left padding, one
+    `generate` per batch), greedy and sampled alike; `RowSampler` keeps each answer its own."""
 
     def __init__(self, model: str, device: str = "auto", structured: str = "auto", batch_size: int = 8):
         import torch
@@ -101,14 +128,7 @@ class TransformersCaptioner:
         self.takes_video = getattr(self.processor, "video_processor", None) is not None
 
     def generate(self, prompts: list[Prompt]) -> list[str]:
-        answers: list[str] = [""] * len(prompts)
-        greedy = [i for i, p in enumerate(prompts) if p.temperature == 0]
-        batches = [greedy[a : a + self.batch_size] for a in range(0, len(greedy), self.batch_size)]
-        batches += [[i] for i, p in enumerate(prompts) if p.temperature > 0]
-        for batch in batches:
-            for i, answer in zip(batch, self._generate([prompts[i] for i in batch])):
-                answers[i] = answer
-        return answers
+        return [answer for a in range(0, len(prompts), self.batch_size) for answer in self._generate(prompts[a : a + self.batch_size])]
 
     def constraint(self, prompt: Prompt, prompt_len: int):
         """The grammar as a `prefix_allowed_tokens_fn` for one row, or None."""
@@ -136,6 +156,7 @@ class TransformersCaptioner:
 
     def _generate(self, prompts: list[Prompt]) -> list[str]:
         import torch
+        from transformers import LogitsProcessorList
 
         inputs = self.model_inputs(prompts)
         prompt_len = inputs["input_ids"].shape[1]  # padded: every row's answer starts here
@@ -146,16 +167,16 @@ class TransformersCaptioner:
         def allowed(row: int, ids) -> list[int]:
             return constraints[row](row, ids) if constraints[row] else everything
 
-        torch.manual_seed(prompts[0].seed)  # sampled prompts come alone: their own seed
         with torch.inference_mode():
             out = self.model.generate(
                 **inputs,
                 max_new_tokens=max(p.max_tokens for p in prompts),
-                do_sample=prompts[0].temperature > 0,
-                temperature=prompts[0].temperature if prompts[0].temperature > 0 else None,
+                do_sample=False,  # RowSampler draws the sampled rows
+                temperature=None,
                 top_p=None,
                 top_k=None,
                 prefix_allowed_tokens_fn=allowed if any(constraints) else None,
+                logits_processor=LogitsProcessorList([RowSampler(prompts)]),
             )
         return [tokenizer.decode(row[prompt_len : prompt_len + p.max_tokens], skip_special_tokens=True) for row, p in zip(out, prompts)]
 

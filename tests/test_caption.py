@@ -94,10 +94,11 @@ def test_tiny_model_under_the_grammar_gives_valid_deterministic_captions(clips, 
     assert caption_clips(clips, tiny, CFG) == rows  # seeded per clip: a re-run asks and answers the same
 
 
-@pytest.mark.parametrize("structured", ["on", "off"])
-def test_batched_greedy_generation_answers_as_one_prompt_at_a_time(clips, structured):
-    """Left-padded batches (prompts of different lengths) give each clip the answer it gets alone."""
-    cfg = CFG.model_copy(update={"temperature": 0.0, "structured": structured, "max_tokens": 64})
+@pytest.mark.parametrize("structured, temperature", [("on", 0.0), ("off", 0.0), ("on", 1.0), ("off", 1.0)])
+def test_batched_generation_answers_as_one_prompt_at_a_time(clips, structured, temperature):
+    """Left-padded batches (prompts of different lengths) give each clip the answer it gets
+    alone, greedy or sampled (each sampled row draws from its own seeded generator)."""
+    cfg = CFG.model_copy(update={"temperature": temperature, "structured": structured, "max_tokens": 64})
     decoded = decode_clips(clips, cfg)
     prompts = [  # 2, 3 and 4 frames: prompts of different lengths, so the batch is padded
         build_prompt(c["clip_id"], list(unpack_frames(c["frames"]))[: 2 + k], c["frame_times"][: 2 + k], c["end_s"] - c["start_s"], cfg, 0)
