@@ -30,8 +30,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
-from stages.captioners import Prompt, TransformersCaptioner  # noqa: E402
-from stages.models import tiny_qwen2vl  # noqa: E402
+from vidcurate.stages.captioners import Prompt, TransformersCaptioner  # noqa: E402
+from vidcurate.stages.models import tiny_qwen2vl  # noqa: E402
 
 QWEN2_VL_2B = {
     "text_config": {"hidden_size": 1536, "intermediate_size": 8960, "num_hidden_layers": 28, "num_attention_heads": 12,
@@ -138,14 +138,14 @@ def main() -> None:
     if "openai" in args.backends:
         from openai_server import OpenAIServer
 
-        from stages.captioners import OpenAICaptioner
+        from vidcurate.stages.captioners import OpenAICaptioner
 
         captioner.batch_size = 1  # the server answers one request at a time
         with OpenAIServer(captioner) as server:
             client = OpenAICaptioner(model, server.base_url, concurrency=4, structured="off")
             results.append(bench("openai (local server, same model)", client, batch))
     if "vllm" in args.backends:
-        from stages.captioners import VllmCaptioner
+        from vidcurate.stages.captioners import VllmCaptioner
 
         results.append(bench("vllm", VllmCaptioner(model, max_images=args.frames), batch))
     meta = {"shape": args.shape, "device": captioner.device, "frames_per_clip": args.frames, "new_tokens": args.new_tokens}

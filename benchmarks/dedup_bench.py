@@ -25,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stages.dedup import clustered_pairs, near_clusters, unique_pairs  # noqa: E402
+from vidcurate.stages.dedup import clustered_pairs, near_clusters, unique_pairs  # noqa: E402
 
 THRESHOLD = 0.95
 

@@ -24,10 +24,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from stages.embed import ClipEncoder, decode_keyframes, embed_clips, embed_decoded  # noqa: E402
-from stages.media import unpack_frames  # noqa: E402
-from stages.probe import ProbeConfig, probe_video  # noqa: E402
-from stages.split import SplitConfig, split_video  # noqa: E402
+from vidcurate.stages.embed import ClipEncoder, decode_keyframes, embed_clips, embed_decoded  # noqa: E402
+from vidcurate.stages.media import unpack_frames  # noqa: E402
+from vidcurate.stages.probe import ProbeConfig, probe_video  # noqa: E402
+from vidcurate.stages.split import SplitConfig, split_video  # noqa: E402
 
 
 def sample_clips() -> list[dict]:

@@ -33,7 +33,7 @@ sys.path.insert(0, str(REPO / "sample_data"))
 import make_moving  # noqa: E402
 import make_synthetic  # noqa: E402
 
-from stages import content_flags  # noqa: E402
+from vidcurate.stages import content_flags  # noqa: E402
 
 WORDS = "the quick brown fox jumps over a lazy dog while breaking news tonight live at eleven".split()
 
@@ -98,8 +98,8 @@ def _mean(values: np.ndarray) -> float:
 def run_clips(run_dir: Path, frames: int) -> list[tuple[str, np.ndarray]]:
     """The kept clips of a run's split stage, framed as the quality stage frames them (8 decoded
     frames, `frames` of them evenly spaced); their text is unknown, so each is labelled `run`."""
-    from pipelines.runner import read_stage_table
-    from schemas.readers import clip_frames
+    from vidcurate.pipelines.runner import read_stage_table
+    from vidcurate.schemas.readers import clip_frames
 
     split = read_stage_table(run_dir / "split", "split").to_pylist()
     out = []

@@ -46,7 +46,7 @@ import make_moving  # noqa: E402
 from make_synthetic import FPS as TRUTH_FPS  # noqa: E402
 from make_synthetic import write_video  # noqa: E402
 
-from pipelines.runner import read_marker, read_stage_table  # noqa: E402
+from vidcurate.pipelines.runner import read_marker, read_stage_table  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data" / "videos"
 BENCH = REPO / ".bench"
@@ -61,8 +61,8 @@ V2D_DEPS = [
 
 OURS = """
 import sys
-from pipelines.config import load_config
-from pipelines.runner import Runner
+from vidcurate.pipelines.config import load_config
+from vidcurate.pipelines.runner import Runner
 runner = Runner(load_config(sys.argv[1]))
 for stage in ("probe", "split", "shard"):
     runner.run_stage(stage)
@@ -311,8 +311,24 @@ def sample_run(repo: Path, listing: Path, work: Path, env: dict) -> tuple[dict, 
     cfg.setdefault("dedup", {})["history"] = str(work / "shipped")
     config = work / "sample.yaml"
     config.write_text(yaml.safe_dump(cfg))
-    cmd = [sys.executable, "-c", "import sys; from pipelines.cli import main; sys.exit(main())", "run", "--config", str(config)]
+    cli = "pipelines.cli"
+    if '"vidcurate.pipelines"' in (repo / "pyproject.toml").read_text():  # installed under the namespace
+        cli = "vidcurate.pipelines.cli"
+        env = {**env, "PYTHONPATH": str(namespace_of(repo, work))}
+    cmd = [sys.executable, "-c", f"import sys; from {cli} import main; sys.exit(main())", "run", "--config", str(config)]
     return run_measured(cmd, env=env, cwd=repo), work / "run"
+
+
+def namespace_of(repo: Path, work: Path) -> Path:
+    """A folder whose `vidcurate/` links to `repo`'s packages: on PYTHONPATH it wins over the
+    editable install, so a worktree of another commit runs its own code."""
+    root = work / "namespace"
+    (root / "vidcurate").mkdir(parents=True, exist_ok=True)
+    for package in ("schemas", "stages", "pipelines", "flows"):
+        link = root / "vidcurate" / package
+        if not link.exists():
+            link.symlink_to(repo / package)
+    return root
 
 
 def stage_seconds(run_dir: Path) -> dict:

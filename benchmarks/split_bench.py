@@ -33,9 +33,9 @@ sys.path.insert(0, str(REPO / "sample_data"))
 import make_moving  # noqa: E402
 from make_synthetic import make  # noqa: E402
 
-from stages.decoding import analysis_decoder, decode_frames  # noqa: E402
-from stages.media import read_small_frames  # noqa: E402
-from stages.split import SplitConfig, find_cuts  # noqa: E402
+from vidcurate.stages.decoding import analysis_decoder, decode_frames  # noqa: E402
+from vidcurate.stages.media import read_small_frames  # noqa: E402
+from vidcurate.stages.split import SplitConfig, find_cuts  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data" / "videos"
 TOLERANCE = 2

@@ -25,10 +25,10 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipelines.runner import MARKER  # noqa: E402
+from vidcurate.pipelines.runner import MARKER  # noqa: E402
 
 SNIPPETS = {
-    "import the flow": "import flows.corpus",
+    "import the flow": "import vidcurate.flows.corpus",
     "empty Prefect flow (temporary server)": (
         "from prefect import flow\n@flow\ndef empty():\n    return 1\nempty()"
     ),

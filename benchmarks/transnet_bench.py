@@ -29,8 +29,8 @@ SHARED = REPO.parent / "shared" / "data" / "videos"
 def save(out: str, synthetic: int) -> None:
     from make_synthetic import make
 
-    from stages.split import SplitConfig
-    from stages.media import read_small_frames
+    from vidcurate.stages.split import SplitConfig
+    from vidcurate.stages.media import read_small_frames
 
     width = SplitConfig().analysis_width
     names = json.loads((REPO / "benchmarks" / "truth" / "shared.json").read_text())["videos"]
@@ -45,8 +45,8 @@ def save(out: str, synthetic: int) -> None:
 def run(frames_file: str, devices: list[str], repeat: int) -> None:
     import torch
 
-    from stages.split import SplitConfig
-    from stages.transnet import transnet_cuts
+    from vidcurate.stages.split import SplitConfig
+    from vidcurate.stages.transnet import transnet_cuts
 
     threshold = SplitConfig().transnet_threshold
 

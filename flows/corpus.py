@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger, task
 
-from pipelines.config import PipelineConfig
-from pipelines.cost import describe_run_cost, run_cost
-from pipelines.runner import Runner, describe_marker
+from vidcurate.pipelines.config import PipelineConfig
+from vidcurate.pipelines.cost import describe_run_cost, run_cost
+from vidcurate.pipelines.runner import Runner, describe_marker
 
 
 @task(retries=2, retry_delay_seconds=5, task_run_name="{stage}")

@@ -22,11 +22,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 from prefect import flow, get_run_logger
 
-from flows.corpus import corpus_flow
-from pipelines.config import PipelineConfig
-from pipelines.ledger import pending_retries
-from pipelines.runner import FailureBudgetExceeded, read_stage_table
-from stages.media import list_inputs
+from vidcurate.flows.corpus import corpus_flow
+from vidcurate.pipelines.config import PipelineConfig
+from vidcurate.pipelines.ledger import pending_retries
+from vidcurate.pipelines.runner import FailureBudgetExceeded, read_stage_table
+from vidcurate.stages.media import list_inputs
 
 INCREMENTS = "increments"
 SHIPPED = "shipped"

@@ -20,9 +20,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from pipelines.config import PipelineConfig
-from pipelines.ledger import reason_code
-from schemas.sample import SCHEMA_VERSION
+from vidcurate.pipelines.config import PipelineConfig
+from vidcurate.pipelines.ledger import reason_code
+from vidcurate.schemas.sample import SCHEMA_VERSION
 
 SIZE_CATEGORIES = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M")]
 TASK_CATEGORIES = ["video-text-to-text"]

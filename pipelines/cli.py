@@ -9,9 +9,9 @@ import os
 import sys
 from pathlib import Path
 
-from pipelines.config import load_config
-from pipelines.export import FORMATS
-from schemas.tables import TABLES
+from vidcurate.pipelines.config import load_config
+from vidcurate.pipelines.export import FORMATS
+from vidcurate.schemas.tables import TABLES
 
 EPILOG = """examples:
   vidcurate run --config pipelines/configs/sample.yaml
@@ -37,11 +37,11 @@ def _config(args: argparse.Namespace, **extra):
 def cmd_run(args: argparse.Namespace) -> int:
     cfg = _config(args, **({"failures.retry_transient": False} if args.no_retry else {}))
     if args.incremental:
-        from flows.incremental import incremental_flow
+        from vidcurate.flows.incremental import incremental_flow
 
         print(json.dumps(incremental_flow(cfg.model_dump()), indent=2))
         return 0
-    from flows.corpus import corpus_flow
+    from vidcurate.flows.corpus import corpus_flow
 
     stats = corpus_flow(cfg.model_dump())
     print(json.dumps({k: stats[k] for k in ("videos", "clips", "samples")}, indent=2))
@@ -50,7 +50,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from pipelines.doctor import diagnose
+    from vidcurate.pipelines.doctor import diagnose
 
     findings = diagnose(_config(args))
     for finding in findings:
@@ -62,7 +62,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """A Prefect deployment of the incremental flow on a cron schedule, served by this process."""
-    from flows.incremental import incremental_flow
+    from vidcurate.flows.incremental import incremental_flow
 
     cfg = _config(args)
     incremental_flow.serve(name=args.name, cron=args.cron, parameters={"config": cfg.model_dump()})
@@ -70,7 +70,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_stage(args: argparse.Namespace) -> int:
-    from pipelines.runner import Runner
+    from vidcurate.pipelines.runner import Runner
 
     output = Path(args.output)
     overrides = {"run_dir": str(output.parent)}
@@ -84,14 +84,14 @@ def cmd_stage(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from pipelines.inspect import describe
+    from vidcurate.pipelines.inspect import describe
 
     describe(args.path, args.n, sys.stdout)
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from pipelines.report import write_report
+    from vidcurate.pipelines.report import write_report
 
     path = write_report(Path(args.run_dir), Path(args.out) if args.out else None, args.max_thumbnails)
     print(f"report: {path}")
@@ -99,7 +99,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from pipelines.export import export
+    from vidcurate.pipelines.export import export
 
     print(json.dumps(export(args.source, args.format, args.out, absolute_media=args.absolute_media), indent=2))
     return 0
@@ -168,8 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Prefect's API calls, one line each
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # "no AVX512 build" notices
-    from pipelines.runner import FailureBudgetExceeded
-    from stages.publish import PublishError
+    from vidcurate.pipelines.runner import FailureBudgetExceeded
+    from vidcurate.stages.publish import PublishError
 
     try:
         return args.func(args)

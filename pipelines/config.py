@@ -14,17 +14,17 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, Field, model_validator
 
-from schemas.tables import CLIP_STAGES, TABLES
-from stages.caption import CaptionConfig
-from stages.dedup import DedupConfig
-from stages.embed import EmbedConfig
-from stages.ground import GroundConfig
-from stages.models import DEFAULT_CAPTION_MODEL, DEFAULT_CLIP_MODEL
-from stages.probe import ProbeConfig
-from stages.quality import QualityConfig
-from stages.settings import StrictModel
-from stages.shard import ShardConfig
-from stages.split import SplitConfig
+from vidcurate.schemas.tables import CLIP_STAGES, TABLES
+from vidcurate.stages.caption import CaptionConfig
+from vidcurate.stages.dedup import DedupConfig
+from vidcurate.stages.embed import EmbedConfig
+from vidcurate.stages.ground import GroundConfig
+from vidcurate.stages.models import DEFAULT_CAPTION_MODEL, DEFAULT_CLIP_MODEL
+from vidcurate.stages.probe import ProbeConfig
+from vidcurate.stages.quality import QualityConfig
+from vidcurate.stages.settings import StrictModel
+from vidcurate.stages.shard import ShardConfig
+from vidcurate.stages.split import SplitConfig
 
 
 class RayConfig(StrictModel):

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from pipelines.config import PipelineConfig
+from vidcurate.pipelines.config import PipelineConfig
 
 
 @dataclass
@@ -58,7 +58,7 @@ def _checks(cfg: PipelineConfig) -> Iterator[tuple[str, Callable[[], Finding]]]:
 
 
 def _inputs(cfg: PipelineConfig) -> Finding:
-    from stages.media import list_inputs
+    from vidcurate.stages.media import list_inputs
 
     fix = "point `inputs` (or --inputs) at a folder, glob, list file or s3:// prefix of videos"
     try:
@@ -93,7 +93,7 @@ def _not_here(check: str, what: str, repo: str, instead: str) -> Finding:
 
 
 def _caption_model(cfg: PipelineConfig) -> Finding:
-    from stages.models import cache_dir
+    from vidcurate.stages.models import cache_dir
 
     model = cfg.caption.model
     if model is None:
@@ -139,9 +139,9 @@ def _gpu() -> Finding:
 def _caption_server(cfg: PipelineConfig) -> Finding:
     import numpy as np
 
-    from stages.answer import InvalidAnswer, parse_answer
-    from stages.caption import build_prompt, make_captioner
-    from stages.captioners import BackendError
+    from vidcurate.stages.answer import InvalidAnswer, parse_answer
+    from vidcurate.stages.caption import build_prompt, make_captioner
+    from vidcurate.stages.captioners import BackendError
 
     endpoint = cfg.caption.openai
     captioner = make_captioner(cfg.caption.model_copy(update={"openai": endpoint.model_copy(update={"max_retries": 0})}))

@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from schemas.readers import open_shards
+from vidcurate.schemas.readers import open_shards
 
 INSTRUCTIONS = {
     "temporal_grounding": "Find the time span the query describes.",

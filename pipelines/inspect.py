@@ -9,10 +9,10 @@ from typing import TextIO
 
 import pyarrow.parquet as pq
 
-from pipelines.cost import describe_run_cost, run_cost
-from pipelines.ledger import summarize, transient_failures
-from pipelines.runner import ALL_STAGES, describe_marker, read_marker
-from schemas.readers import open_shards
+from vidcurate.pipelines.cost import describe_run_cost, run_cost
+from vidcurate.pipelines.ledger import summarize, transient_failures
+from vidcurate.pipelines.runner import ALL_STAGES, describe_marker, read_marker
+from vidcurate.schemas.readers import open_shards
 
 
 def describe(location: str, n: int, out: TextIO) -> None:

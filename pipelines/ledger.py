@@ -12,8 +12,8 @@ from collections import Counter
 
 import pyarrow as pa
 
-from schemas.outcomes import code_of
-from schemas.tables import CLIP_STAGES, FAILED, KEPT, LEDGER, REJECTED, STATUSES, to_table
+from vidcurate.schemas.outcomes import code_of
+from vidcurate.schemas.tables import CLIP_STAGES, FAILED, KEPT, LEDGER, REJECTED, STATUSES, to_table
 
 CLIP_LEVEL = ("split", *CLIP_STAGES, "shard")  # tables keyed by clip, in pipeline order
 

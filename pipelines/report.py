@@ -19,11 +19,11 @@ import numpy as np
 import pyarrow.parquet as pq
 from PIL import Image
 
-from pipelines.cost import describe_run_cost, run_cost
-from pipelines.export import render
-from pipelines.ledger import reason_code
-from pipelines.runner import ALL_STAGES, read_marker, read_stage_table
-from stages.media import local_copy
+from vidcurate.pipelines.cost import describe_run_cost, run_cost
+from vidcurate.pipelines.export import render
+from vidcurate.pipelines.ledger import reason_code
+from vidcurate.pipelines.runner import ALL_STAGES, read_marker, read_stage_table
+from vidcurate.stages.media import local_copy
 
 THUMB_WIDTH = 160
 STATUS_COLOURS = {"kept": "#2e7d32", "rejected": "#9e9e9e", "failed": "#c62828"}

@@ -35,15 +35,15 @@ import pyarrow.compute as pc
 import pyarrow.dataset  # noqa: F401 - makes pa.dataset available
 import pyarrow.parquet as pq
 
-from pipelines.card import content_stats, dataset_card
-from pipelines.config import PipelineConfig
-from pipelines.cost import CpuMeter, cost_fields, describe_cost
-from pipelines.ledger import build_ledger, pending_retries, retry_due, summarize
-from schemas.readers import INDEX
-from schemas.tables import CLIPS, FAILED, KEPT, REJECTED, SHARDED, STATUS_COLUMNS, TABLES, VIDEOS, to_table
-from stages import probe, shard, split
-from stages.media import list_inputs
-from stages.publish import publish
+from vidcurate.pipelines.card import content_stats, dataset_card
+from vidcurate.pipelines.config import PipelineConfig
+from vidcurate.pipelines.cost import CpuMeter, cost_fields, describe_cost
+from vidcurate.pipelines.ledger import build_ledger, pending_retries, retry_due, summarize
+from vidcurate.schemas.readers import INDEX
+from vidcurate.schemas.tables import CLIPS, FAILED, KEPT, REJECTED, SHARDED, STATUS_COLUMNS, TABLES, VIDEOS, to_table
+from vidcurate.stages import probe, shard, split
+from vidcurate.stages.media import list_inputs
+from vidcurate.stages.publish import publish
 
 log = logging.getLogger("vidcurate")
 
@@ -230,11 +230,11 @@ class Runner:
             row["tries"] = (last["tries"] or 1) + 1 if last and last["status"] == FAILED else 1
         rows += keep
         if stage == "probe":  # a retried input may hold the same bytes as a kept one
-            from stages.probe import mark_exact_duplicates
+            from vidcurate.stages.probe import mark_exact_duplicates
 
             rows = mark_exact_duplicates(rows)
         if stage == "quality":
-            from stages.quality import decide
+            from vidcurate.stages.quality import decide
 
             undecided = [{**r, "status": KEPT, "reason": None, "quality": None} if r["status"] == REJECTED else r for r in rows]
             rows = decide(undecided, self.cfg.quality.rules, self.cfg.quality.rank_scores)
@@ -335,7 +335,7 @@ class Runner:
             _write(tmp, [], TABLES[stage])
 
     def _run_caption(self, input_dir: Path, _output_dir, tmp: Path) -> None:
-        from stages import caption
+        from vidcurate.stages import caption
 
         fields = ("clip_id", "video_id", "clip_uri", "start_s", "end_s")
         rows = [{k: r[k] for k in fields} for r in self.clip_view(input_dir)]
@@ -344,7 +344,7 @@ class Runner:
         self._map_clips("caption", rows, tmp, caption.CaptionWorker, cfg.resources, decode, cfg=cfg)
 
     def _run_ground(self, input_dir: Path, _output_dir, tmp: Path) -> dict:
-        from stages.ground import GroundWorker, distractor_pool
+        from vidcurate.stages.ground import GroundWorker, distractor_pool
 
         clips = self.clip_view(input_dir)
         pool = distractor_pool(clips)
@@ -354,7 +354,7 @@ class Runner:
         self._map_clips("ground", rows, tmp, GroundWorker, self.cfg.ground.resources, None, **kwargs)
 
     def _run_embed(self, input_dir: Path, _output_dir, tmp: Path) -> None:
-        from stages import embed
+        from vidcurate.stages import embed
 
         fields = ("clip_id", "video_id", "clip_uri")
         rows = [{**{k: c[k] for k in fields}, "caption": c.get("caption")} for c in self.clip_view(input_dir)]
@@ -363,7 +363,7 @@ class Runner:
         self._map_clips("embed", rows, tmp, embed.EmbedWorker, cfg.resources, decode, cfg=cfg)
 
     def _run_quality(self, input_dir: Path, _output_dir, tmp: Path) -> None:
-        from stages import content_flags, quality
+        from vidcurate.stages import content_flags, quality
 
         cfg = self.cfg.quality
         fields = ("clip_id", "video_id", "clip_uri", "start_s", "end_s", "clip_width", "clip_height")
@@ -380,7 +380,7 @@ class Runner:
         self._map_clips("quality", rows, tmp, quality.score_batch, cfg.resources, None, **kwargs)  # decided in _merged
 
     def _run_dedup(self, input_dir: Path, _output_dir, tmp: Path) -> dict:
-        from stages import dedup
+        from vidcurate.stages import dedup
 
         cfg = self.cfg.dedup
         rows = self.clip_view(input_dir)
@@ -415,8 +415,8 @@ class Runner:
         from its clips; a window that cannot be cut is left out and counted with its reason."""
         import ray
 
-        from stages.ground import windows
-        from stages.window_media import cut_windows_batch
+        from vidcurate.stages.ground import windows
+        from vidcurate.stages.window_media import cut_windows_batch
 
         video_windows = windows(shipped, self.cfg.ground.max_window_s)
         if not video_windows:
@@ -472,7 +472,7 @@ class Runner:
 
     def _record_shipped(self) -> None:
         """Add this run's shipped clips to the dedup history, so later runs never re-admit them."""
-        from stages.dedup import append_history, run_id
+        from vidcurate.stages.dedup import append_history, run_id
 
         shipped = set(read_stage_table(self.stage_dir("shard"), "shard").filter(pc.field("status") == KEPT).column("clip_id").to_pylist())
         rows = [r for r in self.clip_view(self.stage_dir("dedup")) if r["clip_id"] in shipped]

@@ -1,7 +1,7 @@
 """Every reason code a row can end with, by stage: the ledger's vocabulary in one place.
 
 A reason reads `code: detail`. README's "Ledger reasons" table is generated from this
-(`python -m schemas.outcomes`; tests/test_outcomes.py checks that the two agree), and the
+(`python -m vidcurate.schemas.outcomes`; tests/test_outcomes.py checks that the two agree), and the
 end-to-end tests check that every reason a run wrote has its code here.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from schemas.tables import FAILED, REJECTED
+from vidcurate.schemas.tables import FAILED, REJECTED
 
 # stage -> code -> (status, what it means). Quality's rejections are named by their failing
 # rules instead (RULE_CODE), e.g. `motion` or `ocr_coverage+nsfw`.

@@ -1,6 +1,6 @@
 """Reading published shards, for trainers and tools: local folders or any fsspec URL.
 
-    from schemas.readers import open_shards, clip_frames
+    from vidcurate.schemas.readers import open_shards, clip_frames
     for sample in open_shards("s3://bucket/dataset/"):
         meta = json.loads(sample["json"]); frames, times_s = clip_frames(sample["mp4"], 8)
 """

@@ -15,7 +15,7 @@ import re
 import jsonschema
 from ftfy import fix_text
 
-from stages.grammar import CharAutomaton, Pieces
+from vidcurate.stages.grammar import CharAutomaton, Pieces
 
 TEXT_CHARS = r"[A-Za-z0-9 ,.;:'()!?-]"
 

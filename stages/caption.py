@@ -18,14 +18,14 @@ import pyarrow as pa
 from PIL import Image
 from pydantic import Field, model_validator
 
-from schemas.readers import clip_frames
-from schemas.tables import CAPTIONS, FAILED, KEPT, stable_int, to_table
-from stages.failures import failed, is_transient
-from stages.answer import InvalidAnswer, answer_regex, answer_schema, clean_events, clean_text, parse_answer, time_choices
-from stages.captioners import BackendError, Prompt
-from stages.media import pack_frames, unpack_frames
-from stages.models import tiny_qwen2vl
-from stages.settings import StageResources, StrictModel
+from vidcurate.schemas.readers import clip_frames
+from vidcurate.schemas.tables import CAPTIONS, FAILED, KEPT, stable_int, to_table
+from vidcurate.stages.failures import failed, is_transient
+from vidcurate.stages.answer import InvalidAnswer, answer_regex, answer_schema, clean_events, clean_text, parse_answer, time_choices
+from vidcurate.stages.captioners import BackendError, Prompt
+from vidcurate.stages.media import pack_frames, unpack_frames
+from vidcurate.stages.models import tiny_qwen2vl
+from vidcurate.stages.settings import StageResources, StrictModel
 
 
 class OpenAIEndpoint(StrictModel):
@@ -210,17 +210,17 @@ def make_captioner(cfg: CaptionConfig):
     """The configured backend with `model`; none named: profile tiny's random model, built locally."""
     model = cfg.model or str(tiny_qwen2vl())
     if cfg.backend == "transformers":
-        from stages.captioners import TransformersCaptioner
+        from vidcurate.stages.captioners import TransformersCaptioner
 
         captioner = TransformersCaptioner(model, device=cfg.device, structured=cfg.structured, batch_size=cfg.batch_size)
         if cfg.frames_as == "video" and not captioner.takes_video:
             raise ValueError(f"caption.frames_as: video, but {model} has no video processor: use frames_as: images")
         return captioner
     if cfg.backend == "vllm":
-        from stages.captioners import VllmCaptioner
+        from vidcurate.stages.captioners import VllmCaptioner
 
         return VllmCaptioner(model, max_images=cfg.max_frames, structured=cfg.structured, **cfg.vllm)
-    from stages.captioners import OpenAICaptioner
+    from vidcurate.stages.captioners import OpenAICaptioner
 
     endpoint = cfg.openai.model_dump()
     if cfg.structured == "off":

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from stages.answer import RegexConstraint
+from vidcurate.stages.answer import RegexConstraint
 
 log = logging.getLogger("vidcurate")
 

@@ -24,8 +24,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import Field
 
-from schemas.tables import DEDUPED, KEPT, REJECTED
-from stages.settings import StageResources, StrictModel
+from vidcurate.schemas.tables import DEDUPED, KEPT, REJECTED
+from vidcurate.stages.settings import StageResources, StrictModel
 
 
 class DedupConfig(StrictModel):
@@ -332,6 +332,6 @@ def ray_clustered_pairs(emb: np.ndarray, threshold: float, n_clusters: int, soft
 
 
 def dedup_table(decided: list[dict]) -> pa.Table:
-    from schemas.tables import to_table
+    from vidcurate.schemas.tables import to_table
 
     return to_table(decided, DEDUPED)

@@ -18,12 +18,12 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
-from schemas.readers import clip_frames
-from schemas.tables import EMBEDDED, KEPT, to_table
-from stages.failures import failed, is_transient
-from stages.media import pack_frames, unpack_frames
-from stages.models import TINY_CLIP_MODEL, cache_dir, tiny_clip_config
-from stages.settings import StageResources, StrictModel
+from vidcurate.schemas.readers import clip_frames
+from vidcurate.schemas.tables import EMBEDDED, KEPT, to_table
+from vidcurate.stages.failures import failed, is_transient
+from vidcurate.stages.media import pack_frames, unpack_frames
+from vidcurate.stages.models import TINY_CLIP_MODEL, cache_dir, tiny_clip_config
+from vidcurate.stages.settings import StageResources, StrictModel
 
 
 class EmbedConfig(StrictModel):

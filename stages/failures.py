@@ -8,7 +8,7 @@ undecodable media, an invalid model answer after its attempts, a missing file, a
 
 from __future__ import annotations
 
-from schemas.tables import FAILED
+from vidcurate.schemas.tables import FAILED
 
 # Exception classes (matched by name anywhere in the class hierarchy, so optional packages need
 # not be imported) whose failures go away by themselves.

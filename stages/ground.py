@@ -17,8 +17,8 @@ import re
 
 from pydantic import Field
 
-from schemas.tables import KEPT, REJECTED, stable_int
-from stages.settings import StageResources, StrictModel
+from vidcurate.schemas.tables import KEPT, REJECTED, stable_int
+from vidcurate.stages.settings import StageResources, StrictModel
 
 
 class GroundConfig(StrictModel):
@@ -241,19 +241,19 @@ class GroundWorker:
         self.cfg = cfg
         self.rephrase = None
         if cfg.rewrite:
-            from stages.caption import make_captioner
+            from vidcurate.stages.caption import make_captioner
 
             captioner = make_captioner(caption_cfg)
             self.rephrase = lambda questions: captioner.generate([self._prompt(q) for q in questions])
 
     def _prompt(self, question: str):
-        from stages.captioners import Prompt
+        from vidcurate.stages.captioners import Prompt
 
         prompt = [("text", REPHRASE.format(question=question))]
         return Prompt(prompt, None, self.cfg.rewrite_max_tokens, 0.0, stable_int(question))
 
     def __call__(self, batch):
-        from schemas.tables import GROUNDED, to_table
+        from vidcurate.schemas.tables import GROUNDED, to_table
 
         rows = [ground_clip(c, c["distractors"], self.rephrase, self.cfg.min_rewrite_score) for c in batch.to_pylist()]
         return to_table(rows, GROUNDED)

@@ -22,7 +22,7 @@ import av
 import fsspec
 import numpy as np
 
-from stages.decoding import decode_frames
+from vidcurate.stages.decoding import decode_frames
 
 LIST_FILE_SUFFIXES = (".txt", ".lst")
 

@@ -15,10 +15,10 @@ import fsspec
 import pyarrow as pa
 from pydantic import Field
 
-from schemas.tables import KEPT, REJECTED, VIDEOS, to_table
-from stages.failures import failed
-from stages.media import is_remote, local_copy, rotation_of
-from stages.settings import StageResources, StrictModel
+from vidcurate.schemas.tables import KEPT, REJECTED, VIDEOS, to_table
+from vidcurate.stages.failures import failed
+from vidcurate.stages.media import is_remote, local_copy, rotation_of
+from vidcurate.stages.settings import StageResources, StrictModel
 
 
 class ProbeConfig(StrictModel):

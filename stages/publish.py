@@ -20,8 +20,8 @@ from pathlib import Path
 import fsspec
 import yaml
 
-from schemas.readers import INDEX
-from stages.failures import is_transient
+from vidcurate.schemas.readers import INDEX
+from vidcurate.stages.failures import is_transient
 
 log = logging.getLogger("vidcurate")
 

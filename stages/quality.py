@@ -17,12 +17,12 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
-from schemas.readers import clip_frames
-from schemas.tables import KEPT, REJECTED, SCORED, to_table
-from stages.failures import failed
-from stages.answer import clean_text
-from stages.content_flags import OCR_GATE_SIDE, OCR_SIDE, flag_scores
-from stages.settings import StageResources, StrictModel
+from vidcurate.schemas.readers import clip_frames
+from vidcurate.schemas.tables import KEPT, REJECTED, SCORED, to_table
+from vidcurate.stages.failures import failed
+from vidcurate.stages.answer import clean_text
+from vidcurate.stages.content_flags import OCR_GATE_SIDE, OCR_SIDE, flag_scores
+from vidcurate.stages.settings import StageResources, StrictModel
 
 
 class QualityRule(StrictModel):

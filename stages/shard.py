@@ -24,11 +24,11 @@ import pyarrow.parquet as pq
 from PIL import Image
 from pydantic import Field
 
-from schemas.readers import clip_frames
-from schemas.sample import SIDECAR, build_sample, build_window_sample, sidecar_row
-from schemas.tables import KEPT
-from stages.failures import failed
-from stages.settings import StrictModel
+from vidcurate.schemas.readers import clip_frames
+from vidcurate.schemas.sample import SIDECAR, build_sample, build_window_sample, sidecar_row
+from vidcurate.schemas.tables import KEPT
+from vidcurate.stages.failures import failed
+from vidcurate.stages.settings import StrictModel
 
 
 class ShardConfig(StrictModel):

@@ -18,12 +18,12 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field, model_validator
 
-from schemas.tables import CLIPS, FAILED, KEPT, REJECTED, clip_id, to_table
-from stages.failures import failed
-from stages.decoding import decode_threads
-from stages.detect import Cut, detect_cuts, frozen_run_end
-from stages.media import local_copy, read_small_frames
-from stages.settings import StageResources, StrictModel
+from vidcurate.schemas.tables import CLIPS, FAILED, KEPT, REJECTED, clip_id, to_table
+from vidcurate.stages.failures import failed
+from vidcurate.stages.decoding import decode_threads
+from vidcurate.stages.detect import Cut, detect_cuts, frozen_run_end
+from vidcurate.stages.media import local_copy, read_small_frames
+from vidcurate.stages.settings import StageResources, StrictModel
 
 
 class SplitConfig(StrictModel):
@@ -269,7 +269,7 @@ def find_cuts(yuv: np.ndarray, cfg: SplitConfig) -> tuple[list[Cut], np.ndarray]
     """The configured detector's cuts and the per-frame black mask."""
     if cfg.detector == "content":
         return detect_cuts(yuv, cfg.threshold, cfg.adaptive_ratio, cfg.window)
-    from stages import transnet
+    from vidcurate.stages import transnet
 
     if cfg.detector == "transnetv2":
         return transnet.transnet_cuts(yuv, cfg.transnet_threshold, cfg.device)

@@ -13,7 +13,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from stages.detect import Cut, black_edges, black_frames, detect_cuts
+from vidcurate.stages.detect import Cut, black_edges, black_frames, detect_cuts
 
 INPUT_HW = (27, 48)
 

@@ -15,11 +15,11 @@ import av
 import fsspec
 import pyarrow as pa
 
-from stages.failures import failed
-from stages.split import ClipEncoder
+from vidcurate.stages.failures import failed
+from vidcurate.stages.split import ClipEncoder
 
 if TYPE_CHECKING:
-    from stages.split import SplitConfig
+    from vidcurate.stages.split import SplitConfig
 
 
 def cut_window(window_id: str, clip_uris: list[str], frames: int, fps: float, out_dir: Path, cfg: SplitConfig) -> dict:

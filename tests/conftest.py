@@ -131,10 +131,10 @@ def mixed_inputs(tmp_path_factory, synthetic_videos) -> Path:
 def cut_clips(tmp_path_factory, synthetic_videos) -> list[dict]:
     """Kept clip rows (with their mp4 files) of the first synthetic video, cut by the real
     probe and split stages: input for the clip-level stages' tests."""
-    from stages.probe import ProbeConfig
-    from stages.split import SplitConfig
-    from stages.probe import probe_video
-    from stages.split import split_video
+    from vidcurate.stages.probe import ProbeConfig
+    from vidcurate.stages.split import SplitConfig
+    from vidcurate.stages.probe import probe_video
+    from vidcurate.stages.split import split_video
 
     videos, _ = synthetic_videos
     video = probe_video(str(sorted(videos.glob("*.mp4"))[0]), ProbeConfig(), None)

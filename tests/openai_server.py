@@ -23,7 +23,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from PIL import Image
 
-from stages.captioners import Prompt, TransformersCaptioner
+from vidcurate.stages.captioners import Prompt, TransformersCaptioner
 
 # What OpenAI's chat completions accept (the part of it this client could send).
 OPENAI_FIELDS = {"model", "messages", "max_tokens", "max_completion_tokens", "temperature", "seed", "response_format", "top_p", "n", "stop"}

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.config import load_config
-from pipelines.export import FORMATS, TRAINERS, export, parse_times
-from pipelines.runner import Runner
+from vidcurate.pipelines.config import load_config
+from vidcurate.pipelines.export import FORMATS, TRAINERS, export, parse_times
+from vidcurate.pipelines.runner import Runner
 from conftest import REPO
 from planted import EVENTS, PlantedEventCaptioner, decoded, make_planted_video, shown_at, square_visible
-from schemas.readers import open_shards
+from vidcurate.schemas.readers import open_shards
 
 LLAMAFACTORY_PYTHON = os.environ.get("VIDCURATE_LLAMAFACTORY_PYTHON")  # opt-in: docs/training.md
 INSIDE = 0.1  # seconds inside a span's edges (covers the exports' one-decimal rounding)
@@ -170,7 +170,7 @@ def test_every_export_reads_as_its_trainer_loader_reads_it(planted_run, fmt, tmp
 
 @pytest.mark.skipif(not LLAMAFACTORY_PYTHON, reason="set VIDCURATE_LLAMAFACTORY_PYTHON to a Python with llamafactory (docs/training.md)")
 def test_llamafactory_own_data_pipeline_tokenises_every_record_with_its_video(planted_run, tmp_path):
-    from stages.models import tiny_qwen2vl
+    from vidcurate.stages.models import tiny_qwen2vl
 
     summary = export(str(planted_run[0]), "llamafactory", tmp_path / "export")
     command = [LLAMAFACTORY_PYTHON, str(REPO / "tests" / "llamafactory_check.py"), str(tmp_path / "export"), str(tiny_qwen2vl()), str(tmp_path / "out")]

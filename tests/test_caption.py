@@ -8,12 +8,12 @@ import json
 import pytest
 import regex
 
-from schemas.tables import FAILED, KEPT
-from stages.answer import InvalidAnswer, answer_regex, clean_events, parse_answer
-from stages.caption import CaptionConfig, OpenAIEndpoint, build_prompt, caption_clips, decode_clips, make_captioner
-from stages.captioners import OpenAICaptioner
-from stages.media import unpack_frames
-from stages.models import tiny_vlm
+from vidcurate.schemas.tables import FAILED, KEPT
+from vidcurate.stages.answer import InvalidAnswer, answer_regex, clean_events, parse_answer
+from vidcurate.stages.caption import CaptionConfig, OpenAIEndpoint, build_prompt, caption_clips, decode_clips, make_captioner
+from vidcurate.stages.captioners import OpenAICaptioner
+from vidcurate.stages.media import unpack_frames
+from vidcurate.stages.models import tiny_vlm
 
 CFG = CaptionConfig(frames=4, frame_height=112, max_events=3, max_tokens=1024, temperature=1.0)
 

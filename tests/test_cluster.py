@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from conftest import REPO, _free_port, dataset_digests
-from pipelines.cli import main as cli_main
+from vidcurate.pipelines.cli import main as cli_main
 
 RAY = str(Path(sys.executable).with_name("ray"))
 # Ray's token authentication would need the head's token on every node and driver; a loopback
@@ -70,7 +70,7 @@ def test_worker_node_killed_mid_run_loses_and_duplicates_nothing(ray_local, pref
     assert cli_main(["run", "--config", str(config), "--run-dir", str(tmp_path / "local")]) == 0
 
     run_dir = tmp_path / "cluster-run"
-    cmd = [sys.executable, "-m", "pipelines.cli", "run", "--config", str(config), "--run-dir", str(run_dir), "--ray-address", address]
+    cmd = [sys.executable, "-m", "vidcurate.pipelines.cli", "run", "--config", str(config), "--run-dir", str(run_dir), "--ray-address", address]
     proc = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 300
     while not (run_dir / "split.tmp").exists():

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 
-from pipelines.cost import CpuMeter, cost_fields, run_cost
+from vidcurate.pipelines.cost import CpuMeter, cost_fields, run_cost
 
 BURN = "import time\nt = time.process_time()\nwhile time.process_time() - t < {s}: pass\n"
 

@@ -12,14 +12,14 @@ import pyarrow.parquet as pq
 import yaml
 import pytest
 
-from flows.corpus import corpus_flow
-from pipelines.cli import main as cli_main
-from pipelines.config import load_config
-from pipelines.export import FORMATS, parse_times
+from vidcurate.flows.corpus import corpus_flow
+from vidcurate.pipelines.cli import main as cli_main
+from vidcurate.pipelines.config import load_config
+from vidcurate.pipelines.export import FORMATS, parse_times
 from planted import decoded
-from schemas.readers import open_shards
-from schemas.outcomes import known
-from schemas.sample import validate_sample
+from vidcurate.schemas.readers import open_shards
+from vidcurate.schemas.outcomes import known
+from vidcurate.schemas.sample import validate_sample
 
 def _run(inputs, run_dir, history) -> dict:
     overrides = {"split.max_clip_s": 6.0, "dedup.history": str(history)}  # profile tiny: TINY_DEFAULTS apply
@@ -164,7 +164,7 @@ def test_card_is_a_hub_dataset_card_whose_numbers_are_the_data(curated):
 
 
 def test_card_warns_exactly_when_a_random_weight_model_ran(curated, tmp_path):
-    from pipelines.card import dataset_card
+    from vidcurate.pipelines.card import dataset_card
 
     root, _ = curated
     text, _ = _card(root / "run" / "shard" / "dataset")
@@ -181,8 +181,8 @@ def test_load_dataset_on_the_folder_alone_yields_the_cards_counts(curated, tmp_p
     import fsspec
     from datasets import Video, load_dataset
 
-    from schemas.readers import signed_shard_urls
-    from stages.publish import publish
+    from vidcurate.schemas.readers import signed_shard_urls
+    from vidcurate.stages.publish import publish
 
     root, stats = curated
     dataset = root / "run" / "shard" / "dataset"

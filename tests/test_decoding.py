@@ -11,9 +11,9 @@ import pytest
 from conftest import REPO, SHARED_VIDEOS
 from make_synthetic import FPS, render
 
-from stages import decoding
-from stages.decoding import analysis_decoder, keyframe_starts
-from stages.media import read_small_frames, small_yuv
+from vidcurate.stages import decoding
+from vidcurate.stages.decoding import analysis_decoder, keyframe_starts
+from vidcurate.stages.media import read_small_frames, small_yuv
 
 ENCODERS = {  # file name: (encoder, options)
     "h264-closed-gop.mp4": ("libx264", {"x264-params": "keyint=40:min-keyint=40:scenecut=0:log-level=error"}),

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stages import dedup
-from stages.dedup import DedupConfig
-from stages.embed import phash
+from vidcurate.stages import dedup
+from vidcurate.stages.dedup import DedupConfig
+from vidcurate.stages.embed import phash
 
 D = 64
 

@@ -9,9 +9,9 @@ import pytest
 import make_moving
 from make_synthetic import FPS, Shot, encode, make
 
-from stages.detect import SHIFT_EXPLAINS, detect_cuts, shift_residual
-from stages.media import read_small_frames
-from stages.split import SplitConfig
+from vidcurate.stages.detect import SHIFT_EXPLAINS, detect_cuts, shift_residual
+from vidcurate.stages.media import read_small_frames
+from vidcurate.stages.split import SplitConfig
 
 TOLERANCE = 2
 
@@ -107,7 +107,7 @@ def test_a_shift_explains_a_pan_but_not_a_cross_fade():
 @pytest.mark.parametrize("detector", ["transnetv2", "combined"])
 def test_transnetv2_finds_every_transition_of_a_video(videos, detector):
     """The bundled TransNetV2 weights, on the same analysis frames (CPU here)."""
-    from stages.split import find_cuts
+    from vidcurate.stages.split import find_cuts
 
     path, truth = videos[0]
     cfg = SplitConfig(detector=detector)

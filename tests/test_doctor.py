@@ -7,10 +7,10 @@ import socket
 
 import boto3
 
-from pipelines.cli import main
-from pipelines.config import load_config
-from pipelines.doctor import diagnose
-from stages.caption import make_captioner
+from vidcurate.pipelines.cli import main
+from vidcurate.pipelines.config import load_config
+from vidcurate.pipelines.doctor import diagnose
+from vidcurate.stages.caption import make_captioner
 
 SAMPLE = "pipelines/configs/sample.yaml"
 

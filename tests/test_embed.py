@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from make_synthetic import render
 
-from schemas.tables import KEPT
-from stages.embed import ClipEncoder, EmbedConfig, embed_clips, make_encoder, tiny_clip_checkpoint
-from stages.models import TINY_CLIP_MODEL, tiny_qwen2vl
+from vidcurate.schemas.tables import KEPT
+from vidcurate.stages.embed import ClipEncoder, EmbedConfig, embed_clips, make_encoder, tiny_clip_checkpoint
+from vidcurate.stages.models import TINY_CLIP_MODEL, tiny_qwen2vl
 
 
 def test_half_precision_encoder_matches_float32():

@@ -20,16 +20,16 @@ import pytest
 import yaml
 
 from conftest import dataset_digests
-from flows.corpus import corpus_flow
-from flows.incremental import SHIPPED_MARKER, incremental_flow
-from pipelines.cli import main as cli_main
-from pipelines.config import load_config
-from pipelines.runner import FailureBudgetExceeded, Runner
-from schemas.readers import open_shards
-from stages.caption import CaptionConfig
-from stages.captioners import BackendError
-from stages.failures import is_transient
-from stages.publish import PublishError, publish
+from vidcurate.flows.corpus import corpus_flow
+from vidcurate.flows.incremental import SHIPPED_MARKER, incremental_flow
+from vidcurate.pipelines.cli import main as cli_main
+from vidcurate.pipelines.config import load_config
+from vidcurate.pipelines.runner import FailureBudgetExceeded, Runner
+from vidcurate.schemas.readers import open_shards
+from vidcurate.stages.caption import CaptionConfig
+from vidcurate.stages.captioners import BackendError
+from vidcurate.stages.failures import is_transient
+from vidcurate.stages.publish import PublishError, publish
 
 CAPTION = CaptionConfig(frames=4, frame_height=112, max_events=3, max_tokens=1024, temperature=1.0)
 TRAINER_FILES = (".tar", ".parquet", "index.json")  # what a trainer reads; stats and card also count retries
@@ -45,7 +45,7 @@ def inputs(tmp_path_factory, synthetic_videos):
 
 @pytest.fixture(scope="module")
 def tiny():
-    from stages.caption import make_captioner
+    from vidcurate.stages.caption import make_captioner
 
     return make_captioner(CAPTION)
 
@@ -180,7 +180,7 @@ def test_a_run_while_the_server_is_down_fails_then_ships_everything_once_it_is_u
 
 
 def test_report_and_inspect_tell_transient_from_permanent(tmp_path, inputs, capsys, ray_local):
-    from pipelines.report import build_report
+    from vidcurate.pipelines.report import build_report
 
     run_dir = tmp_path / "run"
     with socket.socket() as down:  # bound, never listening: connections are refused

@@ -8,8 +8,8 @@ import random
 import pytest
 import regex
 
-from stages.answer import answer_regex
-from stages.grammar import CharAutomaton, Pieces
+from vidcurate.stages.answer import answer_regex
+from vidcurate.stages.grammar import CharAutomaton, Pieces
 
 VALID = '{"caption": "A dog runs.", "events": [{"start_s": 0.00, "end_s": 1.25, "text": "runs"}, {"start_s": 1.25, "end_s": 5.00, "text": "sits (still)"}]}'
 ALPHABET = list('{}[]":, .0123456789abcstxyz()-\n_') + ["é"]

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.export import FORMATS, parse_times, records, render
-from stages.caption import CaptionConfig
-from stages.ground import TASKS, dedupe, ground_clip, rewrite_items, rewrite_score, template_items, verify, windows
+from vidcurate.pipelines.export import FORMATS, parse_times, records, render
+from vidcurate.stages.caption import CaptionConfig
+from vidcurate.stages.ground import TASKS, dedupe, ground_clip, rewrite_items, rewrite_score, template_items, verify, windows
 
 GOLDEN = json.loads((Path(__file__).parent / "golden" / "ground_items.json").read_text())
 
@@ -70,8 +70,8 @@ def test_rewrites_are_kept_only_when_verified():
 
 
 def test_tiny_model_rewrites_fall_back_to_templates(cut_clips):
-    from stages.caption import make_captioner
-    from stages.captioners import Prompt
+    from vidcurate.stages.caption import make_captioner
+    from vidcurate.stages.captioners import Prompt
 
     captioner = make_captioner(CaptionConfig())
     rephrase = lambda qs: captioner.generate([Prompt([("text", q)], None, 32, 0.0, 1) for q in qs])  # noqa: E731

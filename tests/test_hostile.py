@@ -16,9 +16,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import SHARED_VIDEOS, faststart_copy
-from pipelines.config import load_config
-from pipelines.runner import Runner
-from schemas.readers import open_shards
+from vidcurate.pipelines.config import load_config
+from vidcurate.pipelines.runner import Runner
+from vidcurate.schemas.readers import open_shards
 
 GOOD = SHARED_VIDEOS / "psd_counter.mp4"
 SHELL_NAME = "$(touch pwned); rm -rf ~ `id` | cat.mp4"

@@ -17,8 +17,8 @@ import pytest
 import yaml
 
 from conftest import REPO
-from flows.incremental import incremental_flow, plan_increment
-from pipelines.config import load_config
+from vidcurate.flows.incremental import incremental_flow, plan_increment
+from vidcurate.pipelines.config import load_config
 
 STAGES = ["embed", "dedup"]  # what cross-increment dedup needs; captioning has its own tests
 
@@ -79,7 +79,7 @@ def test_serve_cron_deploys_and_runs_the_incremental_flow(corpus, prefect_server
     config = tmp_path / "corpus.yaml"
     config.write_text(yaml.safe_dump({"profile": "tiny", "inputs": str(inbox), "run_dir": str(root), "stages": STAGES, "ray": {"num_cpus": 1}}))
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
-    cmd = [sys.executable, "-m", "pipelines.cli", "serve", "--config", str(config), "--cron", "0 3 * * *", "--name", "nightly"]
+    cmd = [sys.executable, "-m", "vidcurate.pipelines.cli", "serve", "--config", str(config), "--cron", "0 3 * * *", "--name", "nightly"]
     server = subprocess.Popen(cmd, cwd=REPO, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deployment = asyncio.run(_wait_for_deployment("vidcurate-incremental/nightly", get_client))

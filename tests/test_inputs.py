@@ -9,10 +9,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import SHARED_VIDEOS
-from pipelines.config import load_config
-from pipelines.runner import Runner
-from stages.media import list_inputs
-from stages.probe import fingerprint
+from vidcurate.pipelines.config import load_config
+from vidcurate.pipelines.runner import Runner
+from vidcurate.stages.media import list_inputs
+from vidcurate.stages.probe import fingerprint
 
 
 @pytest.fixture

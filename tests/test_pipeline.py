@@ -12,13 +12,13 @@ import pytest
 import webdataset as wds
 
 from conftest import dataset_digests
-from flows.corpus import corpus_flow
-from pipelines.cli import main as cli_main
-from pipelines.config import load_config
-from pipelines.runner import read_marker, read_stage_table
-from schemas.outcomes import known
-from schemas.sample import validate_sample
-from schemas.tables import clip_id
+from vidcurate.flows.corpus import corpus_flow
+from vidcurate.pipelines.cli import main as cli_main
+from vidcurate.pipelines.config import load_config
+from vidcurate.pipelines.runner import read_marker, read_stage_table
+from vidcurate.schemas.outcomes import known
+from vidcurate.schemas.sample import validate_sample
+from vidcurate.schemas.tables import clip_id
 
 
 def _run(inputs: Path, run_dir: Path, **overrides) -> dict:

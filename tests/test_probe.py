@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import SHARED_VIDEOS, faststart_copy
-from stages.probe import ProbeConfig, mark_exact_duplicates, probe_video
+from vidcurate.stages.probe import ProbeConfig, mark_exact_duplicates, probe_video
 
 
 def _write_video(path, width, height, frames, fps=25):

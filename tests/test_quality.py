@@ -12,7 +12,7 @@ import pyarrow as pa
 import pytest
 from PIL import Image, ImageFilter
 
-from stages.quality import QualityConfig, QualityRule, decide, score_batch, text_scores
+from vidcurate.stages.quality import QualityConfig, QualityRule, decide, score_batch, text_scores
 
 SIZE = (96, 128)  # height, width
 
@@ -136,7 +136,7 @@ def test_ocr_and_nsfw_scores_from_the_bundled_detectors(tmp_path):
 
 
 def test_missing_flag_package_fails_before_any_work(monkeypatch):
-    from stages import content_flags
+    from vidcurate.stages import content_flags
 
     monkeypatch.setitem(content_flags.PACKAGES, "nsfw", ("no_such_module_here", "nudenet"))
     content_flags.require(ocr=True, nsfw=False)
@@ -145,7 +145,7 @@ def test_missing_flag_package_fails_before_any_work(monkeypatch):
 
 
 def test_text_found_by_the_first_look_is_measured_at_full_size_on_the_frame_that_shows_it():
-    from stages.content_flags import clip_text_coverage, text_coverage
+    from vidcurate.stages.content_flags import clip_text_coverage, text_coverage
 
     plain = np.stack([np.asarray(Image.fromarray(f).resize((426, 240))) for f in _frames("good", 3)])
     titled = np.stack([*plain[:2], _titled(1)[0]])  # the title appears in the last frame only
@@ -164,7 +164,7 @@ def test_batched_nudity_decides_as_nudenets_own_detect():
     from nudenet import nudenet as module
     from skimage import data as photos
 
-    from stages.content_flags import nudity
+    from vidcurate.stages.content_flags import nudity
 
     every = frozenset(vars(module)["__labels"])
     frames = np.stack([np.asarray(Image.fromarray(getattr(photos, name)()).convert("RGB").resize((640, 360))) for name in ("astronaut", "coffee", "chelsea")])

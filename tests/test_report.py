@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from conftest import SHARED_VIDEOS
-from pipelines.cli import main as cli_main
-from pipelines.config import load_config
-from pipelines.runner import Runner
+from vidcurate.pipelines.cli import main as cli_main
+from vidcurate.pipelines.config import load_config
+from vidcurate.pipelines.runner import Runner
 
 HOSTILE_NAME = '"><img src=x onerror=alert(1)><b>bold.mp4'
 CHROMIUM_FLAGS = [

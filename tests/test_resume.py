@@ -12,7 +12,7 @@ import time
 import pyarrow.parquet as pq
 
 from conftest import REPO, dataset_digests
-from pipelines.cli import main as cli_main
+from vidcurate.pipelines.cli import main as cli_main
 
 
 def _ledger(run_dir) -> list[tuple]:
@@ -27,7 +27,7 @@ def test_kill_9_midway_then_rerun_matches_an_uninterrupted_run(tmp_path, mixed_i
     assert cli_main([*args, "--run-dir", str(tmp_path / "clean")]) == 0
 
     crashed = tmp_path / "crashed"
-    cmd = [sys.executable, "-m", "pipelines.cli", *args, "--run-dir", str(crashed)]
+    cmd = [sys.executable, "-m", "vidcurate.pipelines.cli", *args, "--run-dir", str(crashed)]
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}  # its own temporary server
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 240

@@ -17,13 +17,13 @@ import pytest
 from PIL import Image
 
 from conftest import REPO
-from pipelines.cli import main as cli_main
-from pipelines.config import load_config
-from pipelines.runner import Runner
-from schemas.readers import clip_frames, open_shards, shard_urls, signed_shard_urls, training_samples
-from schemas.sample import validate_sample
-from stages.publish import publish
-from stages.shard import sample_order
+from vidcurate.pipelines.cli import main as cli_main
+from vidcurate.pipelines.config import load_config
+from vidcurate.pipelines.runner import Runner
+from vidcurate.schemas.readers import clip_frames, open_shards, shard_urls, signed_shard_urls, training_samples
+from vidcurate.schemas.sample import validate_sample
+from vidcurate.stages.publish import publish
+from vidcurate.stages.shard import sample_order
 
 DEST = "s3://published/dataset"
 
@@ -134,7 +134,7 @@ def test_killing_the_writer_mid_shard_leaves_no_partial_shard(tmp_path, publishe
     out = tmp_path / "shard"
     config = tmp_path / "slow.yaml"
     config.write_text("shard:\n  maxcount: 1\n  keyframes: 64\n  keyframe_height: 720\n")
-    cmd = [sys.executable, "-m", "pipelines.cli", "stage", "shard", "--input", str(run_dir / "split"),
+    cmd = [sys.executable, "-m", "vidcurate.pipelines.cli", "stage", "shard", "--input", str(run_dir / "split"),
            "--output", str(out), "--config", str(config)]  # fmt: skip
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     staging = out.with_name("shard.tmp") / "dataset"

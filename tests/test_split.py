@@ -12,10 +12,10 @@ import pytest
 from make_synthetic import Shot, encode
 
 from conftest import SHARED_VIDEOS
-from schemas.tables import clip_id
-from stages.detect import Cut
-from stages.probe import ProbeConfig, probe_video
-from stages.split import SplitConfig, frame_end_times, plan_spans, split_video
+from vidcurate.schemas.tables import clip_id
+from vidcurate.stages.detect import Cut
+from vidcurate.stages.probe import ProbeConfig, probe_video
+from vidcurate.stages.split import SplitConfig, frame_end_times, plan_spans, split_video
 
 
 def _times(n: int, fps: float = 25.0):

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from stages.captioners import Prompt, vllm_conversation
+from vidcurate.stages.captioners import Prompt, vllm_conversation
 
 VLLM_PYTHON = os.environ.get("VIDCURATE_VLLM_PYTHON")
 

@@ -4,9 +4,9 @@ VllmCaptioner (LLM.chat + SamplingParams + StructuredOutputsParams); every answe
 import json, sys, time
 from pathlib import Path
 sys.path.insert(0, sys.argv[1])
-from stages.answer import answer_regex, parse_answer
-from stages.captioners import Prompt, VllmCaptioner
-from stages.models import CHAT_TEMPLATE, _byte_tokenizer
+from vidcurate.stages.answer import answer_regex, parse_answer
+from vidcurate.stages.captioners import Prompt, VllmCaptioner
+from vidcurate.stages.models import CHAT_TEMPLATE, _byte_tokenizer
 
 
 

@@ -13,7 +13,7 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset
 
-from schemas.readers import training_samples
+from vidcurate.schemas.readers import training_samples
 
 
 class Clips(IterableDataset):
