@@ -9,6 +9,12 @@ Qwen2-VL-2B's shapes (1.5k hidden, 28 layers, 675M-parameter vision tower), for 
 clip generates exactly `--new-tokens` tokens (EOS ignored), so tokens/s is comparable across
 models and backends. Frames come from real clips of the synthetic sample videos.
 
+`--grammar`: instead, the tiny profile's caption stage as the sample job runs it: sampled prompts
+(temperature 1.0, 4 frames at 112 px) under the answer grammar, answers ending at EOS, at batch 1
+and `--grammar-batch`, with the grammar run as a character automaton (`stages/grammar.py`) and,
+as the anchor, by the regex engine's partial match of the text so far plus every token at every
+step (the constraint before the automaton). All four runs must give identical answers.
+
 Backends: `transformers` in-process, once per `--batches` size (greedy prompts, one `generate`
 per batch; the ratio of the best to batch 1 is printed); `openai` sends the same prompts over HTTP to a local
 OpenAI-compatible server wrapping the same model (the client's overhead: encoding, HTTP,
@@ -25,11 +31,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
+from vidcurate.stages.answer import RegexConstraint  # noqa: E402
+from vidcurate.stages.caption import CaptionConfig, build_prompt  # noqa: E402
 from vidcurate.stages.captioners import Prompt, TransformersCaptioner  # noqa: E402
 from vidcurate.stages.models import tiny_qwen2vl  # noqa: E402
 
@@ -112,6 +121,59 @@ def bench(name: str, captioner, batch: list[Prompt], warm_up: int = 1) -> dict:
             "tokens_per_s": round(tokens / seconds, 1)}  # fmt: skip
 
 
+class PartialMatchConstraint(RegexConstraint):
+    """The anchor: every token's text tried after the text so far by the regex engine's partial
+    match, at every step of every row."""
+
+    def __init__(self, pattern: str, tokenizer, prompt_len: int, eos_id: int):
+        import regex
+
+        super().__init__(pattern, tokenizer, prompt_len, eos_id)
+        self.pattern = regex.compile(pattern)
+        special = set(tokenizer.all_special_ids)
+        self.texts = [(i, tokenizer.decode([i])) for i in range(len(tokenizer)) if i not in special]
+
+    def __call__(self, _batch_id: int, input_ids) -> list[int]:
+        text = self.tokenizer.decode(input_ids[self.prompt_len :], skip_special_tokens=True)
+        allowed = [i for i, piece in self.texts if piece and self.pattern.fullmatch(text + piece, partial=True)]
+        if self.pattern.fullmatch(text):
+            allowed.append(self.eos_id)
+        return allowed or [self.eos_id]
+
+
+class PartialMatchCaptioner(TransformersCaptioner):
+    def constraint(self, prompt: Prompt, prompt_len: int):
+        if not (self.structured and prompt.regex):
+            return None
+        return PartialMatchConstraint(prompt.regex, self.processor.tokenizer, prompt_len, self.model.generation_config.eos_token_id)
+
+
+def grammar_bench(clips: int, batch_size: int) -> None:
+    """Seconds per prompt of the tiny profile's sampled, grammar-bound captioning: automaton and
+    anchor, at batch 1 and `batch_size`, answers compared."""
+    cfg = CaptionConfig(frames=4, frame_height=112, max_events=4, max_tokens=1024, temperature=1.0)
+    pool = clip_frames_pool(clips, cfg.frames)
+    batch = []
+    for i, frames in enumerate(pool):
+        small = [np.asarray(Image.fromarray(f).resize((round(f.shape[1] * 112 / f.shape[0]), 112), Image.Resampling.BILINEAR)) for f in frames]
+        batch.append(build_prompt(f"clip-{i}", small, [k * 0.25 for k in range(len(small))], 1.0, cfg, 0))
+    results, answers = [], {}
+    for name, kind in (("automaton", TransformersCaptioner), ("regex partial match (anchor)", PartialMatchCaptioner)):
+        captioner = kind(str(tiny_qwen2vl()), device="cpu", structured="on", batch_size=1)
+        captioner.generate(batch[:1])
+        for size in (1, batch_size):
+            captioner.batch_size = size
+            started = time.perf_counter()
+            answers[name, size] = captioner.generate(batch)
+            seconds = time.perf_counter() - started
+            results.append({"grammar": name, "batch_size": size, "seconds": round(seconds, 2), "s_per_prompt": round(seconds / len(batch), 3)})
+    print(json.dumps({"prompts": len(batch), "results": results}, indent=2))
+    same = len({tuple(a) for a in answers.values()}) == 1
+    ours, anchor = results[1]["seconds"], results[2]["seconds"]
+    print(f"answers identical across the four runs: {same}")
+    print(f"automaton at batch {batch_size} vs the anchor at batch 1 (the stage before): {anchor / ours:.2f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", choices=["tiny", "2b"], default="tiny")
@@ -121,7 +183,11 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--backends", default="transformers,openai")
     parser.add_argument("--batches", default="1,2,4,8", help="transformers backend: prompts per generate call")
+    parser.add_argument("--grammar", action="store_true", help="the tiny profile's sampled captioning under the grammar instead")
+    parser.add_argument("--grammar-batch", type=int, default=8)
     args = parser.parse_args()
+    if args.grammar:
+        return grammar_bench(args.clips, args.grammar_batch)
 
     model = str(tiny_qwen2vl()) if args.shape == "tiny" else str(build_2b(Path(tempfile.mkdtemp()) / "qwen2-vl-2b-shaped"))
     captioner = FixedLength(model, device=args.device, structured="off", batch_size=1)

@@ -38,12 +38,15 @@ import pyarrow.parquet as pq
 from vidcurate.pipelines.card import content_stats, dataset_card
 from vidcurate.pipelines.config import PipelineConfig
 from vidcurate.pipelines.cost import CpuMeter, cost_fields, describe_cost
+from vidcurate.pipelines.executors import map_in_process, map_on_ray
 from vidcurate.pipelines.ledger import build_ledger, pending_retries, retry_due, summarize
 from vidcurate.schemas.readers import INDEX
-from vidcurate.schemas.tables import CLIPS, FAILED, KEPT, REJECTED, SHARDED, STATUS_COLUMNS, TABLES, VIDEOS, to_table
+from vidcurate.schemas.tables import CLIPS, FAILED, KEPT, SHARDED, STATUS_COLUMNS, TABLES, VIDEOS, to_table
 from vidcurate.stages import probe, shard, split
+from vidcurate.stages.contract import ClipStage
 from vidcurate.stages.media import list_inputs
 from vidcurate.stages.publish import publish
+from vidcurate.stages.registry import MAPPED
 
 log = logging.getLogger("vidcurate")
 
@@ -51,7 +54,7 @@ ALL_STAGES = tuple(TABLES)  # every stage a run directory can hold, in pipeline 
 ROW_KEY = {stage: "uri" if stage == "probe" else "clip_id" for stage in ALL_STAGES}
 # The rows a stage redoes together: split and ground rows depend on their video's other rows.
 # Stages absent here (dedup, shard) decide over the whole run and are redone whole.
-REDO_UNIT = {"probe": "uri", "split": "video_id", "caption": "clip_id", "ground": "video_id", "embed": "clip_id", "quality": "clip_id"}
+REDO_UNIT = {"probe": "uri", "split": "video_id", **{name: spec.redo_unit for name, spec in MAPPED.items()}}
 MARKER = "_SUCCESS.json"
 DATASET = "dataset"  # inside the shard stage directory: what trainers read
 
@@ -138,11 +141,15 @@ class Runner:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
             try:
-                extra = getattr(self, f"_run_{stage}")(input_dir, output_dir, tmp) or {}
+                if stage in MAPPED:
+                    extra = self._run_mapped(MAPPED[stage], input_dir, tmp)
+                else:
+                    extra = getattr(self, f"_run_{stage}")(input_dir, output_dir, tmp) or {}
             finally:
                 self._redo = None
             done = read_stage_table(tmp, stage)
-            table = self._merged(stage, tmp, keep, done, old) if old or stage == "quality" else done
+            whole_run = stage in MAPPED and MAPPED[stage].decides_over_run
+            table = self._merged(stage, tmp, keep, done, old) if old or whole_run else done
         statuses = table.column("status").to_pylist()
         seconds = round(time.monotonic() - started, 2)
         marker = {
@@ -233,11 +240,8 @@ class Runner:
             from vidcurate.stages.probe import mark_exact_duplicates
 
             rows = mark_exact_duplicates(rows)
-        if stage == "quality":
-            from vidcurate.stages.quality import decide
-
-            undecided = [{**r, "status": KEPT, "reason": None, "quality": None} if r["status"] == REJECTED else r for r in rows]
-            rows = decide(undecided, self.cfg.quality.rules, self.cfg.quality.rank_scores)
+        if stage in MAPPED:
+            rows = MAPPED[stage].finalize(rows, self.cfg)
         for part in tmp.glob("*.parquet"):
             part.unlink()
         _write(tmp, sorted(rows, key=lambda r: r[key]), TABLES[stage])
@@ -305,79 +309,23 @@ class Runner:
                     rows[extra["clip_id"]].update({k: v for k, v in extra.items() if k not in STATUS_COLUMNS})
         return self._selected([rows[c] for c in sorted(rows)])
 
-    def _map_clips(self, stage: str, rows: list[dict], tmp: Path, fn, resources, decode=None, **kwargs) -> None:
-        """Run a stage core over clip rows on Ray Data; `fn` is a function or an actor class.
-        `decode` = (function, kwargs): a CPU step (Ray tasks) streaming into `fn`, so decoding
-        runs in parallel with the model instead of inside the (GPU) actors."""
+    def _run_mapped(self, spec: ClipStage, input_dir: Path, tmp: Path) -> dict:
+        """Any clip stage, from its declaration: the clips its input kept -> whole-run prepare ->
+        the columns it reads -> its map, on Ray Data, or in this process on a 1-CPU cluster (Ray
+        Data's budget never grants one operator every CPU, so an actor would wait forever)."""
         import ray
 
+        spec.check(self.cfg)
+        rows = spec.project(spec.prepare(self.clip_view(input_dir), self.cfg))
         if rows:
             ensure_ray(self.cfg)
             if ray.cluster_resources().get("CPU", 0) < 2:
-                # Ray Data's budget never grants one operator every CPU, so on a 1-CPU cluster
-                # an actor (or a task beside it) would wait forever: run the core here instead.
-                table = pa.Table.from_pylist(rows)
-                table = decode[0](table, **decode[1]) if decode else table
-                out = fn(**kwargs)(table) if isinstance(fn, type) else fn(table, **kwargs)
-                pq.write_table(out, tmp / "part-000000.parquet")
-                return
-            args = resources.map_batches_args()
-            if isinstance(fn, type):
-                args["concurrency"] = args["concurrency"] or 1
-                kwargs = {"fn_constructor_kwargs": kwargs}
+                pq.write_table(map_in_process(spec, rows, self.cfg), tmp / "part-000000.parquet")
             else:
-                kwargs = {"fn_kwargs": kwargs}
-            ds = ray.data.from_arrow(pa.Table.from_pylist(rows)).repartition(max(1, -(-len(rows) // resources.batch_size)))
-            if decode is not None:
-                ds = ds.map_batches(decode[0], fn_kwargs=decode[1], batch_format="pyarrow", batch_size=resources.batch_size, num_cpus=1)
-            ds.map_batches(fn, batch_format="pyarrow", **args, **kwargs).write_parquet(str(tmp))
+                map_on_ray(spec, rows, self.cfg, tmp)
         if not any(tmp.glob("*.parquet")):
-            _write(tmp, [], TABLES[stage])
-
-    def _run_caption(self, input_dir: Path, _output_dir, tmp: Path) -> None:
-        from vidcurate.stages import caption
-
-        fields = ("clip_id", "video_id", "clip_uri", "start_s", "end_s")
-        rows = [{k: r[k] for k in fields} for r in self.clip_view(input_dir)]
-        cfg = self.cfg.caption
-        decode = (caption.decode_batch, {"cfg": cfg})
-        self._map_clips("caption", rows, tmp, caption.CaptionWorker, cfg.resources, decode, cfg=cfg)
-
-    def _run_ground(self, input_dir: Path, _output_dir, tmp: Path) -> dict:
-        from vidcurate.stages.ground import GroundWorker, distractor_pool
-
-        clips = self.clip_view(input_dir)
-        pool = distractor_pool(clips)
-        fields = ("clip_id", "video_id", "start_s", "end_s", "caption", "events")
-        rows = [{**{k: c[k] for k in fields}, "distractors": pool[c["clip_id"]]} for c in clips]
-        kwargs = {"cfg": self.cfg.ground, "caption_cfg": self.cfg.caption}
-        self._map_clips("ground", rows, tmp, GroundWorker, self.cfg.ground.resources, None, **kwargs)
-
-    def _run_embed(self, input_dir: Path, _output_dir, tmp: Path) -> None:
-        from vidcurate.stages import embed
-
-        fields = ("clip_id", "video_id", "clip_uri")
-        rows = [{**{k: c[k] for k in fields}, "caption": c.get("caption")} for c in self.clip_view(input_dir)]
-        cfg = self.cfg.embed
-        decode = (embed.decode_batch, {"keyframes": cfg.keyframes, "side": embed.input_side(cfg)})
-        self._map_clips("embed", rows, tmp, embed.EmbedWorker, cfg.resources, decode, cfg=cfg)
-
-    def _run_quality(self, input_dir: Path, _output_dir, tmp: Path) -> None:
-        from vidcurate.stages import content_flags, quality
-
-        cfg = self.cfg.quality
-        fields = ("clip_id", "video_id", "clip_uri", "start_s", "end_s", "clip_width", "clip_height")
-        optional = ("caption", "clip_score", "image_emb")
-        rows = [{**{k: c[k] for k in fields}, **{k: c.get(k) for k in optional}} for c in self.clip_view(input_dir)]
-        content_flags.require(cfg.ocr, cfg.nsfw)
-        flags = {"ocr": cfg.ocr, "nsfw": cfg.nsfw, "count": cfg.flag_frames, "ocr_side": cfg.ocr_side, "ocr_gate_side": cfg.ocr_gate_side}
-        kwargs = {
-            "frames_per_clip": cfg.frames,
-            "aesthetic_path": cfg.aesthetic_head,
-            "with_aesthetic": "embed" in self.cfg.stages,
-            "flags": flags,
-        }
-        self._map_clips("quality", rows, tmp, quality.score_batch, cfg.resources, None, **kwargs)  # decided in _merged
+            _write(tmp, [], spec.table)
+        return {}
 
     def _run_dedup(self, input_dir: Path, _output_dir, tmp: Path) -> dict:
         from vidcurate.stages import dedup

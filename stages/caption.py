@@ -23,6 +23,7 @@ from vidcurate.schemas.tables import CAPTIONS, FAILED, KEPT, stable_int, to_tabl
 from vidcurate.stages.failures import failed, is_transient
 from vidcurate.stages.answer import InvalidAnswer, answer_regex, answer_schema, clean_events, clean_text, parse_answer, time_choices
 from vidcurate.stages.captioners import BackendError, Prompt
+from vidcurate.stages.contract import ClipStage
 from vidcurate.stages.media import pack_frames, unpack_frames
 from vidcurate.stages.models import tiny_qwen2vl
 from vidcurate.stages.settings import StageResources, StrictModel
@@ -242,3 +243,14 @@ class CaptionWorker:
 def decode_batch(batch: pa.Table, cfg: CaptionConfig) -> pa.Table:
     """Ray Data adapter of the CPU half (tasks)."""
     return pa.Table.from_pylist(decode_clips(batch.to_pylist(), cfg))
+
+
+SPEC = ClipStage(
+    name=STAGE,
+    table=CAPTIONS,
+    columns=("clip_id", "video_id", "clip_uri", "start_s", "end_s"),
+    core=CaptionWorker,
+    arguments=lambda run: {"cfg": run.caption},
+    decode=decode_batch,
+    decode_arguments=lambda run: {"cfg": run.caption},
+)

@@ -20,6 +20,7 @@ from pydantic import Field
 
 from vidcurate.schemas.readers import clip_frames
 from vidcurate.schemas.tables import EMBEDDED, KEPT, to_table
+from vidcurate.stages.contract import ClipStage
 from vidcurate.stages.failures import failed, is_transient
 from vidcurate.stages.media import pack_frames, unpack_frames
 from vidcurate.stages.models import TINY_CLIP_MODEL, cache_dir, tiny_clip_config
@@ -305,3 +306,15 @@ def decode_batch(batch: pa.Table, keyframes: int, side: int) -> pa.Table:
 def unpack(blob: bytes | None) -> np.ndarray | None:
     """A stored embedding back to float32."""
     return None if blob is None else np.frombuffer(blob, dtype=np.float16).astype(np.float32)
+
+
+SPEC = ClipStage(
+    name=STAGE,
+    table=EMBEDDED,
+    columns=("clip_id", "video_id", "clip_uri"),
+    optional=("caption",),
+    core=EmbedWorker,
+    arguments=lambda run: {"cfg": run.embed},
+    decode=decode_batch,
+    decode_arguments=lambda run: {"keyframes": run.embed.keyframes, "side": input_side(run.embed)},
+)

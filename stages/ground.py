@@ -17,7 +17,8 @@ import re
 
 from pydantic import Field
 
-from vidcurate.schemas.tables import KEPT, REJECTED, stable_int
+from vidcurate.schemas.tables import GROUNDED, KEPT, REJECTED, stable_int
+from vidcurate.stages.contract import ClipStage
 from vidcurate.stages.settings import StageResources, StrictModel
 
 
@@ -253,7 +254,7 @@ class GroundWorker:
         return Prompt(prompt, None, self.cfg.rewrite_max_tokens, 0.0, stable_int(question))
 
     def __call__(self, batch):
-        from vidcurate.schemas.tables import GROUNDED, to_table
+        from vidcurate.schemas.tables import to_table
 
         rows = [ground_clip(c, c["distractors"], self.rephrase, self.cfg.min_rewrite_score) for c in batch.to_pylist()]
         return to_table(rows, GROUNDED)
@@ -268,3 +269,20 @@ def distractor_pool(clips: list[dict], per_clip: int = 6) -> dict[str, list[str]
     return {
         c["clip_id"]: [t for owner, t in by_video.get(c["video_id"], []) if owner != c["clip_id"]][:per_clip] for c in clips
     }
+
+
+def with_distractors(clips: list[dict], _run) -> list[dict]:
+    """Whole-run step before the map: each clip's distractors come from its video's other clips."""
+    pool = distractor_pool(clips)
+    return [{**c, "distractors": pool[c["clip_id"]]} for c in clips]
+
+
+SPEC = ClipStage(
+    name=STAGE,
+    table=GROUNDED,
+    columns=("clip_id", "video_id", "start_s", "end_s", "caption", "events", "distractors"),
+    core=GroundWorker,
+    arguments=lambda run: {"cfg": run.ground, "caption_cfg": run.caption},
+    prepare=with_distractors,
+    redo_unit="video_id",
+)

@@ -21,7 +21,8 @@ from vidcurate.schemas.readers import clip_frames
 from vidcurate.schemas.tables import KEPT, REJECTED, SCORED, to_table
 from vidcurate.stages.failures import failed
 from vidcurate.stages.answer import clean_text
-from vidcurate.stages.content_flags import OCR_GATE_SIDE, OCR_SIDE, flag_scores
+from vidcurate.stages.content_flags import OCR_GATE_SIDE, OCR_SIDE, flag_scores, require
+from vidcurate.stages.contract import ClipStage
 from vidcurate.stages.settings import StageResources, StrictModel
 
 
@@ -234,3 +235,28 @@ def decide(rows: list[dict], rules: list, rank_scores: list[str]) -> list[dict]:
         else:
             out.append({**row, "quality": quality})
     return out
+
+
+def arguments(run) -> dict:
+    cfg = run.quality
+    flags = {"ocr": cfg.ocr, "nsfw": cfg.nsfw, "count": cfg.flag_frames, "ocr_side": cfg.ocr_side, "ocr_gate_side": cfg.ocr_gate_side}
+    return {"frames_per_clip": cfg.frames, "aesthetic_path": cfg.aesthetic_head, "with_aesthetic": "embed" in run.stages, "flags": flags}
+
+
+def decide_all(rows: list[dict], run) -> list[dict]:
+    """Whole-run step after the map, over old and new rows alike: the rules' percentiles are the
+    corpus's, so every row is decided again."""
+    undecided = [{**r, "status": KEPT, "reason": None, "quality": None} if r["status"] == REJECTED else r for r in rows]
+    return decide(undecided, run.quality.rules, run.quality.rank_scores)
+
+
+SPEC = ClipStage(
+    name=STAGE,
+    table=SCORED,
+    columns=("clip_id", "video_id", "clip_uri", "start_s", "end_s", "clip_width", "clip_height"),
+    optional=("caption", "clip_score", "image_emb"),
+    core=score_batch,
+    arguments=arguments,
+    finalize=decide_all,
+    check=lambda run: require(run.quality.ocr, run.quality.nsfw),
+)
