@@ -87,7 +87,7 @@ class PipelineConfig(StrictModel):
     ray: RayConfig = RayConfig()
     probe: ProbeConfig = ProbeConfig()
     split: SplitConfig = SplitConfig()
-    stages: list[Literal["caption", "ground", "embed", "quality", "dedup"]] = Field(
+    stages: list[Literal[CLIP_STAGES]] = Field(
         default_factory=lambda: list(CLIP_STAGES),
         description="optional clip stages between split and shard, in pipeline order",
     )

@@ -1,13 +1,20 @@
-"""Window media: a window's own mp4, its clips' frames in order, encoded like a clip.
+"""Window media: a window's own mp4, its clips' frames in order.
 
 Trainers decode the whole file a record names (none of their training loaders reads a start
 or end time), so a window's spans must be times in a file that *is* the window. The clips of a
 window are contiguous, so their frames in order are exactly the source frames of the window;
 a window whose frame count does not match its span fails rather than ship shifted labels.
+
+The clips' encoded packets are copied one after another, their times shifted by the clips
+before them: every clip starts with a keyframe and split encodes them all alike, so the window
+decodes to exactly the clips' own frames, with no second lossy encode, in milliseconds. Clips
+whose streams differ (codec parameters, time base) are decoded and encoded again instead.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,6 +33,63 @@ def cut_window(window_id: str, clip_uris: list[str], frames: int, fps: float, ou
     """Write `<out_dir>/<window_id>.mp4`; returns its uri, sha256 and size."""
     path = Path(out_dir) / f"{window_id}.mp4"
     path.parent.mkdir(parents=True, exist_ok=True)
+    if _copyable(clip_uris):
+        copied = _copy_packets(path, clip_uris, frames, fps)
+        if copied is not None:
+            return copied
+    return _encode_frames(path, clip_uris, frames, fps, cfg)
+
+
+def _stream_signature(uri: str) -> tuple:
+    with fsspec.open(uri, "rb") as f, av.open(f) as container:
+        stream = container.streams.video[0]
+        ctx = stream.codec_context
+        return ctx.name, ctx.width, ctx.height, ctx.pix_fmt, bytes(ctx.extradata or b""), stream.time_base
+
+
+def _copyable(clip_uris: list[str]) -> bool:
+    """Whether the clips' packets can follow one another in one stream: same codec, size,
+    parameter sets (the mp4's extradata) and time base."""
+    return len({_stream_signature(uri) for uri in clip_uris}) == 1
+
+
+def _copy_packets(path: Path, clip_uris: list[str], frames: int, fps: float) -> dict | None:
+    """The window by packet copy; None (nothing written) where the copied stream's length is not
+    its frames at `fps`, within half a frame: the times would not be the window's."""
+    tmp = path.with_name(path.name + ".part")
+    count, offset = 0, 0
+    try:
+        with av.open(str(tmp), mode="w", format="mp4") as out:
+            target = None
+            for uri in clip_uris:
+                with fsspec.open(uri, "rb") as f, av.open(f) as container:
+                    stream = container.streams.video[0]
+                    target = target or out.add_stream_from_template(stream)
+                    end = offset
+                    for packet in container.demux(stream):
+                        if packet.dts is None:  # the demuxer's end-of-stream marker
+                            continue
+                        end = max(end, offset + packet.pts + (packet.duration or 0))
+                        packet.pts, packet.dts = packet.pts + offset, packet.dts + offset
+                        packet.stream = target
+                        out.mux(packet)
+                        count += 1
+                    offset = end
+            size = (target.codec_context.width, target.codec_context.height)
+            seconds = float(offset * target.time_base)
+        if count != frames:
+            raise ValueError(f"frames_missing: its clips hold {count} frames, its span {frames}")
+        if abs(seconds - frames / fps) > 0.5 / fps:
+            tmp.unlink()
+            return None
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return {"media_uri": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "width": size[0], "height": size[1]}
+
+
+def _encode_frames(path: Path, clip_uris: list[str], frames: int, fps: float, cfg: SplitConfig) -> dict:
     encoder = None
     try:
         for uri in clip_uris:
