@@ -37,7 +37,6 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
-from vidcurate.stages.answer import RegexConstraint  # noqa: E402
 from vidcurate.stages.caption import CaptionConfig, build_prompt  # noqa: E402
 from vidcurate.stages.captioners import Prompt, TransformersCaptioner  # noqa: E402
 from vidcurate.stages.models import tiny_qwen2vl  # noqa: E402
@@ -121,15 +120,14 @@ def bench(name: str, captioner, batch: list[Prompt], warm_up: int = 1) -> dict:
             "tokens_per_s": round(tokens / seconds, 1)}  # fmt: skip
 
 
-class PartialMatchConstraint(RegexConstraint):
+class PartialMatchConstraint:
     """The anchor: every token's text tried after the text so far by the regex engine's partial
     match, at every step of every row."""
 
     def __init__(self, pattern: str, tokenizer, prompt_len: int, eos_id: int):
         import regex
 
-        super().__init__(pattern, tokenizer, prompt_len, eos_id)
-        self.pattern = regex.compile(pattern)
+        self.pattern, self.tokenizer, self.prompt_len, self.eos_id = regex.compile(pattern), tokenizer, prompt_len, eos_id
         special = set(tokenizer.all_special_ids)
         self.texts = [(i, tokenizer.decode([i])) for i in range(len(tokenizer)) if i not in special]
 

@@ -33,38 +33,34 @@ def cut_window(window_id: str, clip_uris: list[str], frames: int, fps: float, ou
     """Write `<out_dir>/<window_id>.mp4`; returns its uri, sha256 and size."""
     path = Path(out_dir) / f"{window_id}.mp4"
     path.parent.mkdir(parents=True, exist_ok=True)
-    if _copyable(clip_uris):
-        copied = _copy_packets(path, clip_uris, frames, fps)
-        if copied is not None:
-            return copied
-    return _encode_frames(path, clip_uris, frames, fps, cfg)
+    copied = _copy_packets(path, clip_uris, frames, fps) if clip_uris else None
+    return copied if copied is not None else _encode_frames(path, clip_uris, frames, fps, cfg)
 
 
-def _stream_signature(uri: str) -> tuple:
-    with fsspec.open(uri, "rb") as f, av.open(f) as container:
-        stream = container.streams.video[0]
-        ctx = stream.codec_context
-        return ctx.name, ctx.width, ctx.height, ctx.pix_fmt, bytes(ctx.extradata or b""), stream.time_base
-
-
-def _copyable(clip_uris: list[str]) -> bool:
-    """Whether the clips' packets can follow one another in one stream: same codec, size,
+def _stream_signature(stream) -> tuple:
+    """What clips must share for their packets to follow one another in one stream: codec, size,
     parameter sets (the mp4's extradata) and time base."""
-    return len({_stream_signature(uri) for uri in clip_uris}) == 1
+    ctx = stream.codec_context
+    return ctx.name, ctx.width, ctx.height, ctx.pix_fmt, bytes(ctx.extradata or b""), stream.time_base
 
 
 def _copy_packets(path: Path, clip_uris: list[str], frames: int, fps: float) -> dict | None:
-    """The window by packet copy; None (nothing written) where the copied stream's length is not
-    its frames at `fps`, within half a frame: the times would not be the window's."""
+    """The window by packet copy; None (nothing written) where a clip's stream differs from the
+    first clip's, or the copied stream's length is not its frames at `fps` within half a frame
+    (the times would not be the window's)."""
     tmp = path.with_name(path.name + ".part")
     count, offset = 0, 0
     try:
         with av.open(str(tmp), mode="w", format="mp4") as out:
-            target = None
+            target, signature, matched = None, None, True
             for uri in clip_uris:
                 with fsspec.open(uri, "rb") as f, av.open(f) as container:
                     stream = container.streams.video[0]
-                    target = target or out.add_stream_from_template(stream)
+                    if target is None:
+                        target, signature = out.add_stream_from_template(stream), _stream_signature(stream)
+                    elif _stream_signature(stream) != signature:
+                        matched = False
+                        break
                     end = offset
                     for packet in container.demux(stream):
                         if packet.dts is None:  # the demuxer's end-of-stream marker
@@ -77,9 +73,9 @@ def _copy_packets(path: Path, clip_uris: list[str], frames: int, fps: float) -> 
                     offset = end
             size = (target.codec_context.width, target.codec_context.height)
             seconds = float(offset * target.time_base)
-        if count != frames:
+        if matched and count != frames:
             raise ValueError(f"frames_missing: its clips hold {count} frames, its span {frames}")
-        if abs(seconds - frames / fps) > 0.5 / fps:
+        if not matched or abs(seconds - frames / fps) > 0.5 / fps:
             tmp.unlink()
             return None
         os.replace(tmp, path)
