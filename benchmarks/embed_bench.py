@@ -4,9 +4,10 @@
                                      [--clips-per-batch 16] [--raw-batch 256] [--repeat 3]
 
 Stage: `stages.embed.embed_clips` on real clips (cut from the sample videos by the split
-stage): decode keyframes at the encoder's input size, crop, normalise on the device, encode
-images and captions, hash. Model half: `embed_decoded` on keyframes decoded beforehand, as the pipeline
-runs it (CPU tasks decode, the model actor only preprocesses and encodes). Raw: `encode_image`
+stage, which keeps the keyframes as it encodes them: decode once): read the keyframes, scale them
+to the encoder's input size, crop, normalise on the device, encode images and captions, hash.
+Model half: `embed_decoded` on keyframes read beforehand, as the pipeline runs it (CPU tasks
+read, the model actor only preprocesses and encodes). Raw: `encode_image`
 on ready tensors at `--raw-batch`. Prints frames/s of each and the ratios to raw (targets:
 model half >= 0.85 of raw on CPU, >= 0.70 on GPU). Weights are random (`pretrained=None`):
 speed does not depend on them.
@@ -27,16 +28,18 @@ sys.path.insert(0, str(REPO))
 from vidcurate.stages.embed import ClipEncoder, decode_keyframes, embed_clips, embed_decoded  # noqa: E402
 from vidcurate.stages.media import unpack_frames  # noqa: E402
 from vidcurate.stages.probe import ProbeConfig, probe_video  # noqa: E402
+from vidcurate.stages.frame_store import FrameNeed  # noqa: E402
 from vidcurate.stages.split import SplitConfig, split_video  # noqa: E402
 
 
-def sample_clips() -> list[dict]:
+def sample_clips(keyframes: int) -> list[dict]:
+    """The sample videos' clips, cut by split with their keyframes kept, as the pipeline does."""
     media = Path(tempfile.mkdtemp())
     clips = []
     for video in sorted((REPO / "sample_data" / "videos").glob("*")):
         row = probe_video(str(video), ProbeConfig(), None)
         if row["status"] == "kept":
-            clips += [c for c in split_video(row, media, SplitConfig(max_clip_s=4.0)) if c["status"] == "kept"]
+            clips += [c for c in split_video(row, media, SplitConfig(max_clip_s=4.0), (FrameNeed(keyframes),)) if c["status"] == "kept"]
     return [{**c, "caption": "a short clip of moving shapes"} for c in clips]
 
 
@@ -53,7 +56,7 @@ def main() -> None:
     import torch
 
     encoder = ClipEncoder(args.model, None, args.device)
-    clips = sample_clips() * args.repeat
+    clips = sample_clips(args.keyframes) * args.repeat
     batches = [clips[i : i + args.clips_per_batch] for i in range(0, len(clips), args.clips_per_batch)]
     frames = len(clips) * args.keyframes
     images = torch.randn(args.raw_batch, 3, encoder.size, encoder.size, device=encoder.device, dtype=encoder.dtype)

@@ -303,9 +303,55 @@ def compare_with_peer(args, listing: Path, paths: list[Path], total: float, work
         print(f"vidcurate / {r['what']}: {rows[0]['video_s_per_s'] / r['video_s_per_s']:.2f}x the video-seconds per second")
 
 
+# A sitecustomize for the sample runs (driver and every Ray worker import it): each call of
+# clip_frames, the one function that decodes a clip's media, is logged with the stage function
+# that made it, one file per process, so decode passes per clip are counted, not assumed.
+DECODE_TRACER = """
+import importlib, os, sys
+
+def _count_clip_decodes():
+    out = os.environ.get("VIDCURATE_BENCH_DECODES")
+    for name in ("vidcurate.schemas.readers", "schemas.readers"):  # namespaced, and older commits
+        try:
+            readers = importlib.import_module(name)
+            break
+        except ImportError:
+            readers = None
+    if not out or readers is None or not hasattr(readers, "clip_frames"):
+        return
+    decode = readers.clip_frames
+
+    def counted(*args, **kwargs):
+        frame = sys._getframe(1)
+        while frame and ("/stages/" not in frame.f_code.co_filename or frame.f_code.co_filename.endswith("frame_store.py")):
+            frame = frame.f_back
+        caller = f"{os.path.basename(frame.f_code.co_filename)[:-3]}.{frame.f_code.co_name}" if frame else "other"
+        with open(os.path.join(out, f"{os.getpid()}.log"), "a") as log:
+            log.write(caller + "\\n")
+        return decode(*args, **kwargs)
+
+    readers.clip_frames = counted
+
+_count_clip_decodes()
+"""
+
+
+def decode_passes(work: Path) -> dict[str, int]:
+    """Clip decodes logged by DECODE_TRACER, by the stage function that made them."""
+    counts: dict[str, int] = {}
+    for log in (work / "decodes").glob("*.log"):
+        for caller in log.read_text().split():
+            counts[caller] = counts.get(caller, 0) + 1
+    return dict(sorted(counts.items()))
+
+
 def sample_run(repo: Path, listing: Path, work: Path, env: dict) -> tuple[dict, Path]:
-    """The repo's own sample config on the corpus (dedup history in `work`), through `vidcurate run`."""
+    """The repo's own sample config on the corpus (dedup history in `work`), through `vidcurate run`,
+    with clip decodes counted (DECODE_TRACER)."""
     work.mkdir(parents=True)
+    (work / "tracer").mkdir()
+    (work / "tracer" / "sitecustomize.py").write_text(DECODE_TRACER)
+    (work / "decodes").mkdir()
     cfg = yaml.safe_load((repo / "pipelines" / "configs" / "sample.yaml").read_text())
     cfg.update(inputs=str(listing), run_dir=str(work / "run"))
     cfg.setdefault("dedup", {})["history"] = str(work / "shipped")
@@ -315,6 +361,7 @@ def sample_run(repo: Path, listing: Path, work: Path, env: dict) -> tuple[dict, 
     if '"vidcurate.pipelines"' in (repo / "pyproject.toml").read_text():  # installed under the namespace
         cli = "vidcurate.pipelines.cli"
         env = {**env, "PYTHONPATH": str(namespace_of(repo, work))}
+    env = {**env, "PYTHONPATH": f"{work / 'tracer'}:{env['PYTHONPATH']}", "VIDCURATE_BENCH_DECODES": str(work / "decodes")}
     cmd = [sys.executable, "-c", f"import sys; from {cli} import main; sys.exit(main())", "run", "--config", str(config)]
     return run_measured(cmd, env=env, cwd=repo), work / "run"
 
@@ -374,6 +421,11 @@ def compare_sample_runs(args, listing: Path, work: Path, env: dict) -> None:
     for stage in stages["HEAD"]:
         print(f"| {stage} | " + " | ".join(str(stages[n].get(stage, "")) for n in runs) + " |")
     print("| whole command | " + " | ".join(f"{result['wall']:.1f}" for result, _ in runs.values()) + " |")
+    for name, (_, run_dir) in runs.items():
+        clips = len(kept_and_scores(run_dir)[0]["split"])
+        passes = decode_passes(run_dir.parent)
+        print(f"{name}: {clips} clips extracted (one decode each); clip decodes after extraction: {passes or 'none'}; "
+              f"decode passes per clip: {(clips + sum(passes.values())) / max(clips, 1):.2f}")
     if args.baseline:
         head, base = runs["HEAD"][0]["wall"], runs[args.baseline][0]["wall"]
         print(f"sample config: HEAD {head:.1f} s, {args.baseline} {base:.1f} s: {base / head:.2f}x")

@@ -2,6 +2,7 @@
 
 Layout of a run directory:
     probe/   videos table        split/  clips table        media/clips/<clip_id>.mp4
+                                                            media/frames/<clip_id>.npz (decode once)
     caption/ ground/ embed/ quality/ dedup/   optional clip stages (config `stages`), each a
              table keyed by clip_id holding the clips its upstream stage kept
     shard/   per-clip shard table; dataset/: <prefix>-NNNNNN.tar with a .parquet sidecar each,
@@ -46,7 +47,7 @@ from vidcurate.stages import probe, shard, split
 from vidcurate.stages.contract import ClipStage
 from vidcurate.stages.media import list_inputs
 from vidcurate.stages.publish import publish
-from vidcurate.stages.registry import MAPPED
+from vidcurate.stages.registry import MAPPED, frame_needs
 
 log = logging.getLogger("vidcurate")
 
@@ -282,13 +283,13 @@ class Runner:
         videos = read_stage_table(input_dir, "probe").filter(pc.field("status") == KEPT)
         if self._redo is not None:
             videos = videos.filter(pc.field("video_id").isin(sorted(self._redo[1])))
-        media = output_dir.parent / "media" / "clips"
+        media = output_dir.parent / "media"
         if videos.num_rows:
             ensure_ray(self.cfg)
             ds = ray.data.from_arrow(videos).repartition(videos.num_rows)
             ds = ds.map_batches(
                 split.split_batch,
-                fn_kwargs={"cfg": self.cfg.split, "media_dir": str(media)},
+                fn_kwargs={"cfg": self.cfg.split, "media_dir": str(media), "needs": frame_needs(self.cfg)},
                 batch_format="pyarrow",
                 **self.cfg.split.resources.map_batches_args(),
             )

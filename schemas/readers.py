@@ -100,6 +100,12 @@ def scaled_size(width: int, height: int, short_side: int | None) -> dict:
     return {"width": max(short_side, round(width * scale)), "height": max(short_side, round(height * scale)), "interpolation": "BICUBIC"}
 
 
+def evenly_spaced(n: int, count: int) -> list[int]:
+    """`count` evenly spaced positions out of n, first and last included (fewer when n is smaller):
+    the frames every reader of a clip samples."""
+    return sorted({int(i) for i in np.linspace(0, n - 1, num=min(count, n)).round()}) if n else []
+
+
 def clip_frames(mp4: bytes, count: int, short_side: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """`count` evenly spaced RGB frames of a clip, (n, h, w, 3) uint8, and their times in seconds
     from the clip start: the same clock as the spans in the sample's json. With `short_side`,
@@ -113,7 +119,7 @@ def clip_frames(mp4: bytes, count: int, short_side: int | None = None) -> tuple[
         order = [packet.pts for packet in container.demux(video=0) if packet.size]
     by_pts = None not in order and len(set(order)) == len(order)
     order = sorted(order) if by_pts else list(range(len(order)))
-    wanted = {order[i] for i in np.linspace(0, len(order) - 1, num=min(count, len(order))).round().astype(int)}
+    wanted = {order[i] for i in evenly_spaced(len(order), count)}
     frames, times = [], []
     with av.open(io.BytesIO(mp4)) as container:
         stream = container.streams.video[0]

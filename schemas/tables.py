@@ -56,6 +56,7 @@ CLIPS = pa.schema(
         pa.field("clip_width", pa.int32()),
         pa.field("clip_height", pa.int32()),
         pa.field("clip_sha256", pa.string()),
+        pa.field("frames_uri", pa.string()),  # the frames later stages sample, kept by extraction
         *_STATUS_FIELDS,
     ]
 )

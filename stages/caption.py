@@ -12,18 +12,17 @@ import json
 import logging
 from typing import Literal
 
-import fsspec
 import numpy as np
 import pyarrow as pa
 from PIL import Image
 from pydantic import Field, model_validator
 
-from vidcurate.schemas.readers import clip_frames
 from vidcurate.schemas.tables import CAPTIONS, FAILED, KEPT, stable_int, to_table
 from vidcurate.stages.failures import failed, is_transient
 from vidcurate.stages.answer import InvalidAnswer, answer_regex, answer_schema, clean_events, clean_text, parse_answer, time_choices
 from vidcurate.stages.captioners import BackendError, Prompt
 from vidcurate.stages.contract import ClipStage
+from vidcurate.stages.frame_store import FrameNeed, read_frames
 from vidcurate.stages.media import pack_frames, unpack_frames
 from vidcurate.stages.models import tiny_qwen2vl
 from vidcurate.stages.settings import StageResources, StrictModel
@@ -100,15 +99,13 @@ INSTRUCTION = (
 )
 
 
-def frame_count(duration_s: float, cfg: CaptionConfig) -> int:
-    if cfg.fps is None:
-        return cfg.frames
-    return int(min(cfg.max_frames, max(1, round(duration_s * cfg.fps))))
+def frame_need(cfg: CaptionConfig) -> FrameNeed:
+    return FrameNeed(cfg.frames, cfg.fps, cfg.max_frames)
 
 
-def sample_frames(media: bytes, duration_s: float, cfg: CaptionConfig) -> tuple[list[np.ndarray], list[float]]:
-    """Evenly spaced frames scaled to `frame_height`, with their times from the clip start."""
-    rgb, times = clip_frames(media, frame_count(duration_s, cfg))
+def sample_frames(clip: dict, cfg: CaptionConfig) -> tuple[list[np.ndarray], list[float]]:
+    """Evenly spaced frames of a clip row scaled to `frame_height`, with their times from the clip start."""
+    rgb, times = read_frames(clip, frame_need(cfg).count_for(clip["end_s"] - clip["start_s"]))
     frames = []
     for frame in rgb:
         image = Image.fromarray(frame)
@@ -148,8 +145,7 @@ def decode_clips(clips: list[dict], cfg: CaptionConfig) -> list[dict]:
     for clip in clips:
         item = {k: clip[k] for k in ("clip_id", "video_id", "start_s", "end_s")}
         try:
-            with fsspec.open(clip["clip_uri"], "rb") as f:
-                frames, times = sample_frames(f.read(), clip["end_s"] - clip["start_s"], cfg)
+            frames, times = sample_frames(clip, cfg)
             item.update(frames=pack_frames(frames), frame_times=times, error=None)
         except Exception as exc:  # noqa: BLE001 - an unreadable clip fails alone, with its error
             item.update(frames=None, frame_times=None, error=failed("frames", exc))
@@ -249,8 +245,10 @@ SPEC = ClipStage(
     name=STAGE,
     table=CAPTIONS,
     columns=("clip_id", "video_id", "clip_uri", "start_s", "end_s"),
+    optional=("frames_uri",),
     core=CaptionWorker,
     arguments=lambda run: {"cfg": run.caption},
     decode=decode_batch,
     decode_arguments=lambda run: {"cfg": run.caption},
+    frames=lambda run: (frame_need(run.caption),),
 )

@@ -13,6 +13,8 @@ the order it was given them. It declares:
 - `prepare(rows, run)`: whole-run work before the map (ground's distractors come from other
   clips); `finalize(rows, run)`: whole-run work after it over every row, old and new (quality's
   rules are corpus percentiles);
+- `frames(run)`: the `FrameNeed`s of the frames it samples from each clip, which split keeps
+  while it encodes the clip (decode once);
 - `check(run)`: what must hold before any work starts (an optional dependency installed);
 - `redo_unit`: the rows an update recomputes together (`video_id` where a clip's row depends on
   its video's other clips).
@@ -39,6 +41,10 @@ def _nothing(_run) -> None:
     return None
 
 
+def _no_frames(_run) -> tuple:
+    return ()
+
+
 @dataclass(frozen=True)
 class ClipStage:
     name: str
@@ -51,6 +57,7 @@ class ClipStage:
     decode_arguments: Callable[[object], dict] = _none
     prepare: Callable[[list[dict], object], list[dict]] = _unchanged
     finalize: Callable[[list[dict], object], list[dict]] = _unchanged
+    frames: Callable[[object], tuple] = _no_frames
     check: Callable[[object], None] = _nothing
     redo_unit: str = "clip_id"
 

@@ -13,15 +13,14 @@ import logging
 import os
 import warnings
 
-import fsspec
 import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
-from vidcurate.schemas.readers import clip_frames
 from vidcurate.schemas.tables import EMBEDDED, KEPT, to_table
 from vidcurate.stages.contract import ClipStage
 from vidcurate.stages.failures import failed, is_transient
+from vidcurate.stages.frame_store import FrameNeed, read_frames
 from vidcurate.stages.media import pack_frames, unpack_frames
 from vidcurate.stages.models import TINY_CLIP_MODEL, cache_dir, tiny_clip_config
 from vidcurate.stages.settings import StageResources, StrictModel
@@ -225,8 +224,7 @@ def decode_keyframes(clips: list[dict], keyframes: int, side: int | None = None)
     for clip in clips:
         item = {"clip_id": clip["clip_id"], "video_id": clip["video_id"], "caption": clip.get("caption")}
         try:
-            with fsspec.open(clip["clip_uri"], "rb") as f:
-                rgb, _ = clip_frames(f.read(), keyframes, side)
+            rgb, _ = read_frames(clip, keyframes, side)
             gray = rgb[len(rgb) // 2].mean(axis=2).astype(np.uint8)
             item.update(frames=pack_frames(centre_square(rgb, side) if side else rgb), phash=phash(gray), error=None)
         except Exception as exc:  # noqa: BLE001 - one unreadable clip fails alone
@@ -312,9 +310,10 @@ SPEC = ClipStage(
     name=STAGE,
     table=EMBEDDED,
     columns=("clip_id", "video_id", "clip_uri"),
-    optional=("caption",),
+    optional=("caption", "frames_uri"),
     core=EmbedWorker,
     arguments=lambda run: {"cfg": run.embed},
     decode=decode_batch,
     decode_arguments=lambda run: {"keyframes": run.embed.keyframes, "side": input_side(run.embed)},
+    frames=lambda run: (FrameNeed(run.embed.keyframes),),
 )

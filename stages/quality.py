@@ -12,14 +12,13 @@ import json
 import re
 from collections import Counter
 
-import fsspec
 import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
-from vidcurate.schemas.readers import clip_frames
 from vidcurate.schemas.tables import KEPT, REJECTED, SCORED, to_table
 from vidcurate.stages.failures import failed
+from vidcurate.stages.frame_store import FrameNeed, read_frames
 from vidcurate.stages.answer import clean_text
 from vidcurate.stages.content_flags import OCR_GATE_SIDE, OCR_SIDE, flag_scores, require
 from vidcurate.stages.contract import ClipStage
@@ -155,8 +154,7 @@ class AestheticHead:
 def score_clip(clip: dict, frames_per_clip: int, aesthetic: AestheticHead | None, flags: dict | None = None) -> dict:
     """All scores of one clip (a merged stage row) as a flat dict of numbers; `flags` holds the
     optional detectors' settings (ocr, nsfw, count)."""
-    with fsspec.open(clip["clip_uri"], "rb") as f:
-        frames, _ = clip_frames(f.read(), frames_per_clip)
+    frames, _ = read_frames(clip, frames_per_clip)
     scores = technical_scores(frames, clip["end_s"] - clip["start_s"], clip["clip_width"], clip["clip_height"])
     if flags:
         scores.update(flag_scores(frames, **flags))
@@ -254,9 +252,10 @@ SPEC = ClipStage(
     name=STAGE,
     table=SCORED,
     columns=("clip_id", "video_id", "clip_uri", "start_s", "end_s", "clip_width", "clip_height"),
-    optional=("caption", "clip_score", "image_emb"),
+    optional=("caption", "clip_score", "image_emb", "frames_uri"),
     core=score_batch,
     arguments=arguments,
     finalize=decide_all,
+    frames=lambda run: (FrameNeed(run.quality.frames),),
     check=lambda run: require(run.quality.ocr, run.quality.nsfw),
 )

@@ -24,10 +24,10 @@ import pyarrow.parquet as pq
 from PIL import Image
 from pydantic import Field
 
-from vidcurate.schemas.readers import clip_frames
 from vidcurate.schemas.sample import SIDECAR, build_sample, build_window_sample, sidecar_row
 from vidcurate.schemas.tables import KEPT
 from vidcurate.stages.failures import failed
+from vidcurate.stages.frame_store import FrameNeed, read_frames
 from vidcurate.stages.settings import StrictModel
 
 
@@ -55,10 +55,16 @@ def sample_order(clip_ids: Iterable[str], seed: int | None) -> list[str]:
     return sorted(clip_ids, key=lambda c: hashlib.sha256(f"{seed}/{c}".encode()).hexdigest())
 
 
-def keyframes_jpeg(media: bytes, count: int, height: int) -> list[bytes]:
-    """`count` evenly spaced frames of a clip as JPEG, for filtering and previews without decoding video."""
+def frame_needs(cfg: ShardConfig) -> tuple[FrameNeed, ...]:
+    """The frames of each clip the keyframe members are made from (split keeps them)."""
+    return (FrameNeed(cfg.keyframes),) if cfg.keyframes else ()
+
+
+def keyframes_jpeg(media: dict, count: int, height: int) -> list[bytes]:
+    """`count` evenly spaced frames of a clip (`clip_uri`, `frames_uri`) as JPEG, for filtering
+    and previews without decoding video."""
     out = []
-    for rgb in clip_frames(media, count)[0]:
+    for rgb in read_frames(media, count)[0]:
         image = Image.fromarray(rgb)
         width = max(2, round(image.width * height / image.height))
         buf = io.BytesIO()
@@ -73,7 +79,8 @@ def write_shards(
     """Write kept clips (merged stage rows) in the given order; `stages` are those each clip
     passed. Returns (per-clip rows, shard manifest)."""
     entries = [
-        (c["clip_id"], c["video_id"], c["clip_uri"], partial(build_sample, c, videos[c["video_id"]], stages)) for c in clips
+        (c["clip_id"], c["video_id"], c["clip_uri"], c.get("frames_uri"), partial(build_sample, c, videos[c["video_id"]], stages))
+        for c in clips
     ]
     return _write(entries, out_dir, f"{cfg.prefix}-%06d.tar", "clip", cfg)
 
@@ -86,19 +93,19 @@ def write_window_shards(
     entries = []
     for w in windows:
         m = media[w["window_id"]]
-        entries.append((w["window_id"], w["video_id"], m["media_uri"], partial(build_window_sample, w, m, videos[w["video_id"]], stages)))
+        entries.append((w["window_id"], w["video_id"], m["media_uri"], None, partial(build_window_sample, w, m, videos[w["video_id"]], stages)))
     return _write(entries, out_dir, f"{cfg.prefix}-windows-%06d.tar", "window", cfg)
 
 
 def _write(entries: list[tuple], out_dir: Path, pattern: str, kind: str, cfg: ShardConfig) -> tuple[list[dict], list[dict]]:
-    """(key, video_id, media uri, annotation builder) entries -> shards named by `pattern`."""
+    """(key, video_id, media uri, stored frames uri, annotation builder) entries -> shards named by `pattern`."""
     import webdataset as wds  # imports torch: only the shard stage pays for it, not every driver and task
 
     rows: list[dict] = []
     sidecars: dict[str, list[dict]] = {}
     out_dir.mkdir(parents=True, exist_ok=True)
     with wds.ShardWriter(str(out_dir / pattern), maxcount=cfg.maxcount, maxsize=cfg.maxsize, verbose=0, mtime=0.0) as sink:
-        for key, video_id, media_uri, build in entries:
+        for key, video_id, media_uri, frames_uri, build in entries:
             row = {"clip_id": key, "video_id": video_id, "stage": STAGE}
             try:
                 sample = build()
@@ -106,7 +113,8 @@ def _write(entries: list[tuple], out_dir: Path, pattern: str, kind: str, cfg: Sh
                     media = f.read()
                 members = {"__key__": key, "mp4": media, "json": json.dumps(sample, sort_keys=True).encode()}
                 if cfg.keyframes:
-                    for i, jpeg in enumerate(keyframes_jpeg(media, cfg.keyframes, cfg.keyframe_height)):
+                    stored = {"clip_uri": media_uri, "frames_uri": frames_uri}
+                    for i, jpeg in enumerate(keyframes_jpeg(stored, cfg.keyframes, cfg.keyframe_height)):
                         members[f"f{i:03d}.jpg"] = jpeg
                 sink.write(members)
             except Exception as exc:  # noqa: BLE001 - one bad clip must not sink the shard set

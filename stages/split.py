@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Literal
@@ -22,6 +23,7 @@ from vidcurate.schemas.tables import CLIPS, FAILED, KEPT, REJECTED, clip_id, to_
 from vidcurate.stages.failures import failed
 from vidcurate.stages.decoding import decode_threads
 from vidcurate.stages.detect import Cut, detect_cuts, frozen_run_end
+from vidcurate.stages.frame_store import FrameKeeper, FrameNeed
 from vidcurate.stages.media import local_copy, read_small_frames
 from vidcurate.stages.settings import StageResources, StrictModel
 
@@ -57,6 +59,15 @@ class SplitConfig(StrictModel):
 
 
 STAGE = "split"
+
+
+@dataclass(frozen=True)
+class ClipMedia:
+    """Where a video's clips go, where the frames stages will sample go, and which those are."""
+
+    clips: Path
+    frames: Path
+    needs: tuple[FrameNeed, ...]
 
 
 def frame_end_times(times_s: np.ndarray, duration_s: float | None) -> np.ndarray:
@@ -179,12 +190,14 @@ class ClipEncoder:
         self.time_base = 1 / rate
         self.count = 0
 
-    def add(self, frame: av.VideoFrame) -> None:
+    def add(self, frame: av.VideoFrame) -> av.VideoFrame:
+        """Encode the frame scaled to the clip's size; returns it as encoded."""
         frame = frame.reformat(width=self.size[0], height=self.size[1], format="yuv420p")
         frame.pts = self.count
         frame.time_base = self.time_base
         self.count += 1
         self.out.mux(self.stream.encode(frame))
+        return frame
 
     def close(self) -> str:
         self.out.mux(self.stream.encode(None))
@@ -197,8 +210,11 @@ class ClipEncoder:
         self.tmp.unlink(missing_ok=True)
 
 
-def extract_clips(path: str, spans: list[dict], out_dir: Path, video: dict, cfg: SplitConfig, pts: np.ndarray) -> None:
-    """Cut every kept span of one video in a single decode pass; fills clip_uri/sha or failure.
+def extract_clips(
+    path: str, spans: list[dict], media: ClipMedia, video: dict, cfg: SplitConfig, pts: np.ndarray
+) -> None:
+    """Cut every kept span of one video in a single decode pass, keeping the frames later stages
+    sample; fills clip_uri/sha (and frames_uri) or failure.
 
     Frame i of the spans is the frame whose pts is pts[i] (the analysis pass's frames), so a
     frame either pass could not decode shifts nothing.
@@ -208,8 +224,8 @@ def extract_clips(path: str, spans: list[dict], out_dir: Path, video: dict, cfg:
         return
     rotation = int(video.get("rotation") or 0)
     size = clip_size(video["width"], video["height"], rotation, cfg.clip_max_height)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    current, encoder, cursor = 0, None, 0
+    media.clips.mkdir(parents=True, exist_ok=True)
+    current, encoder, keeper, cursor = 0, None, None, 0
     try:
         with av.open(path) as container:
             stream = container.streams.video[0]
@@ -227,7 +243,7 @@ def extract_clips(path: str, spans: list[dict], out_dir: Path, video: dict, cfg:
                     if encoder is None:
                         _no_frames(todo[current])
                     else:
-                        _finish(todo[current], encoder)
+                        _finish(todo[current], encoder, keeper, media)
                     encoder, current = None, current + 1
                 if current == len(todo):
                     break
@@ -235,15 +251,16 @@ def extract_clips(path: str, spans: list[dict], out_dir: Path, video: dict, cfg:
                 if index < span["start_frame"]:
                     continue
                 if encoder is None:
-                    encoder = ClipEncoder(out_dir / f"{span['clip_id']}.mp4", size, video["fps"], cfg)
-                encoder.add(_upright(frame, rotation))
+                    encoder = ClipEncoder(media.clips / f"{span['clip_id']}.mp4", size, video["fps"], cfg)
+                    keeper = FrameKeeper(span["end_frame"] - span["start_frame"], span["end_s"] - span["start_s"], media.needs)
+                keeper.offer(encoder.count, encoder.add(_upright(frame, rotation)))
                 if index + 1 >= span["end_frame"]:
-                    _finish(span, encoder)
+                    _finish(span, encoder, keeper, media)
                     encoder, current = None, current + 1
                     if current == len(todo):
                         break
         if encoder is not None:  # stream ended early: keep what was decoded
-            _finish(todo[current], encoder)
+            _finish(todo[current], encoder, keeper, media)
             current += 1
     except Exception as exc:  # noqa: BLE001 - the remaining spans of this video fail with the cause
         if encoder is not None:
@@ -259,10 +276,11 @@ def _no_frames(span: dict) -> None:
     span.update(status=FAILED, reason="extract: none of the clip's frames decoded")
 
 
-def _finish(span: dict, encoder: ClipEncoder) -> None:
+def _finish(span: dict, encoder: ClipEncoder, keeper: FrameKeeper, media: ClipMedia) -> None:
     span["clip_sha256"] = encoder.close()
     span["clip_uri"] = str(encoder.path)
     span["clip_width"], span["clip_height"] = encoder.size
+    span["frames_uri"] = keeper.write(media.frames / f"{span['clip_id']}.npz", encoder.count, encoder.time_base)
 
 
 def find_cuts(yuv: np.ndarray, cfg: SplitConfig) -> tuple[list[Cut], np.ndarray]:
@@ -276,8 +294,10 @@ def find_cuts(yuv: np.ndarray, cfg: SplitConfig) -> tuple[list[Cut], np.ndarray]
     return transnet.combined_cuts(yuv, cfg)
 
 
-def split_video(video: dict, media_dir: Path, cfg: SplitConfig) -> list[dict]:
-    """One kept video row -> its clip rows; a video-level error becomes one failed whole-video row."""
+def split_video(video: dict, media_dir: Path, cfg: SplitConfig, needs: tuple[FrameNeed, ...] = ()) -> list[dict]:
+    """One kept video row -> its clip rows; a video-level error becomes one failed whole-video row.
+    Clips go to `media_dir`/clips, the frames `needs` name to `media_dir`/frames."""
+    media = ClipMedia(media_dir / "clips", media_dir / "frames", tuple(needs))
     base = {"video_id": video["video_id"], "source_uri": video["uri"], "stage": STAGE}
     try:
         with local_copy(video["uri"]) as path:
@@ -289,7 +309,7 @@ def split_video(video: dict, media_dir: Path, cfg: SplitConfig) -> list[dict]:
             spans = plan_spans(cuts, black, frames.times_s, ends, cfg)
             for span in spans:
                 span.update(base, clip_id=clip_id(video["video_id"], span["start_s"], span["end_s"]))
-            extract_clips(path, spans, media_dir, video, cfg, frames.pts)
+            extract_clips(path, spans, media, video, cfg, frames.pts)
         return spans
     except Exception as exc:  # noqa: BLE001 - recorded in the ledger, the run goes on
         end_s = float(video.get("duration_s") or 0.0)
@@ -306,6 +326,6 @@ def split_video(video: dict, media_dir: Path, cfg: SplitConfig) -> list[dict]:
         ]
 
 
-def split_batch(batch: pa.Table, cfg: SplitConfig, media_dir: str) -> pa.Table:
+def split_batch(batch: pa.Table, cfg: SplitConfig, media_dir: str, needs: tuple[FrameNeed, ...] = ()) -> pa.Table:
     """Ray Data adapter (map_batches, pyarrow format): videos-table rows -> clips-table rows."""
-    return to_table([clip for video in batch.to_pylist() for clip in split_video(video, Path(media_dir), cfg)], CLIPS)
+    return to_table([clip for video in batch.to_pylist() for clip in split_video(video, Path(media_dir), cfg, needs)], CLIPS)
