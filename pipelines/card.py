@@ -211,10 +211,10 @@ def dataset_card(stats: dict, cfg: PipelineConfig) -> str:
         "",
         "## Configuration used",
         "",
-        "Execution settings (run directory, Ray address, failure handling) are left out: they do not change the data.",
+        "Execution settings (run directory, executor, Ray address, failure handling) are left out: they do not change the data.",
         "",
         "```yaml",
-        yaml.safe_dump(cfg.model_dump(exclude={"run_dir", "ray", "failures"}), sort_keys=True).rstrip(),
+        yaml.safe_dump(cfg.model_dump(exclude={"run_dir", "executor", "ray", "failures"}), sort_keys=True).rstrip(),
         "```",
         "",
     ]

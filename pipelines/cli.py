@@ -11,7 +11,7 @@ from pathlib import Path
 
 from vidcurate.pipelines.config import load_config
 from vidcurate.pipelines.export import FORMATS
-from vidcurate.schemas.tables import TABLES
+from vidcurate.stages.registry import STAGES
 
 EPILOG = """examples:
   vidcurate run --config pipelines/configs/sample.yaml
@@ -74,11 +74,12 @@ def cmd_stage(args: argparse.Namespace) -> int:
 
     output = Path(args.output)
     overrides = {"run_dir": str(output.parent)}
-    if args.name == "probe":
+    from_inputs = STAGES[args.name].reads == "inputs"  # probe: its input is the listed files, not a stage
+    if from_inputs:
         overrides["inputs"] = args.input
     cfg = load_config(args.config, **overrides, **{"ray.address": args.ray_address})
     runner = Runner(cfg)
-    marker = runner.run_stage(args.name, None if args.name == "probe" else args.input, output)
+    marker = runner.run_stage(args.name, None if from_inputs else args.input, output)
     print(json.dumps(marker, indent=2))
     return 0
 
@@ -136,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=cmd_serve)
 
     stage = sub.add_parser("stage", help="run one stage on a previous stage's output")
-    stage.add_argument("name", choices=list(TABLES))
+    stage.add_argument("name", choices=list(STAGES))
     stage.add_argument("--input", required=True, help="previous stage's directory (probe: the input spec)")
     stage.add_argument("--output", required=True, help="this stage's directory")
     stage.add_argument("--config", help="pipeline YAML (stage settings)")

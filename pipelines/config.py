@@ -14,7 +14,6 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, Field, model_validator
 
-from vidcurate.schemas.tables import CLIP_STAGES, TABLES
 from vidcurate.stages.caption import CaptionConfig
 from vidcurate.stages.dedup import DedupConfig
 from vidcurate.stages.embed import EmbedConfig
@@ -22,6 +21,7 @@ from vidcurate.stages.ground import GroundConfig
 from vidcurate.stages.models import DEFAULT_CAPTION_MODEL, DEFAULT_CLIP_MODEL
 from vidcurate.stages.probe import ProbeConfig
 from vidcurate.stages.quality import QualityConfig
+from vidcurate.stages.registry import OPTIONAL, STAGES, pipeline
 from vidcurate.stages.settings import StrictModel
 from vidcurate.stages.shard import ShardConfig
 from vidcurate.stages.split import SplitConfig
@@ -50,9 +50,9 @@ class FailureConfig(StrictModel):
 
     @model_validator(mode="after")
     def _stages(self) -> FailureConfig:
-        unknown = sorted(set(self.stage_max_failed_fraction) - set(TABLES))
+        unknown = sorted(set(self.stage_max_failed_fraction) - set(STAGES))
         if unknown:
-            raise ValueError(f"stage_max_failed_fraction names unknown stages {unknown}; stages: {list(TABLES)}")
+            raise ValueError(f"stage_max_failed_fraction names unknown stages {unknown}; stages: {list(STAGES)}")
         if any(not 0 <= v <= 1 for v in self.stage_max_failed_fraction.values()):
             raise ValueError("stage_max_failed_fraction values must lie in [0, 1]")
         return self
@@ -84,11 +84,15 @@ class PipelineConfig(StrictModel):
     profile: Literal["tiny", "default"] = Field(
         "default", description="default: the real models' weights; tiny: random toy models built locally (tests, the sample job)"
     )
+    executor: Literal["ray", "in_process"] = Field(
+        "ray", description="ray: stages on Ray (local or `ray.address`); in_process: everything in this process, "
+        "Ray never started (small runs, tools, tests)"
+    )
     ray: RayConfig = RayConfig()
     probe: ProbeConfig = ProbeConfig()
     split: SplitConfig = SplitConfig()
-    stages: list[Literal[CLIP_STAGES]] = Field(
-        default_factory=lambda: list(CLIP_STAGES),
+    stages: list[Literal[OPTIONAL]] = Field(
+        default_factory=lambda: list(OPTIONAL),
         description="optional clip stages between split and shard, in pipeline order",
     )
     caption: CaptionConfig = CaptionConfig()
@@ -123,8 +127,8 @@ class PipelineConfig(StrictModel):
 
     @model_validator(mode="after")
     def _stage_order(self) -> PipelineConfig:
-        if self.stages != sorted(set(self.stages), key=CLIP_STAGES.index):
-            raise ValueError(f"stages must be distinct and in the order {list(CLIP_STAGES)}; got {self.stages}")
+        if self.stages != sorted(set(self.stages), key=OPTIONAL.index):
+            raise ValueError(f"stages must be distinct and in the order {list(OPTIONAL)}; got {self.stages}")
         for stage, needs in STAGE_NEEDS.items():
             if stage in self.stages and needs not in self.stages:
                 raise ValueError(f"stage {stage!r} needs stage {needs!r}")
@@ -132,7 +136,7 @@ class PipelineConfig(StrictModel):
 
     def pipeline(self) -> tuple[str, ...]:
         """Every stage this config runs, in order."""
-        return ("probe", "split", *self.stages, "shard")
+        return pipeline(self.stages)
 
     def stage_hash(self, stage: str) -> str:
         """Fingerprint of what decides a stage's output, so a changed setting re-runs it."""

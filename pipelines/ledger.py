@@ -13,9 +13,10 @@ from collections import Counter
 import pyarrow as pa
 
 from vidcurate.schemas.outcomes import code_of
-from vidcurate.schemas.tables import CLIP_STAGES, FAILED, KEPT, LEDGER, REJECTED, STATUSES, to_table
+from vidcurate.schemas.tables import FAILED, KEPT, LEDGER, REJECTED, STATUSES, to_table
+from vidcurate.stages.registry import STAGES
 
-CLIP_LEVEL = ("split", *CLIP_STAGES, "shard")  # tables keyed by clip, in pipeline order
+CLIP_LEVEL = tuple(name for name, spec in STAGES.items() if spec.key == "clip_id")  # tables keyed by clip, in pipeline order
 
 
 def build_ledger(tables: dict[str, pa.Table]) -> pa.Table:

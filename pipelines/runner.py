@@ -39,25 +39,19 @@ import pyarrow.parquet as pq
 from vidcurate.pipelines.card import content_stats, dataset_card
 from vidcurate.pipelines.config import PipelineConfig
 from vidcurate.pipelines.cost import CpuMeter, cost_fields, describe_cost
-from vidcurate.pipelines.executors import map_in_process, map_on_ray
+from vidcurate.pipelines.executors import map_on_ray, map_on_ray_tasks, write_in_process
 from vidcurate.pipelines.ledger import build_ledger, pending_retries, retry_due, summarize
-from vidcurate.schemas.readers import INDEX
-from vidcurate.schemas.tables import CLIPS, FAILED, KEPT, SHARDED, STATUS_COLUMNS, TABLES, VIDEOS, to_table
-from vidcurate.stages import probe, shard, split
-from vidcurate.stages.contract import ClipStage
+from vidcurate.schemas.tables import FAILED, KEPT, STATUS_COLUMNS, to_table
+from vidcurate.stages.contract import Place, Stage, map_here
 from vidcurate.stages.media import list_inputs
 from vidcurate.stages.publish import publish
-from vidcurate.stages.registry import MAPPED, frame_needs
+from vidcurate.stages.registry import STAGES, frame_needs
+from vidcurate.stages.shard import DATASET
 
 log = logging.getLogger("vidcurate")
 
-ALL_STAGES = tuple(TABLES)  # every stage a run directory can hold, in pipeline order
-ROW_KEY = {stage: "uri" if stage == "probe" else "clip_id" for stage in ALL_STAGES}
-# The rows a stage redoes together: split and ground rows depend on their video's other rows.
-# Stages absent here (dedup, shard) decide over the whole run and are redone whole.
-REDO_UNIT = {"probe": "uri", "split": "video_id", **{name: spec.redo_unit for name, spec in MAPPED.items()}}
+ALL_STAGES = tuple(STAGES)  # every stage a run directory can hold, in pipeline order
 MARKER = "_SUCCESS.json"
-DATASET = "dataset"  # inside the shard stage directory: what trainers read
 
 
 def ensure_ray(cfg: PipelineConfig) -> None:
@@ -74,7 +68,7 @@ def ensure_ray(cfg: PipelineConfig) -> None:
 def read_stage_table(stage_dir: Path, stage: str) -> pa.Table:
     """The stage's Parquet parts (other files, such as shards, may sit beside them)."""
     parts = sorted(str(p) for p in Path(stage_dir).glob("*.parquet"))
-    return pa.dataset.dataset(parts, format="parquet", schema=TABLES[stage]).to_table()
+    return pa.dataset.dataset(parts, format="parquet", schema=STAGES[stage].table).to_table()
 
 
 def read_marker(stage_dir: Path) -> dict | None:
@@ -142,22 +136,18 @@ class Runner:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
             try:
-                if stage in MAPPED:
-                    extra = self._run_mapped(MAPPED[stage], input_dir, tmp)
-                else:
-                    extra = getattr(self, f"_run_{stage}")(input_dir, output_dir, tmp) or {}
+                extra = self._run(STAGES[stage], input_dir, tmp)
             finally:
                 self._redo = None
             done = read_stage_table(tmp, stage)
-            whole_run = stage in MAPPED and MAPPED[stage].decides_over_run
-            table = self._merged(stage, tmp, keep, done, old) if old or whole_run else done
+            table = self._merged(stage, tmp, keep, done, old) if old or STAGES[stage].decides_over_run else done
         statuses = table.column("status").to_pylist()
         seconds = round(time.monotonic() - started, 2)
         marker = {
             "stage": stage,
             "fingerprint": fingerprint,
             "input_revision": input_revision,
-            "revision": _digest(input_revision, *_kept_keys(table, ROW_KEY[stage])),
+            "revision": _digest(input_revision, *_kept_keys(table, STAGES[stage].key)),
             "rows": table.num_rows,
             "rows_done": done.num_rows,
             "counts": {s: statuses.count(s) for s in sorted(set(statuses))},
@@ -188,11 +178,12 @@ class Runner:
     def _video_seconds(stage: str, input_dir: Path | None, done: pa.Table) -> float | None:
         """Seconds of video behind the rows a run computed: probe's durations for a video's rows,
         split's spans for a clip's; None where those tables are not beside the input."""
+        reads = STAGES[stage].reads
         try:
-            if stage == "probe":
+            if reads == "inputs":
                 return sum(d for d in done.column("duration_s").to_pylist() if d)
-            wanted = set(done.column("video_id" if stage == "split" else "clip_id").to_pylist())
-            if stage == "split":
+            wanted = set(done.column("video_id" if reads == "videos" else "clip_id").to_pylist())
+            if reads == "videos":
                 videos = read_stage_table(input_dir, "probe").select(["video_id", "duration_s"]).to_pylist()
                 return sum(v["duration_s"] or 0.0 for v in videos if v["video_id"] in wanted)
             spans = read_stage_table(input_dir.parent / "split", "split").select(["clip_id", "start_s", "end_s"]).to_pylist()
@@ -211,7 +202,7 @@ class Runner:
     def _plan_redo(self, stage: str, input_dir: Path | None, old: list[dict], retry: list[dict]) -> tuple[tuple | None, list[dict]]:
         """What an update of a completed stage computes: (unit column, its values) or None for
         everything; and the old rows kept as they are."""
-        unit, key = REDO_UNIT.get(stage), ROW_KEY[stage]
+        unit, key = STAGES[stage].redo_unit, STAGES[stage].key
         if not old or unit is None:
             return None, []
         if input_dir is None:  # probe: the inputs listed by the first run
@@ -229,23 +220,19 @@ class Runner:
 
     def _merged(self, stage: str, tmp: Path, keep: list[dict], done: pa.Table, old: list[dict]) -> pa.Table:
         """The stage's table after an update: kept old rows plus this run's rows, which count
-        their tries; quality then decides over all of them (its rules use corpus percentiles)."""
-        key = ROW_KEY[stage]
+        their tries; a stage that decides over the whole run (quality's corpus percentiles, probe's
+        same-bytes inputs) then decides over all of them."""
+        spec = STAGES[stage]
+        key = spec.key
         before = {r[key]: r for r in old}
         rows = done.to_pylist()
         for row in rows:
             last = before.get(row[key])
             row["tries"] = (last["tries"] or 1) + 1 if last and last["status"] == FAILED else 1
-        rows += keep
-        if stage == "probe":  # a retried input may hold the same bytes as a kept one
-            from vidcurate.stages.probe import mark_exact_duplicates
-
-            rows = mark_exact_duplicates(rows)
-        if stage in MAPPED:
-            rows = MAPPED[stage].finalize(rows, self.cfg)
+        rows = spec.finalize(rows + keep, self.cfg)
         for part in tmp.glob("*.parquet"):
             part.unlink()
-        _write(tmp, sorted(rows, key=lambda r: r[key]), TABLES[stage])
+        _write(tmp, sorted(rows, key=lambda r: r[key]), spec.table)
         return read_stage_table(tmp, stage)
 
     def _selected(self, rows: list[dict]) -> list[dict]:
@@ -255,47 +242,65 @@ class Runner:
         unit, values = self._redo
         return [r for r in rows if r[unit] in values]
 
-    def _run_probe(self, _input_dir, _output_dir, tmp: Path) -> None:
-        import ray
-
-        if not self.cfg.inputs:
-            raise ValueError("no inputs: set `inputs` in the config or pass --inputs")
-        uris = [r["uri"] for r in self._selected([{"uri": u} for u in list_inputs(self.cfg.inputs)])]
-        if not uris and self._redo is None:
-            raise FileNotFoundError(f"no input files found for {self.cfg.inputs!r}")
-        if not uris:
-            return _write(tmp, [], VIDEOS)
-        ensure_ray(self.cfg)
-        ds = ray.data.from_items([{"uri": u} for u in uris], override_num_blocks=min(len(uris), 1000))
-        root = self.cfg.inputs if Path(self.cfg.inputs).is_dir() else None
-        ds = ds.map_batches(
-            probe.probe_batch,
-            fn_kwargs={"cfg": self.cfg.probe, "root": root},
-            batch_format="pyarrow",
-            **self.cfg.probe.resources.map_batches_args(),
-        )
-        rows = probe.mark_exact_duplicates(ds.take_all())
-        _write(tmp, sorted(rows, key=lambda r: r["uri"]), VIDEOS)
-
-    def _run_split(self, input_dir: Path, output_dir: Path, tmp: Path) -> None:
-        import ray
-
-        videos = read_stage_table(input_dir, "probe").filter(pc.field("status") == KEPT)
-        if self._redo is not None:
-            videos = videos.filter(pc.field("video_id").isin(sorted(self._redo[1])))
-        media = output_dir.parent / "media"
-        if videos.num_rows:
-            ensure_ray(self.cfg)
-            ds = ray.data.from_arrow(videos).repartition(videos.num_rows)
-            ds = ds.map_batches(
-                split.split_batch,
-                fn_kwargs={"cfg": self.cfg.split, "media_dir": str(media), "needs": frame_needs(self.cfg)},
-                batch_format="pyarrow",
-                **self.cfg.split.resources.map_batches_args(),
-            )
-            ds.write_parquet(str(tmp))
+    def _run(self, spec: Stage, input_dir: Path | None, tmp: Path) -> dict:
+        """Any stage, from its declaration: its input rows -> whole-run prepare -> the columns it
+        reads -> its map on the executor, or its whole-run work; Parquet into `tmp`. Returns
+        what its marker adds."""
+        spec.check(self.cfg)
+        rows = spec.project(spec.prepare(self._input_rows(spec, input_dir), self.cfg))
+        place = self._place(input_dir, tmp)
+        extra: dict = {}
+        if spec.whole is not None:
+            rows, extra = spec.whole(rows, self.cfg, place)
+            _write(tmp, rows, spec.table)
+        elif rows:
+            self._map(spec, rows, place)
         if not any(tmp.glob("*.parquet")):
-            _write(tmp, [], CLIPS)
+            _write(tmp, [], spec.table)
+        return extra
+
+    def _input_rows(self, spec: Stage, input_dir: Path | None) -> list[dict]:
+        """What the stage reads (`Stage.reads`), narrowed to the units an update redoes."""
+        if spec.reads == "inputs":
+            listed = self._selected([{"uri": uri} for uri in list_inputs(self.cfg.inputs)])
+            if not listed and self._redo is None:
+                raise FileNotFoundError(f"no input files found for {self.cfg.inputs!r}")
+            return listed
+        if spec.reads == "videos":
+            videos = read_stage_table(input_dir, read_marker(input_dir)["stage"]).filter(pc.field("status") == KEPT)
+            return self._selected(videos.to_pylist())
+        return self.clip_view(input_dir)
+
+    def _place(self, input_dir: Path | None, tmp: Path) -> Place:
+        order = self.cfg.pipeline()
+        passed = order[: order.index(read_marker(input_dir)["stage"]) + 1] if input_dir is not None else ()
+        return Place(
+            run_dir=self.run_dir,
+            output=tmp,
+            passed=tuple(passed),
+            frame_needs=frame_needs(self.cfg),
+            map=self._parallel_map,
+            table=lambda name: read_stage_table(input_dir.parent / name, name),
+        )
+
+    def _map(self, spec: Stage, rows: list[dict], place: Place) -> None:
+        """A stage's batches on Ray Data; in this process with `executor: in_process`, or on a
+        1-CPU cluster (Ray Data's budget never grants one operator every CPU, so an actor would
+        wait forever)."""
+        if self.cfg.executor == "ray":
+            import ray
+
+            ensure_ray(self.cfg)
+            if ray.cluster_resources().get("CPU", 0) >= 2:
+                return map_on_ray(spec, rows, self.cfg, place)
+        write_in_process(spec, rows, self.cfg, place)
+
+    def _parallel_map(self, fn: Callable, items: list, **shared) -> list:
+        """Whole-run work's parallel map (`Place.map`): Ray tasks, or this process."""
+        if self.cfg.executor == "in_process" or not items:
+            return map_here(fn, items, **shared)
+        ensure_ray(self.cfg)
+        return map_on_ray_tasks(fn, items, **shared)
 
     def clip_view(self, input_dir: Path) -> list[dict]:
         """Clips kept by the stage in `input_dir`, each row merged with the columns of split and
@@ -309,90 +314,6 @@ class Runner:
                 if extra["clip_id"] in rows:
                     rows[extra["clip_id"]].update({k: v for k, v in extra.items() if k not in STATUS_COLUMNS})
         return self._selected([rows[c] for c in sorted(rows)])
-
-    def _run_mapped(self, spec: ClipStage, input_dir: Path, tmp: Path) -> dict:
-        """Any clip stage, from its declaration: the clips its input kept -> whole-run prepare ->
-        the columns it reads -> its map, on Ray Data, or in this process on a 1-CPU cluster (Ray
-        Data's budget never grants one operator every CPU, so an actor would wait forever)."""
-        import ray
-
-        spec.check(self.cfg)
-        rows = spec.project(spec.prepare(self.clip_view(input_dir), self.cfg))
-        if rows:
-            ensure_ray(self.cfg)
-            if ray.cluster_resources().get("CPU", 0) < 2:
-                pq.write_table(map_in_process(spec, rows, self.cfg), tmp / "part-000000.parquet")
-            else:
-                map_on_ray(spec, rows, self.cfg, tmp)
-        if not any(tmp.glob("*.parquet")):
-            _write(tmp, [], spec.table)
-        return {}
-
-    def _run_dedup(self, input_dir: Path, _output_dir, tmp: Path) -> dict:
-        from vidcurate.stages import dedup
-
-        cfg = self.cfg.dedup
-        rows = self.clip_view(input_dir)
-        clustered = dedup.clustered_pairs
-        if len(rows) > cfg.flat_max:
-            ensure_ray(self.cfg)
-            clustered = dedup.ray_clustered_pairs
-        history = dedup.load_history(cfg.history, dedup.run_id(self.run_dir))
-        decided = dedup.dedup(rows, cfg, history, clustered)
-        pq.write_table(dedup.dedup_table(decided), tmp / "part-000000.parquet")
-        return {"history_clips": len(history)}
-
-    def _run_shard(self, input_dir: Path, _output_dir, tmp: Path) -> dict:
-        by_id = {c["clip_id"]: c for c in self.clip_view(input_dir)}
-        videos = {v["video_id"]: v for v in read_stage_table(input_dir.parent / "probe", "probe").to_pylist()}
-        ordered = [by_id[c] for c in shard.sample_order(by_id, self.cfg.shard.shuffle_seed)]
-        dataset = tmp / DATASET
-        upstream = read_marker(input_dir)["stage"]
-        stages = list(self.cfg.pipeline()[: self.cfg.pipeline().index(upstream) + 1])  # those each clip passed
-        rows, manifest = shard.write_shards(ordered, videos, dataset, self.cfg.shard, stages)
-        _write(tmp, rows, SHARDED)
-        extra = {}
-        if "ground" in stages:
-            shipped = [by_id[r["clip_id"]] for r in rows if r["status"] == KEPT]
-            window_manifest, extra = self._write_windows(shipped, videos, dataset, stages, tmp.parent / "media" / "windows")
-            manifest += window_manifest
-        (dataset / INDEX).write_text(json.dumps(shard.wids_index(manifest, self.cfg.shard.prefix), indent=1))
-        return {"shards": manifest, **extra}
-
-    def _write_windows(self, shipped: list[dict], videos: dict, dataset: Path, stages: list[str], media_dir: Path) -> tuple[list, dict]:
-        """Window samples over contiguous shipped clips, each with its own media cut (on Ray)
-        from its clips; a window that cannot be cut is left out and counted with its reason."""
-        import ray
-
-        from vidcurate.stages.ground import windows
-        from vidcurate.stages.window_media import cut_windows_batch
-
-        video_windows = windows(shipped, self.cfg.ground.max_window_s)
-        if not video_windows:
-            return [], {"windows": 0}
-        clip_uri = {c["clip_id"]: c["clip_uri"] for c in shipped}
-        jobs = [
-            {
-                "window_id": w["window_id"],
-                "clip_uris": [clip_uri[c["key"]] for c in w["clips"]],
-                "frames": w["end_frame"] - w["start_frame"],
-                "fps": videos[w["video_id"]]["fps"],
-            }
-            for w in video_windows
-        ]
-        ensure_ray(self.cfg)
-        ds = ray.data.from_arrow(pa.Table.from_pylist(jobs)).repartition(len(jobs))
-        kwargs = {"cfg": self.cfg.split, "media_dir": str(media_dir)}
-        cut = ds.map_batches(cut_windows_batch, fn_kwargs=kwargs, batch_format="pyarrow", batch_size=1, num_cpus=1)
-        media = {m["window_id"]: m for m in cut.take_all()}
-        failed = {k: m["error"] for k, m in sorted(media.items()) if m["error"]}
-        for window_id, error in failed.items():
-            log.warning("window %s left out: %s", window_id, error)
-        ok = {w["window_id"]: w for w in video_windows if w["window_id"] not in failed}
-        ordered = [ok[i] for i in shard.sample_order(ok, self.cfg.shard.shuffle_seed)]
-        rows, manifest = shard.write_window_shards(ordered, media, videos, dataset, self.cfg.shard, stages)
-        failed.update({r["clip_id"]: r["reason"] for r in rows if r["status"] != KEPT})
-        return manifest, {"windows": sum(r["status"] == KEPT for r in rows), "windows_failed": failed}
 
     def finish(self) -> dict:
         """Write the ledger; with shards: stats.json and the dataset card, then publish if asked.

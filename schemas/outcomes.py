@@ -39,13 +39,13 @@ REASONS: dict[str, dict[str, tuple[str, str]]] = {
     "caption": {
         "invalid_output": (FAILED, "no answer passed the grammar in `caption.max_attempts` tries (raw answer kept)"),
         "backend": (FAILED, "the model or server failed (unreachable, 5xx, out of memory: transient)"),
-        "frames": (FAILED, "the clip's frames could not be decoded"),
+        "frames": (FAILED, "the clip's frames could not be read (split's stored frames, else the clip decoded)"),
     },
     "ground": {
         "no_grounding": (REJECTED, "no caption or events to ground"),
     },
     "embed": {
-        "frames": (FAILED, "the clip's keyframes could not be decoded"),
+        "frames": (FAILED, "the clip's keyframes could not be read (split's stored frames, else the clip decoded)"),
         "embed": (FAILED, "the encoder failed"),
     },
     "quality": {

@@ -117,18 +117,6 @@ DEDUPED = _clip_table(
     pa.field("dup_kind", pa.string()),  # exact | near | semantic | shipped (seen in an earlier run)
 )
 
-TABLES = {
-    "probe": VIDEOS,
-    "split": CLIPS,
-    "caption": CAPTIONS,
-    "ground": GROUNDED,
-    "embed": EMBEDDED,
-    "quality": SCORED,
-    "dedup": DEDUPED,
-    "shard": SHARDED,
-}
-CLIP_STAGES = ("caption", "ground", "embed", "quality", "dedup")  # optional, in this order
-
 
 def clip_id(video_id: str, start_s: float, end_s: float) -> str:
     """Deterministic clip key; no dots because WebDataset splits keys at the first dot."""

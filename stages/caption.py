@@ -21,7 +21,7 @@ from vidcurate.schemas.tables import CAPTIONS, FAILED, KEPT, stable_int, to_tabl
 from vidcurate.stages.failures import failed, is_transient
 from vidcurate.stages.answer import InvalidAnswer, answer_regex, answer_schema, clean_events, clean_text, parse_answer, time_choices
 from vidcurate.stages.captioners import BackendError, Prompt
-from vidcurate.stages.contract import ClipStage
+from vidcurate.stages.contract import Stage
 from vidcurate.stages.frame_store import FrameNeed, read_frames
 from vidcurate.stages.media import pack_frames, unpack_frames
 from vidcurate.stages.models import tiny_qwen2vl
@@ -241,13 +241,13 @@ def decode_batch(batch: pa.Table, cfg: CaptionConfig) -> pa.Table:
     return pa.Table.from_pylist(decode_clips(batch.to_pylist(), cfg))
 
 
-SPEC = ClipStage(
+SPEC = Stage(
     name=STAGE,
     table=CAPTIONS,
     columns=("clip_id", "video_id", "clip_uri", "start_s", "end_s"),
     optional=("frames_uri",),
     core=CaptionWorker,
-    arguments=lambda run: {"cfg": run.caption},
+    arguments=lambda run, _place: {"cfg": run.caption},
     decode=decode_batch,
     decode_arguments=lambda run: {"cfg": run.caption},
     frames=lambda run: (frame_need(run.caption),),

@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 from pydantic import Field
 
 from vidcurate.schemas.tables import DEDUPED, KEPT, REJECTED
+from vidcurate.stages.contract import Place, Stage, map_here
 from vidcurate.stages.settings import StageResources, StrictModel
 
 
@@ -59,6 +60,7 @@ def _faiss():
 
 GPU_K = 256  # neighbours per query from GPU k-NN; a row that fills them is finished by CPU range search
 QUERY_BLOCK = 65_536  # queries per GPU k-NN call (bounds the k-NN result arrays to ~200 MB)
+ASSIGN_BLOCK = 50_000  # vectors per centroid-assignment task
 
 
 def flat_pairs(emb: np.ndarray, threshold: float) -> np.ndarray:
@@ -114,7 +116,7 @@ def assign(emb: np.ndarray, centroids: np.ndarray, soft: int) -> np.ndarray:
     return index.search(emb, soft)[1]
 
 
-def cluster_pairs(emb: np.ndarray, members: np.ndarray, threshold: float) -> np.ndarray:
+def cluster_pairs(members: np.ndarray, emb: np.ndarray, threshold: float) -> np.ndarray:
     """Pairs inside one cluster, as global indices."""
     local = flat_pairs(np.ascontiguousarray(emb[members]), threshold)
     return members[local] if len(local) else np.empty((0, 2), np.int64)
@@ -126,14 +128,24 @@ def near_clusters(n: int) -> int:
     return max(1, int(np.sqrt(n)))
 
 
-def clustered_pairs(emb: np.ndarray, threshold: float, n_clusters: int, soft: int) -> np.ndarray:
-    """Pairs within clusters (`soft` = 1: SemDeDup; 2: near-dup search at scale), in-process."""
-    labels = assign(emb, train_centroids(emb, n_clusters), soft)
+def assign_block(rows: np.ndarray, emb: np.ndarray, centroids: np.ndarray, soft: int) -> np.ndarray:
+    """`assign` for the vectors at `rows`."""
+    return assign(np.ascontiguousarray(emb[rows]), centroids, soft)
+
+
+def clustered_pairs(emb: np.ndarray, threshold: float, n_clusters: int, soft: int, map_each=map_here) -> np.ndarray:
+    """Pairs within clusters (`soft` = 1: SemDeDup; 2: near-dup search at scale). Assigning
+    vectors to centroids (in blocks) and searching each cluster go through `map_each`: this
+    process by default, the executor's parallel map at scale (the vectors travel once)."""
+    centroids = train_centroids(emb, n_clusters)
+    blocks = [np.arange(i, min(i + ASSIGN_BLOCK, len(emb))) for i in range(0, len(emb), ASSIGN_BLOCK)]
+    labels = np.concatenate(map_each(assign_block, blocks, emb=emb, centroids=centroids, soft=soft))
     order = np.argsort(labels.ravel(), kind="stable")
     flat = labels.ravel()[order]
-    owners = order // soft
+    owners = order // soft  # increasing within each cluster: the stable sort keeps index order
     bounds = np.flatnonzero(np.diff(flat)) + 1
-    found = [cluster_pairs(emb, group, threshold) for group in np.split(owners, bounds) if len(group) > 1]
+    groups = [group for group in np.split(owners, bounds) if len(group) > 1]
+    found = map_each(cluster_pairs, groups, emb=emb, threshold=threshold)
     return unique_pairs(np.concatenate(found) if found else np.empty((0, 2), np.int64))
 
 
@@ -194,9 +206,9 @@ def embeddings(rows: list[dict]) -> np.ndarray:
     return emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
 
 
-def find_pairs(rows: list[dict], cfg, clustered=clustered_pairs) -> dict[str, np.ndarray]:
-    """Duplicate pairs by kind among `rows` (clip_sha256, phash, image_emb). `clustered` runs
-    the per-cluster search: in-process by default, on Ray via `ray_clustered_pairs`."""
+def find_pairs(rows: list[dict], cfg, map_each=map_here) -> dict[str, np.ndarray]:
+    """Duplicate pairs by kind among `rows` (clip_sha256, phash, image_emb); `map_each` runs the
+    clustered searches' parts (`clustered_pairs`)."""
     pairs = {"exact": exact_pairs([r.get("clip_sha256") for r in rows])}
     if len(rows) < 2:
         return pairs
@@ -204,13 +216,13 @@ def find_pairs(rows: list[dict], cfg, clustered=clustered_pairs) -> dict[str, np
     if len(emb) <= cfg.flat_max:
         near = [flat_pairs(emb, cfg.near_cosine)]
     else:
-        near = [clustered(emb, cfg.near_cosine, n_clusters=near_clusters(len(emb)), soft=2)]
+        near = [clustered_pairs(emb, cfg.near_cosine, n_clusters=near_clusters(len(emb)), soft=2, map_each=map_each)]
     if cfg.max_hamming is not None:
         near.append(phash_pairs(np.asarray([r["phash"] for r in rows], np.int64), cfg.max_hamming))
     pairs["near"] = unique_pairs(np.concatenate(near))
     if cfg.semantic_eps is not None:
         k = cfg.n_clusters or max(1, int(np.sqrt(len(rows))))
-        pairs["semantic"] = clustered(emb, 1 - cfg.semantic_eps, n_clusters=min(k, len(rows)), soft=1)
+        pairs["semantic"] = clustered_pairs(emb, 1 - cfg.semantic_eps, n_clusters=min(k, len(rows)), soft=1, map_each=map_each)
     return pairs
 
 
@@ -281,11 +293,11 @@ def against_history(rows: list[dict], history: list[dict], cfg) -> dict[int, str
     return found
 
 
-def dedup(rows: list[dict], cfg, history: list[dict], clustered=clustered_pairs) -> list[dict]:
+def dedup(rows: list[dict], cfg, history: list[dict], map_each=map_here) -> list[dict]:
     """DEDUPED rows for clips (merged stage rows), in input order."""
     shipped = against_history(rows, history, cfg)
     fresh = [r for i, r in enumerate(rows) if i not in shipped]
-    decided = {d["clip_id"]: d for d in resolve(fresh, find_pairs(fresh, cfg, clustered))}
+    decided = {d["clip_id"]: d for d in resolve(fresh, find_pairs(fresh, cfg, map_each))}
     out = []
     for i, r in enumerate(rows):
         if i in shipped:
@@ -307,31 +319,13 @@ def append_history(path: str, run: str, shipped: list[dict]) -> None:
     tmp.replace(folder / f"shipped-{run}.parquet")
 
 
-def ray_clustered_pairs(emb: np.ndarray, threshold: float, n_clusters: int, soft: int) -> np.ndarray:
-    """`clustered_pairs` with the per-cluster search spread over the Ray cluster: vectors are
-    assigned to centroids in parallel, grouped by cluster, and each group searched by one task."""
-    import ray
-
-    centroids = train_centroids(emb, n_clusters)
-    ds = ray.data.from_items([{"idx": i} for i in range(len(emb))], override_num_blocks=max(1, len(emb) // 50_000))
-    emb_ref = ray.put(emb)
-
-    def explode(batch: dict) -> dict:
-        vectors = ray.get(emb_ref)
-        labels = assign(np.ascontiguousarray(vectors[batch["idx"]]), centroids, soft)
-        return {"cluster": labels.ravel(), "idx": np.repeat(batch["idx"], soft)}
-
-    def search(group: dict) -> dict:
-        vectors = ray.get(emb_ref)
-        found = cluster_pairs(vectors, np.sort(group["idx"]), threshold)
-        return {"a": found[:, 0], "b": found[:, 1]}
-
-    pairs = ds.map_batches(explode, batch_format="numpy").groupby("cluster").map_groups(search, batch_format="numpy")
-    rows = pairs.take_all()
-    return unique_pairs(np.asarray([(r["a"], r["b"]) for r in rows], np.int64).reshape(-1, 2))
+def dedup_run(rows: list[dict], run, place: Place) -> tuple[list[dict], dict]:
+    """The stage over every clip at once: against the shipped history (other runs'), then within
+    the run; past `flat_max` clips the clustered searches run on the executor's parallel map."""
+    cfg = run.dedup
+    history = load_history(cfg.history, run_id(place.run_dir))
+    decided = dedup(rows, cfg, history, place.map if len(rows) > cfg.flat_max else map_here)
+    return decided, {"history_clips": len(history)}
 
 
-def dedup_table(decided: list[dict]) -> pa.Table:
-    from vidcurate.schemas.tables import to_table
-
-    return to_table(decided, DEDUPED)
+SPEC = Stage(name=STAGE, table=DEDUPED, whole=dedup_run, redo_unit=None)

@@ -18,7 +18,7 @@ import pyarrow as pa
 from pydantic import Field
 
 from vidcurate.schemas.tables import EMBEDDED, KEPT, to_table
-from vidcurate.stages.contract import ClipStage
+from vidcurate.stages.contract import Stage
 from vidcurate.stages.failures import failed, is_transient
 from vidcurate.stages.frame_store import FrameNeed, read_frames
 from vidcurate.stages.media import pack_frames, unpack_frames
@@ -306,13 +306,13 @@ def unpack(blob: bytes | None) -> np.ndarray | None:
     return None if blob is None else np.frombuffer(blob, dtype=np.float16).astype(np.float32)
 
 
-SPEC = ClipStage(
+SPEC = Stage(
     name=STAGE,
     table=EMBEDDED,
     columns=("clip_id", "video_id", "clip_uri"),
     optional=("caption", "frames_uri"),
     core=EmbedWorker,
-    arguments=lambda run: {"cfg": run.embed},
+    arguments=lambda run, _place: {"cfg": run.embed},
     decode=decode_batch,
     decode_arguments=lambda run: {"keyframes": run.embed.keyframes, "side": input_side(run.embed)},
     frames=lambda run: (FrameNeed(run.embed.keyframes),),

@@ -18,7 +18,7 @@ import re
 from pydantic import Field
 
 from vidcurate.schemas.tables import GROUNDED, KEPT, REJECTED, stable_int
-from vidcurate.stages.contract import ClipStage
+from vidcurate.stages.contract import Stage
 from vidcurate.stages.settings import StageResources, StrictModel
 
 
@@ -277,12 +277,12 @@ def with_distractors(clips: list[dict], _run) -> list[dict]:
     return [{**c, "distractors": pool[c["clip_id"]]} for c in clips]
 
 
-SPEC = ClipStage(
+SPEC = Stage(
     name=STAGE,
     table=GROUNDED,
     columns=("clip_id", "video_id", "start_s", "end_s", "caption", "events", "distractors"),
     core=GroundWorker,
-    arguments=lambda run: {"cfg": run.ground, "caption_cfg": run.caption},
+    arguments=lambda run, _place: {"cfg": run.ground, "caption_cfg": run.caption},
     prepare=with_distractors,
     redo_unit="video_id",
 )

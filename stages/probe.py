@@ -16,6 +16,7 @@ import pyarrow as pa
 from pydantic import Field
 
 from vidcurate.schemas.tables import KEPT, REJECTED, VIDEOS, to_table
+from vidcurate.stages.contract import Stage
 from vidcurate.stages.failures import failed
 from vidcurate.stages.media import is_remote, local_copy, rotation_of
 from vidcurate.stages.settings import StageResources, StrictModel
@@ -176,4 +177,28 @@ def mark_exact_duplicates(rows: list[dict]) -> list[dict]:
 
 def probe_batch(batch: pa.Table, cfg: ProbeConfig, root: str | None = None) -> pa.Table:
     """Ray Data adapter (map_batches, pyarrow format): {uri} rows -> videos-table rows."""
-    return to_table([probe_video(uri, cfg, root) for uri in batch.column("uri").to_pylist()], VIDEOS)
+    return to_table([probe_video(row["uri"], cfg, root) for row in batch.to_pylist()], VIDEOS)
+
+
+def _inputs_set(run) -> None:
+    if not run.inputs:
+        raise ValueError("no inputs: set `inputs` in the config or pass --inputs")
+
+
+def arguments(run, _place) -> dict:
+    """Symlinks must stay inside the input directory, where the inputs are one."""
+    return {"cfg": run.probe, "root": run.inputs if run.inputs and os.path.isdir(run.inputs) else None}
+
+
+SPEC = Stage(
+    name=STAGE,
+    table=VIDEOS,
+    reads="inputs",
+    key="uri",
+    columns=("uri",),
+    core=probe_batch,
+    arguments=arguments,
+    finalize=lambda rows, _run: mark_exact_duplicates(rows),
+    check=_inputs_set,
+    redo_unit="uri",
+)

@@ -21,7 +21,7 @@ from vidcurate.stages.failures import failed
 from vidcurate.stages.frame_store import FrameNeed, read_frames
 from vidcurate.stages.answer import clean_text
 from vidcurate.stages.content_flags import OCR_GATE_SIDE, OCR_SIDE, flag_scores, require
-from vidcurate.stages.contract import ClipStage
+from vidcurate.stages.contract import Stage
 from vidcurate.stages.settings import StageResources, StrictModel
 
 
@@ -235,7 +235,7 @@ def decide(rows: list[dict], rules: list, rank_scores: list[str]) -> list[dict]:
     return out
 
 
-def arguments(run) -> dict:
+def arguments(run, _place) -> dict:
     cfg = run.quality
     flags = {"ocr": cfg.ocr, "nsfw": cfg.nsfw, "count": cfg.flag_frames, "ocr_side": cfg.ocr_side, "ocr_gate_side": cfg.ocr_gate_side}
     return {"frames_per_clip": cfg.frames, "aesthetic_path": cfg.aesthetic_head, "with_aesthetic": "embed" in run.stages, "flags": flags}
@@ -248,7 +248,7 @@ def decide_all(rows: list[dict], run) -> list[dict]:
     return decide(undecided, run.quality.rules, run.quality.rank_scores)
 
 
-SPEC = ClipStage(
+SPEC = Stage(
     name=STAGE,
     table=SCORED,
     columns=("clip_id", "video_id", "clip_uri", "start_s", "end_s", "clip_width", "clip_height"),

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
 from collections.abc import Iterable
 from functools import partial
@@ -24,11 +25,15 @@ import pyarrow.parquet as pq
 from PIL import Image
 from pydantic import Field
 
+from vidcurate.schemas.readers import INDEX
 from vidcurate.schemas.sample import SIDECAR, build_sample, build_window_sample, sidecar_row
-from vidcurate.schemas.tables import KEPT
+from vidcurate.schemas.tables import KEPT, SHARDED
+from vidcurate.stages.contract import Place, Stage
 from vidcurate.stages.failures import failed
 from vidcurate.stages.frame_store import FrameNeed, read_frames
+from vidcurate.stages.ground import windows
 from vidcurate.stages.settings import StrictModel
+from vidcurate.stages.window_media import cut_window_job
 
 
 class ShardConfig(StrictModel):
@@ -46,6 +51,8 @@ class ShardConfig(StrictModel):
 
 
 STAGE = "shard"
+DATASET = "dataset"  # inside the shard stage directory: what trainers read
+log = logging.getLogger("vidcurate")
 
 
 def sample_order(clip_ids: Iterable[str], seed: int | None) -> list[str]:
@@ -138,3 +145,54 @@ def wids_index(manifest: list[dict], name: str) -> dict:
         "name": name,
         "shardlist": [{"url": s["name"], "nsamples": s["samples"], "filesize": s["bytes"]} for s in manifest],
     }
+
+
+def ship(clips: list[dict], run, place: Place) -> tuple[list[dict], dict]:
+    """The stage over every clip at once: clip shards in a seeded order, then (after ground)
+    window samples, each with its own media cut on the executor's parallel map, then the wids
+    index over both."""
+    cfg = run.shard
+    by_id = {c["clip_id"]: c for c in clips}
+    videos = {v["video_id"]: v for v in place.table("probe").to_pylist()}
+    ordered = [by_id[c] for c in sample_order(by_id, cfg.shuffle_seed)]
+    dataset = place.output / DATASET
+    stages = list(place.passed)  # those each clip passed
+    rows, manifest = write_shards(ordered, videos, dataset, cfg, stages)
+    extra = {}
+    if "ground" in stages:
+        shipped = [by_id[r["clip_id"]] for r in rows if r["status"] == KEPT]
+        window_manifest, extra = _ship_windows(shipped, videos, dataset, stages, run, place)
+        manifest += window_manifest
+    (dataset / INDEX).write_text(json.dumps(wids_index(manifest, cfg.prefix), indent=1))
+    return rows, {"shards": manifest, **extra}
+
+
+def _ship_windows(shipped: list[dict], videos: dict, dataset: Path, stages: list[str], run, place: Place) -> tuple[list, dict]:
+    """Window samples over contiguous shipped clips, each with its own media cut from its clips;
+    a window that cannot be cut is left out and counted with its reason."""
+    video_windows = windows(shipped, run.ground.max_window_s)
+    if not video_windows:
+        return [], {"windows": 0}
+    clip_uri = {c["clip_id"]: c["clip_uri"] for c in shipped}
+    jobs = [
+        {
+            "window_id": w["window_id"],
+            "clip_uris": [clip_uri[c["key"]] for c in w["clips"]],
+            "frames": w["end_frame"] - w["start_frame"],
+            "fps": videos[w["video_id"]]["fps"],
+        }
+        for w in video_windows
+    ]
+    cut = place.map(cut_window_job, jobs, cfg=run.split, media_dir=str(place.media / "windows"))
+    media = {m["window_id"]: m for m in cut}
+    failures = {k: m["error"] for k, m in sorted(media.items()) if m["error"]}
+    for window_id, error in failures.items():
+        log.warning("window %s left out: %s", window_id, error)
+    ok = {w["window_id"]: w for w in video_windows if w["window_id"] not in failures}
+    ordered = [ok[i] for i in sample_order(ok, run.shard.shuffle_seed)]
+    rows, manifest = write_window_shards(ordered, media, videos, dataset, run.shard, stages)
+    failures.update({r["clip_id"]: r["reason"] for r in rows if r["status"] != KEPT})
+    return manifest, {"windows": sum(r["status"] == KEPT for r in rows), "windows_failed": failures}
+
+
+SPEC = Stage(name=STAGE, table=SHARDED, whole=ship, frames=lambda run: frame_needs(run.shard), redo_unit=None)

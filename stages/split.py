@@ -20,6 +20,7 @@ import pyarrow as pa
 from pydantic import Field, model_validator
 
 from vidcurate.schemas.tables import CLIPS, FAILED, KEPT, REJECTED, clip_id, to_table
+from vidcurate.stages.contract import Stage
 from vidcurate.stages.failures import failed
 from vidcurate.stages.decoding import decode_threads
 from vidcurate.stages.detect import Cut, detect_cuts, frozen_run_end
@@ -329,3 +330,14 @@ def split_video(video: dict, media_dir: Path, cfg: SplitConfig, needs: tuple[Fra
 def split_batch(batch: pa.Table, cfg: SplitConfig, media_dir: str, needs: tuple[FrameNeed, ...] = ()) -> pa.Table:
     """Ray Data adapter (map_batches, pyarrow format): videos-table rows -> clips-table rows."""
     return to_table([clip for video in batch.to_pylist() for clip in split_video(video, Path(media_dir), cfg, needs)], CLIPS)
+
+
+SPEC = Stage(
+    name=STAGE,
+    table=CLIPS,
+    reads="videos",
+    columns=("video_id", "uri", "duration_s", "n_frames", "rotation", "width", "height", "fps"),
+    core=split_batch,
+    arguments=lambda run, place: {"cfg": run.split, "media_dir": str(place.media), "needs": place.frame_needs},
+    redo_unit="video_id",
+)

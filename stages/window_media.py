@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING
 
 import av
 import fsspec
-import pyarrow as pa
 
 from vidcurate.stages.failures import failed
 from vidcurate.stages.split import ClipEncoder
@@ -105,25 +104,11 @@ def _encode_frames(path: Path, clip_uris: list[str], frames: int, fps: float, cf
     return {"media_uri": str(path), "sha256": sha, "width": encoder.size[0], "height": encoder.size[1]}
 
 
-def cut_windows_batch(batch: pa.Table, cfg: SplitConfig, media_dir: str) -> pa.Table:
-    """Ray Data adapter: {window_id, clip_uris, frames, fps} rows -> media rows or the error."""
-    rows = []
-    for w in batch.to_pylist():
-        try:
-            media = cut_window(w["window_id"], w["clip_uris"], w["frames"], w["fps"], Path(media_dir), cfg)
-            rows.append({"window_id": w["window_id"], **media, "error": None})
-        except Exception as exc:  # noqa: BLE001 - one window fails alone, with its reason
-            rows.append({"window_id": w["window_id"], "error": failed("window", exc)["reason"]})
-    return pa.Table.from_pylist(rows, schema=WINDOW_MEDIA)
-
-
-WINDOW_MEDIA = pa.schema(
-    [
-        pa.field("window_id", pa.string()),
-        pa.field("media_uri", pa.string()),
-        pa.field("sha256", pa.string()),
-        pa.field("width", pa.int32()),
-        pa.field("height", pa.int32()),
-        pa.field("error", pa.string()),
-    ]
-)
+def cut_window_job(job: dict, cfg: SplitConfig, media_dir: str) -> dict:
+    """{window_id, clip_uris, frames, fps} -> its media's {window_id, media_uri, sha256, width,
+    height, error}; a window that cannot be cut fails alone, with its reason."""
+    try:
+        media = cut_window(job["window_id"], job["clip_uris"], job["frames"], job["fps"], Path(media_dir), cfg)
+        return {"window_id": job["window_id"], **media, "error": None}
+    except Exception as exc:  # noqa: BLE001 - one window fails alone, with its reason
+        return {"window_id": job["window_id"], "error": failed("window", exc)["reason"]}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from vidcurate.pipelines.executors import map_on_ray_tasks
 from vidcurate.stages import dedup
 from vidcurate.stages.dedup import DedupConfig
 from vidcurate.stages.embed import phash
@@ -46,8 +47,8 @@ def planted():
 CFG = DedupConfig(near_cosine=0.98, max_hamming=None, semantic_eps=0.06, n_clusters=8)
 
 
-def _decided(rows, cfg=CFG, history=(), clustered=dedup.clustered_pairs) -> dict:
-    return {r["clip_id"]: r for r in dedup.dedup(rows, cfg, list(history), clustered)}
+def _decided(rows, cfg=CFG, history=()) -> dict:
+    return {r["clip_id"]: r for r in dedup.dedup(rows, cfg, list(history))}
 
 
 def test_planted_duplicates_are_found_and_the_best_copy_kept(planted):
@@ -71,10 +72,12 @@ def test_near_duplicate_frames_share_a_perceptual_hash():
     assert dedup.phash_pairs(hashes, max_hamming=6).tolist() == [[0, 1]]
 
 
-def test_clustered_search_on_ray_equals_in_process(planted, ray_local):
+def test_clustered_search_on_ray_equals_in_process(planted, ray_local, monkeypatch):
+    """Blocks of 50 vectors: the assignment is spread over several Ray tasks too."""
+    monkeypatch.setattr(dedup, "ASSIGN_BLOCK", 50)
     emb = dedup.embeddings(planted)
     local = dedup.clustered_pairs(emb, 0.9, n_clusters=8, soft=2)
-    on_ray = dedup.ray_clustered_pairs(emb, 0.9, n_clusters=8, soft=2)
+    on_ray = dedup.clustered_pairs(emb, 0.9, n_clusters=8, soft=2, map_each=map_on_ray_tasks)
     assert len(local) >= 2
     assert on_ray.tolist() == local.tolist()
     exact = dedup.flat_pairs(emb, 0.9)
