@@ -211,10 +211,11 @@ def dataset_card(stats: dict, cfg: PipelineConfig) -> str:
         "",
         "## Configuration used",
         "",
-        "Execution settings (run directory, executor, Ray address, failure handling) are left out: they do not change the data.",
+        "Execution settings (run directory, executor, Ray address, stage resources, failure handling) are left out: "
+        "they do not change the data.",
         "",
         "```yaml",
-        yaml.safe_dump(cfg.model_dump(exclude={"run_dir", "executor", "ray", "failures"}), sort_keys=True).rstrip(),
+        yaml.safe_dump(_data_settings(cfg), sort_keys=True).rstrip(),
         "```",
         "",
     ]
@@ -225,3 +226,9 @@ def _spread_text(spread: dict) -> str:
     if not spread["count"]:
         return "none captioned"
     return f"mean {spread['mean']}, median {spread['p50']}, max {spread['p100']} over {spread['count']} clips"
+
+
+def _data_settings(cfg) -> dict:
+    """The config without what only decides how the run executes."""
+    settings = cfg.model_dump(exclude={"run_dir", "executor", "ray", "failures"})
+    return {k: {n: v for n, v in section.items() if n != "resources"} if isinstance(section, dict) else section for k, section in settings.items()}

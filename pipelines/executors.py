@@ -2,9 +2,9 @@
 
 - in process: everything on the calling process (`executor: in_process`, a 1-CPU cluster,
   tests, tools);
-- Ray: a stage's batches on Ray Data (its decode step in CPU tasks streaming into the core:
-  tasks, or actors for a class), written as Parquet parts; whole-run work's parallel map
-  (`Place.map`) as Ray tasks.
+- Ray: a stage's batches on Ray Data, in tasks, or actors for a class core (a GPU core's decode
+  step in CPU tasks streaming into it; on CPU each actor decodes its own batches), written as
+  Parquet parts; whole-run work's parallel map (`Place.map`) as Ray tasks.
 """
 
 from __future__ import annotations
@@ -31,22 +31,59 @@ def write_in_process(spec: Stage, rows: list[dict], run, place: Place) -> None:
     pq.write_table(map_in_process(spec, rows, run, place), place.output / "part-000000.parquet")
 
 
+class DecodeThenCore:
+    """An actor stage's core with its decode step inside the actor: where the core runs on CPU,
+    a decode step apart would only move frames through the object store and take a CPU from
+    the actors."""
+
+    def __init__(self, spec: Stage, decode_kwargs: dict, core_kwargs: dict):
+        self.spec, self.decode_kwargs, self.core = spec, decode_kwargs, spec.core(**core_kwargs)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return self.core(self.spec.decode(batch, **self.decode_kwargs))
+
+
+def decode_apart(spec: Stage, resources) -> bool:
+    """Whether the decode step streams ahead of the core in tasks of its own: for a core on GPUs."""
+    return spec.decode is not None and resources.num_gpus > 0
+
+
+def check_actor_cpus(spec: Stage, resources, cpus: float) -> None:
+    """Ray Data runs its other steps (repartition, decode, write) as 1-CPU tasks: actors holding
+    more than all CPUs but one would leave them waiting forever, so that is an error instead."""
+    held = (resources.concurrency or 1) * resources.num_cpus
+    if held > cpus - 1:
+        raise ValueError(
+            f"{spec.name}.resources: {resources.concurrency or 1} actors x {resources.num_cpus:g} CPUs hold {held:g} of the "
+            f"cluster's {cpus:g}; Ray Data needs one CPU left for its other tasks and would wait forever. Lower "
+            f"concurrency or num_cpus (fractions are allowed: 2 actors x 0.5 CPUs on 2 CPUs)"
+        )
+
+
 def map_on_ray(spec: Stage, rows: list[dict], run, place: Place) -> None:
     """The stage's rows for `rows` as Parquet parts in `place.output`, on the connected Ray
-    cluster; the decode step runs in 1-CPU tasks so decoding overlaps the (GPU) core."""
+    cluster; a GPU core's decode step runs in 1-CPU tasks so decoding overlaps it."""
     import ray
 
     resources = spec.config(run).resources
     args = resources.map_batches_args()
+    core = spec.core
     if spec.is_actor:
-        args["concurrency"] = args["concurrency"] or 1
+        check_actor_cpus(spec, resources, ray.cluster_resources().get("CPU", 0))
+    ds = ray.data.from_arrow(pa.Table.from_pylist(rows)).repartition(max(1, -(-len(rows) // resources.batch_size)))
+    if decode_apart(spec, resources):
+        ds = ds.map_batches(spec.decode, fn_kwargs=spec.decode_arguments(run), batch_format="pyarrow", batch_size=resources.batch_size, num_cpus=1)
+        args["fn_constructor_kwargs"] = spec.arguments(run, place)
+    elif spec.is_actor and spec.decode:
+        core = DecodeThenCore
+        args["fn_constructor_kwargs"] = {"spec": spec, "decode_kwargs": spec.decode_arguments(run), "core_kwargs": spec.arguments(run, place)}
+    elif spec.is_actor:
         args["fn_constructor_kwargs"] = spec.arguments(run, place)
     else:
         args["fn_kwargs"] = spec.arguments(run, place)
-    ds = ray.data.from_arrow(pa.Table.from_pylist(rows)).repartition(max(1, -(-len(rows) // resources.batch_size)))
-    if spec.decode:
-        ds = ds.map_batches(spec.decode, fn_kwargs=spec.decode_arguments(run), batch_format="pyarrow", batch_size=resources.batch_size, num_cpus=1)
-    ds.map_batches(spec.core, batch_format="pyarrow", **args).write_parquet(str(place.output))
+    if spec.is_actor:
+        args["concurrency"] = args["concurrency"] or 1
+    ds.map_batches(core, batch_format="pyarrow", **args).write_parquet(str(place.output))
 
 
 def map_on_ray_tasks(fn: Callable, items: list, **shared) -> list:

@@ -10,8 +10,9 @@ A stage reads rows and writes its table, keyed by `key`. It declares:
   whose constructor loads models (`setup`: Ray runs it as actors) and whose call maps a batch;
   or `whole(rows, run, place) -> (rows, marker fields)`: work that needs every row at once
   (dedup, shard);
-- `decode`: an optional CPU step, `decode(table, **decode_arguments) -> table`, that the runner
-  streams ahead of the core in parallel tasks, so a GPU core never waits on decoding;
+- `decode`: an optional CPU step of a class core, `decode(table, **decode_arguments) -> table`,
+  that the runner streams ahead of a GPU core in parallel tasks, so it never waits on decoding
+  (on CPU the actors run it themselves);
 - `arguments(run, place)` / `decode_arguments(run)`: their keyword arguments from the run's
   config (its own section, plus what it is told about the run) and the run's `Place`;
 - `prepare(rows, run)`: whole-run work before the map (ground's distractors come from other
@@ -100,6 +101,8 @@ class Stage:
     def __post_init__(self):
         if (self.core is None) == (self.whole is None):
             raise ValueError(f"stage {self.name}: declare a per-batch `core` or a whole-run `whole`, one of them")
+        if self.decode is not None and not isinstance(self.core, type):
+            raise ValueError(f"stage {self.name}: a decode step goes with a class core (it feeds model actors)")
 
     def config(self, run):
         """The stage's own section of the run's config."""

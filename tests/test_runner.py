@@ -1,20 +1,26 @@
-"""The runner's fingerprint, skip and update logic on the in-process executor: no Ray, no
-Prefect, every stage through its declaration in this process."""
+"""The runner's fingerprint, skip and update logic on the in-process executor (no Ray, no
+Prefect, every stage through its declaration in this process), and the executors agreeing."""
 
 from __future__ import annotations
 
 import logging
 import sys
 
+import pytest
+
 from conftest import dataset_digests
 from vidcurate.pipelines.config import load_config
+from vidcurate.pipelines.executors import decode_apart, map_on_ray
 from vidcurate.pipelines.runner import Runner, read_marker
+from vidcurate.stages.contract import Place
+from vidcurate.stages.registry import STAGES as STAGE_SPECS
+from vidcurate.stages.settings import StageResources
 
 STAGES = ["quality"]
 
 
-def _runner(videos, run_dir, **overrides) -> Runner:
-    return Runner(load_config(None, profile="tiny", inputs=str(videos), run_dir=str(run_dir), stages=STAGES, executor="in_process", **overrides))
+def _runner(videos, run_dir, stages=STAGES, **overrides) -> Runner:
+    return Runner(load_config(None, profile="tiny", inputs=str(videos), run_dir=str(run_dir), stages=stages, executor="in_process", **overrides))
 
 
 def _markers(run_dir) -> dict:
@@ -48,8 +54,27 @@ def test_a_changed_setting_redoes_that_stage_and_the_ones_after(tmp_path, synthe
 
 
 def test_in_process_and_on_ray_give_identical_shards(tmp_path, synthetic_videos, ray_local):
-    """The executor is not part of the output."""
+    """The executor is not part of the output: not on Ray either, with two model actors per
+    stage (half a CPU each: one CPU stays free for Ray Data's other tasks), each decoding its
+    own batches, and batches spread over them."""
     videos, _ = synthetic_videos
-    _runner(videos, tmp_path / "here").run_all()
-    Runner(load_config(None, profile="tiny", inputs=str(videos), run_dir=str(tmp_path / "ray"), stages=STAGES)).run_all()
+    stages = ["caption", "embed", "quality"]
+    _runner(videos, tmp_path / "here", stages=stages).run_all()
+    two_actors = {f"{stage}.resources.{key}": value for stage in ("caption", "embed") for key, value in (("concurrency", 2), ("num_cpus", 0.5))}
+    Runner(load_config(None, profile="tiny", inputs=str(videos), run_dir=str(tmp_path / "ray"), stages=stages, **two_actors)).run_all()
     assert dataset_digests(tmp_path / "here") == dataset_digests(tmp_path / "ray") != {}
+
+
+def test_actors_holding_every_cpu_are_an_error_not_a_hang(tmp_path, ray_local):
+    """Two 1-CPU actors on the 2-CPU cluster: Ray Data would wait forever for a CPU."""
+    run = load_config(None, profile="tiny", run_dir=str(tmp_path), **{"caption.resources.concurrency": 2})
+    place = Place(run_dir=tmp_path, output=tmp_path)
+    with pytest.raises(ValueError, match="would wait forever"):
+        map_on_ray(STAGE_SPECS["caption"], [{"clip_id": "c"}], run, place)
+
+
+def test_a_decode_step_streams_apart_only_ahead_of_gpu_actors():
+    caption = STAGE_SPECS["caption"]
+    assert decode_apart(caption, StageResources(num_gpus=1))
+    assert not decode_apart(caption, StageResources())  # on CPU the actor decodes its own batches
+    assert not decode_apart(STAGE_SPECS["quality"], StageResources(num_gpus=1))  # no decode step
