@@ -74,7 +74,7 @@ def map_on_ray(spec: Stage, rows: list[dict], run, place: Place) -> None:
         ds = ds.map_batches(spec.decode, fn_kwargs=spec.decode_arguments(run), batch_format="pyarrow", batch_size=resources.batch_size, num_cpus=1)
         args["fn_constructor_kwargs"] = spec.arguments(run, place)
     elif spec.is_actor and spec.decode:
-        core = DecodeThenCore
+        core = type(spec.core.__name__, (DecodeThenCore,), {})  # named as the stage's core: Ray names the actor by it
         args["fn_constructor_kwargs"] = {"spec": spec, "decode_kwargs": spec.decode_arguments(run), "core_kwargs": spec.arguments(run, place)}
     elif spec.is_actor:
         args["fn_constructor_kwargs"] = spec.arguments(run, place)
