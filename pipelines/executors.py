@@ -59,29 +59,26 @@ def check_actor_cpus(spec: Stage, resources, cpus: float) -> None:
         )
 
 
-def map_on_ray(spec: Stage, rows: list[dict], run, place: Place) -> None:
+def map_on_ray(spec: Stage, rows: list[dict], run, place: Place, cpus: float) -> None:
     """The stage's rows for `rows` as Parquet parts in `place.output`, on the connected Ray
-    cluster; a GPU core's decode step runs in 1-CPU tasks so decoding overlaps it."""
+    cluster of `cpus` CPUs; a GPU core's decode step runs in 1-CPU tasks so decoding overlaps it."""
     import ray
 
     resources = spec.config(run).resources
     args = resources.map_batches_args()
     core = spec.core
-    if spec.is_actor:
-        check_actor_cpus(spec, resources, ray.cluster_resources().get("CPU", 0))
     ds = ray.data.from_arrow(pa.Table.from_pylist(rows)).repartition(max(1, -(-len(rows) // resources.batch_size)))
-    if decode_apart(spec, resources):
-        ds = ds.map_batches(spec.decode, fn_kwargs=spec.decode_arguments(run), batch_format="pyarrow", batch_size=resources.batch_size, num_cpus=1)
-        args["fn_constructor_kwargs"] = spec.arguments(run, place)
-    elif spec.is_actor and spec.decode:
-        core = type(spec.core.__name__, (DecodeThenCore,), {})  # named as the stage's core: Ray names the actor by it
-        args["fn_constructor_kwargs"] = {"spec": spec, "decode_kwargs": spec.decode_arguments(run), "core_kwargs": spec.arguments(run, place)}
-    elif spec.is_actor:
-        args["fn_constructor_kwargs"] = spec.arguments(run, place)
-    else:
+    if not spec.is_actor:
         args["fn_kwargs"] = spec.arguments(run, place)
-    if spec.is_actor:
+    else:
+        check_actor_cpus(spec, resources, cpus)
         args["concurrency"] = args["concurrency"] or 1
+        args["fn_constructor_kwargs"] = spec.arguments(run, place)
+        if decode_apart(spec, resources):
+            ds = ds.map_batches(spec.decode, fn_kwargs=spec.decode_arguments(run), batch_format="pyarrow", batch_size=resources.batch_size, num_cpus=1)
+        elif spec.decode:
+            core = type(spec.core.__name__, (DecodeThenCore,), {})  # named as the stage's core: Ray names the actor by it
+            args["fn_constructor_kwargs"] = {"spec": spec, "decode_kwargs": spec.decode_arguments(run), "core_kwargs": args["fn_constructor_kwargs"]}
     ds.map_batches(core, batch_format="pyarrow", **args).write_parquet(str(place.output))
 
 

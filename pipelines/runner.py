@@ -291,8 +291,9 @@ class Runner:
             import ray
 
             ensure_ray(self.cfg)
-            if ray.cluster_resources().get("CPU", 0) >= 2:
-                return map_on_ray(spec, rows, self.cfg, place)
+            cpus = ray.cluster_resources().get("CPU", 0)
+            if cpus >= 2:
+                return map_on_ray(spec, rows, self.cfg, place, cpus)
         write_in_process(spec, rows, self.cfg, place)
 
     def _parallel_map(self, fn: Callable, items: list, **shared) -> list:

@@ -114,13 +114,15 @@ def _scaled(rgb: np.ndarray, short_side: int | None) -> np.ndarray:
     return av.VideoFrame.from_ndarray(rgb, format="rgb24").to_ndarray(format="rgb24", **size) if size else rgb
 
 
-def read_frames(clip: dict, count: int, short_side: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def read_frames(clip: dict, count: int, short_side: int | None = None, mp4: bytes | None = None) -> tuple[np.ndarray, np.ndarray]:
     """What `clip_frames(the clip's mp4, count, short_side)` returns, (n, h, w, 3) RGB and times
-    in seconds from the clip start, from the frames split stored; the clip is decoded only
-    where they do not hold the picks."""
+    in seconds from the clip start, from the frames split stored; the clip (`mp4` where the
+    caller holds its bytes already) is decoded only where they do not hold the picks."""
     stored = _stored(clip.get("frames_uri"), count)
     if stored is None:
-        with fsspec.open(clip["clip_uri"], "rb") as f:
-            return clip_frames(f.read(), count, short_side)
+        if mp4 is None:
+            with fsspec.open(clip["clip_uri"], "rb") as f:
+                mp4 = f.read()
+        return clip_frames(mp4, count, short_side)
     frames, times = stored
     return np.stack([_scaled(rgb, short_side) for rgb in frames]), times

@@ -67,11 +67,11 @@ def frame_needs(cfg: ShardConfig) -> tuple[FrameNeed, ...]:
     return (FrameNeed(cfg.keyframes),) if cfg.keyframes else ()
 
 
-def keyframes_jpeg(media: dict, count: int, height: int) -> list[bytes]:
-    """`count` evenly spaced frames of a clip (`clip_uri`, `frames_uri`) as JPEG, for filtering
-    and previews without decoding video."""
+def keyframes_jpeg(clip: dict, count: int, height: int, mp4: bytes | None = None) -> list[bytes]:
+    """`count` evenly spaced frames of a clip (`clip_uri`, `frames_uri`; `mp4`: its bytes, where
+    read already) as JPEG, for filtering and previews without decoding video."""
     out = []
-    for rgb in read_frames(media, count)[0]:
+    for rgb in read_frames(clip, count, mp4=mp4)[0]:
         image = Image.fromarray(rgb)
         width = max(2, round(image.width * height / image.height))
         buf = io.BytesIO()
@@ -120,8 +120,8 @@ def _write(entries: list[tuple], out_dir: Path, pattern: str, kind: str, cfg: Sh
                     media = f.read()
                 members = {"__key__": key, "mp4": media, "json": json.dumps(sample, sort_keys=True).encode()}
                 if cfg.keyframes:
-                    stored = {"clip_uri": media_uri, "frames_uri": frames_uri}
-                    for i, jpeg in enumerate(keyframes_jpeg(stored, cfg.keyframes, cfg.keyframe_height)):
+                    clip = {"clip_uri": media_uri, "frames_uri": frames_uri}
+                    for i, jpeg in enumerate(keyframes_jpeg(clip, cfg.keyframes, cfg.keyframe_height, media)):
                         members[f"f{i:03d}.jpg"] = jpeg
                 sink.write(members)
             except Exception as exc:  # noqa: BLE001 - one bad clip must not sink the shard set

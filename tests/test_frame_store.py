@@ -82,6 +82,8 @@ def test_stages_read_stored_frames_and_never_the_clip(planted_clips, tmp_path):
     assert all(len(keyframes_jpeg(clip, 2, 64)) == 2 for clip in clips)
     with pytest.raises(FileNotFoundError):  # a pick no stage declared needs the clip itself
         read_frames(clips[0], 16)
+    unstored = {**clips[0], "frames_uri": None}  # a window: shard holds its bytes already
+    assert len(keyframes_jpeg(unstored, 2, 64, mp4=(tmp_path / Path(clips[0]["clip_uri"]).name).read_bytes())) == 2
 
 
 def test_a_stage_needing_more_frames_per_second_than_declared_decodes(planted_clips):

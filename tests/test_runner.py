@@ -70,7 +70,7 @@ def test_actors_holding_every_cpu_are_an_error_not_a_hang(tmp_path, ray_local):
     run = load_config(None, profile="tiny", run_dir=str(tmp_path), **{"caption.resources.concurrency": 2})
     place = Place(run_dir=tmp_path, output=tmp_path)
     with pytest.raises(ValueError, match="would wait forever"):
-        map_on_ray(STAGE_SPECS["caption"], [{"clip_id": "c"}], run, place)
+        map_on_ray(STAGE_SPECS["caption"], [{"clip_id": "c"}], run, place, cpus=2)
 
 
 def test_a_decode_step_streams_apart_only_ahead_of_gpu_actors():
