@@ -3,6 +3,7 @@ one corpus, one run, the same cores; then the full sample config stage by stage.
 
     python benchmarks/pipeline_bench.py [--synthetic 6 --seconds 30] [--height 240] [--preset medium]
                                         [--skip-peer] [--sample | --sample-only] [--baseline c5403b1]
+                                        [--partitions 4]
 
 Corpus: the shared videos plus `--synthetic` moving shots over photographs (sample_data/make_moving.py,
 16:9 at `--synthetic-height`, about `--seconds` each), built once into .bench/corpus-<n>x<s>-<h>p/. Both tools cut shots,
@@ -19,7 +20,9 @@ duration is from the span its sample claims. Two floors run in the same way on 2
 decoding every frame, and decoding every frame then encoding it at the target height.
 `--sample` then runs the sample config (every stage, tiny models) on the corpus and prints each
 stage's seconds; `--baseline COMMIT` runs that commit's own sample config beside it (a git
-worktree on PYTHONPATH) and compares kept clips and quality scores.
+worktree on PYTHONPATH) and compares kept clips and quality scores. `--partitions N` also runs
+HEAD's sample config in partitions of N videos and prints, for each run, when its first shards
+were complete (seconds after the command started) against its whole time.
 """
 
 from __future__ import annotations
@@ -139,7 +142,7 @@ def run_measured(cmd: list[str], env: dict | None = None, cwd: Path | None = Non
     """Run a command: wall seconds and CPU-seconds of everything it started (the larger of a
     sampler over its process tree and the rusage of its waited descendants)."""
     before = psutil.Process().cpu_times()
-    started = time.monotonic()
+    started, started_at = time.monotonic(), time.time()
     proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     root, seen, output = psutil.Process(proc.pid), {}, bytearray()
     os.set_blocking(proc.stdout.fileno(), False)
@@ -159,7 +162,7 @@ def run_measured(cmd: list[str], env: dict | None = None, cwd: Path | None = Non
     tail = output.decode(errors="replace")[-3000:]
     if proc.returncode != 0:
         raise RuntimeError(f"{cmd[:3]} failed ({proc.returncode}):\n{tail}")
-    return {"wall": wall, "cpu": max(sum(seen.values()), waited), "tail": tail}
+    return {"wall": wall, "cpu": max(sum(seen.values()), waited), "tail": tail, "started_at": started_at}
 
 
 def clip_checks(tars: list[Path], span_of, truth: dict[str, list]) -> tuple[int, int, list[float], int]:
@@ -345,9 +348,9 @@ def decode_passes(work: Path) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
-def sample_run(repo: Path, listing: Path, work: Path, env: dict) -> tuple[dict, Path]:
+def sample_run(repo: Path, listing: Path, work: Path, env: dict, partitions: int = 0) -> tuple[dict, Path]:
     """The repo's own sample config on the corpus (dedup history in `work`), through `vidcurate run`,
-    with clip decodes counted (DECODE_TRACER)."""
+    with clip decodes counted (DECODE_TRACER); in partitions of that many videos where given."""
     work.mkdir(parents=True)
     (work / "tracer").mkdir()
     (work / "tracer" / "sitecustomize.py").write_text(DECODE_TRACER)
@@ -355,6 +358,8 @@ def sample_run(repo: Path, listing: Path, work: Path, env: dict) -> tuple[dict, 
     cfg = yaml.safe_load((repo / "pipelines" / "configs" / "sample.yaml").read_text())
     cfg.update(inputs=str(listing), run_dir=str(work / "run"))
     cfg.setdefault("dedup", {})["history"] = str(work / "shipped")
+    if partitions:
+        cfg["partitions"] = {"videos": partitions}
     config = work / "sample.yaml"
     config.write_text(yaml.safe_dump(cfg))
     cli = "pipelines.cli"
@@ -376,6 +381,13 @@ def namespace_of(repo: Path, work: Path) -> Path:
         if not link.exists():
             link.symlink_to(repo / package)
     return root
+
+
+def first_shards_s(result: dict, run_dir: Path) -> float:
+    """Seconds from the command's start until its first shards were complete: the earliest shard
+    marker, a partition's where the run had partitions."""
+    markers = [*run_dir.glob("partitions/p?????/shard/_SUCCESS.json"), run_dir / "shard" / "_SUCCESS.json"]
+    return min(m.stat().st_mtime for m in markers if m.is_file()) - result["started_at"]
 
 
 def stage_seconds(run_dir: Path) -> dict:
@@ -414,6 +426,8 @@ def compare_sample_runs(args, listing: Path, work: Path, env: dict) -> None:
         if not tree.is_dir():
             subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(tree), args.baseline], check=True)
         runs[args.baseline] = sample_run(tree, listing, work / "sample-base", {**env, "PYTHONPATH": str(tree)})
+    if args.partitions:
+        runs[f"HEAD, partitions of {args.partitions}"] = sample_run(REPO, listing, work / "sample-parted", env, args.partitions)
     print()
     stages = {name: stage_seconds(run_dir) for name, (_, run_dir) in runs.items()}
     print("| stage | " + " | ".join(runs) + " |")
@@ -421,6 +435,7 @@ def compare_sample_runs(args, listing: Path, work: Path, env: dict) -> None:
     for stage in stages["HEAD"]:
         print(f"| {stage} | " + " | ".join(str(stages[n].get(stage, "")) for n in runs) + " |")
     print("| whole command | " + " | ".join(f"{result['wall']:.1f}" for result, _ in runs.values()) + " |")
+    print("| first shards complete | " + " | ".join(f"{first_shards_s(*run):.1f}" for run in runs.values()) + " |")
     for name, (_, run_dir) in runs.items():
         clips = len(kept_and_scores(run_dir)[0]["split"])
         passes = decode_passes(run_dir.parent)
@@ -443,6 +458,7 @@ def main() -> None:
     parser.add_argument("--sample", action="store_true", help="also run the full sample config, stage by stage")
     parser.add_argument("--sample-only", action="store_true", help="only the sample config (with --baseline: both)")
     parser.add_argument("--baseline", help="a commit whose sample config runs beside ours (implies --sample)")
+    parser.add_argument("--partitions", type=int, default=0, help="also HEAD's sample config in partitions of this many videos")
     args = parser.parse_args()
     listing = build_corpus(args.synthetic, args.seconds, args.synthetic_height)
     paths = [Path(p) for p in listing.read_text().split()]
@@ -454,7 +470,7 @@ def main() -> None:
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(REPO)}
     if not args.sample_only:
         compare_with_peer(args, listing, paths, total, work, env)
-    if args.sample or args.sample_only or args.baseline:
+    if args.sample or args.sample_only or args.baseline or args.partitions:
         compare_sample_runs(args, listing, work, env)
 
 

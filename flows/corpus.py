@@ -11,6 +11,7 @@ from prefect import flow, get_run_logger, task
 
 from vidcurate.pipelines.config import PipelineConfig
 from vidcurate.pipelines.cost import describe_run_cost, run_cost
+from vidcurate.pipelines.partitions import PartitionedRun
 from vidcurate.pipelines.runner import Runner, describe_marker
 
 
@@ -37,9 +38,23 @@ def write_ledger(config: dict) -> dict:
     return stats
 
 
+@task(retries=2, retry_delay_seconds=5, task_run_name="partitions")
+def run_partitions(config: dict) -> dict:
+    """split -> shard over the probed corpus in partitions; a retry resumes at the partitions' markers."""
+    summary = PartitionedRun(PipelineConfig.model_validate(config)).run()
+    get_run_logger().info("%d partitions; first shards %s s, all %s s after they started", summary["partitions"], summary["first_shard_s"], summary["wall_s"])
+    return summary
+
+
 @flow(name="vidcurate-corpus", log_prints=True)
 def corpus_flow(config: dict) -> dict:
-    """Full run: probe -> split -> the configured clip stages -> shard, then the ledger and stats.json."""
-    for stage in PipelineConfig.model_validate(config).pipeline():
-        run_stage(config, stage)
+    """Full run: probe -> split -> the configured clip stages -> shard (in partitions where the
+    config asks), then the ledger and stats.json."""
+    cfg = PipelineConfig.model_validate(config)
+    if cfg.partitions.videos:
+        run_stage(config, "probe")
+        run_partitions(config)
+    else:
+        for stage in cfg.pipeline():
+            run_stage(config, stage)
     return write_ledger(config)

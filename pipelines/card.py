@@ -118,7 +118,7 @@ def _dedup_groups(table: pa.Table | None) -> dict[str, dict[str, int]]:
 def front_matter(stats: dict, cfg: PipelineConfig) -> dict:
     total = stats["samples"] + stats["content"]["window_samples"]
     size = next((label for bound, label in SIZE_CATEGORIES if total < bound), "n>1M")
-    prefix = cfg.shard.prefix
+    prefix = cfg.shard.prefix + ("-p?????" if cfg.partitions.videos else "")  # a partition's shards: <prefix>-p00000-...
     configs = [{"config_name": "clips", "data_files": [{"split": "train", "path": f"{prefix}-0*.tar"}], "default": True}]
     if stats["content"]["window_samples"]:
         configs.append({"config_name": "windows", "data_files": [{"split": "train", "path": f"{prefix}-windows-*.tar"}]})

@@ -32,6 +32,16 @@ class RayConfig(StrictModel):
     num_cpus: int | None = Field(None, ge=1, description="local runs only: CPUs Ray may use")
 
 
+class PartitionConfig(StrictModel):
+    """Streaming a corpus in partitions of videos (pipelines/partitions.py)."""
+
+    videos: int = Field(
+        0, ge=0, description="videos per partition: each runs split -> shard on its own and ships its shards as soon "
+        "as it is done, while the next partition's stages run; 0: the run is one partition"
+    )
+    in_flight: int = Field(2, ge=1, description="partitions worked on at once (each stage takes one partition at a time)")
+
+
 class FailureConfig(StrictModel):
     """What a run does with failures; never part of a stage's fingerprint."""
 
@@ -89,6 +99,7 @@ class PipelineConfig(StrictModel):
         "Ray never started (small runs, tools, tests)"
     )
     ray: RayConfig = RayConfig()
+    partitions: PartitionConfig = PartitionConfig()
     probe: ProbeConfig = ProbeConfig()
     split: SplitConfig = SplitConfig()
     stages: list[Literal[OPTIONAL]] = Field(

@@ -46,7 +46,7 @@ from vidcurate.stages.contract import Place, Stage, map_here
 from vidcurate.stages.media import list_inputs
 from vidcurate.stages.publish import publish
 from vidcurate.stages.registry import STAGES, frame_needs
-from vidcurate.stages.shard import DATASET
+from vidcurate.stages.shard import DATASET, partition_of
 
 log = logging.getLogger("vidcurate")
 
@@ -335,7 +335,8 @@ class Runner:
             raise FailureBudgetExceeded.of_run(self.run_dir, stats, pending_retries(ledger, self.cfg.failures))
         if shard_marker:
             if self.cfg.shard.output:
-                stats["published"] = publish(dataset, self.cfg.shard.output)
+                group_of = partition_of if self.cfg.partitions.videos else None  # partitions publish apart
+                stats["published"] = publish(dataset, self.cfg.shard.output, group_of=group_of)
                 log.info("published %d shards to %s", len(stats["shards"]), self.cfg.shard.output)
             if "dedup" in self.cfg.stages and self.cfg.dedup.history:
                 self._record_shipped()
@@ -349,11 +350,16 @@ class Runner:
         rows = [r for r in self.clip_view(self.stage_dir("dedup")) if r["clip_id"] in shipped]
         append_history(self.cfg.dedup.history, run_id(self.run_dir), rows)
 
-    def run_all(self, on_stage: Callable[[str], None] | None = None) -> dict:
-        for stage in self.cfg.pipeline():
-            if on_stage:
-                on_stage(stage)
-            self.run_stage(stage)
+    def run_all(self) -> dict:
+        """Every stage, then the ledger; in partitions where the config asks (pipelines/partitions.py)."""
+        if self.cfg.partitions.videos:
+            from vidcurate.pipelines.partitions import PartitionedRun  # it builds on this module
+
+            self.run_stage("probe")
+            PartitionedRun(self.cfg).run()
+        else:
+            for stage in self.cfg.pipeline():
+                self.run_stage(stage)
         return self.finish()
 
 

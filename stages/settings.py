@@ -7,7 +7,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", validate_default=True)  # a default of 14400 for a float field is 14400.0, as after a round trip (fingerprints)
 
 
 class StageResources(StrictModel):

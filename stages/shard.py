@@ -137,6 +137,16 @@ def _write(entries: list[tuple], out_dir: Path, pattern: str, kind: str, cfg: Sh
     return rows, manifest
 
 
+def partition_name(index: int) -> str:
+    """A partition's name in its shards' names (`<prefix>-p00000-000000.tar`, pipelines/partitions.py)."""
+    return f"p{index:05d}"
+
+
+def partition_of(shard_name: str) -> str:
+    """The partition a shard file belongs to ('' outside a partitioned run): its publish group."""
+    return next((part for part in shard_name.split("-") if len(part) == 6 and part[0] == "p" and part[1:].isdigit()), "")
+
+
 def wids_index(manifest: list[dict], name: str) -> dict:
     """wids-style shard index; URLs are relative to the index, so the folder can move."""
     return {

@@ -42,6 +42,16 @@ def test_a_rerun_skips_every_completed_stage(tmp_path, synthetic_videos, caplog)
     assert _markers(tmp_path) == before and dataset_digests(tmp_path) == digests
 
 
+def test_fingerprints_survive_the_round_trip_a_flow_gives_the_config():
+    """Flows pass `model_dump()`; a stage run from the CLI loads the YAML: defaults must hash alike
+    (a float field's integer default, 14400 against 14400.0, once made probe run again)."""
+    from vidcurate.pipelines.config import PipelineConfig
+
+    for cfg in (load_config("pipelines/configs/sample.yaml"), load_config(None, inputs="videos")):
+        again = PipelineConfig.model_validate(cfg.model_dump())
+        assert {s: again.stage_hash(s) for s in cfg.pipeline()} == {s: cfg.stage_hash(s) for s in cfg.pipeline()}
+
+
 def test_a_changed_setting_redoes_that_stage_and_the_ones_after(tmp_path, synthetic_videos):
     videos, _ = synthetic_videos
     _runner(videos, tmp_path).run_all()
