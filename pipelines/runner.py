@@ -82,7 +82,8 @@ def describe_marker(marker: dict) -> str:
     transient = f" ({marker['transient_failed']} transient)" if marker.get("transient_failed") else ""
     done = marker.get("rows_done", marker["rows"])
     redone = f"; {done} of them computed by its last run" if done != marker["rows"] else ""
-    return f"{marker['stage']}: {marker['rows']} rows {marker['counts']}{transient} in {marker['seconds']} s{rate}{redone}{describe_cost(marker)}"
+    parts = f"; {marker['partitions']} partitions, first shards after {marker['first_shard_s']} s of {marker['wall_s']} s" if "partitions" in marker else ""
+    return f"{marker['stage']}: {marker['rows']} rows {marker['counts']}{transient} in {marker['seconds']} s{rate}{redone}{parts}{describe_cost(marker)}"
 
 
 def _digest(*parts: str) -> str:

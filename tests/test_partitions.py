@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from vidcurate.pipelines.config import load_config
-from vidcurate.pipelines.runner import Runner, read_marker, read_stage_table
+from vidcurate.pipelines.runner import Runner, describe_marker, read_marker, read_stage_table
 from vidcurate.schemas.readers import open_shards
 from vidcurate.stages.publish import publish
 from vidcurate.stages.shard import partition_of
@@ -106,6 +106,7 @@ def test_each_stage_takes_the_partitions_in_order_while_the_next_partition_overl
     first_done = max(t["end_s"] for t in timeline if t["partition"] == "p00000")
     assert min(t["start_s"] for t in timeline if t["partition"] == "p00001") < first_done  # streaming: not one after the other
     assert marker["first_shard_s"] <= first_done + 5 < marker["wall_s"] + 5 and marker["partitions"] == 3
+    assert f"3 partitions, first shards after {marker['first_shard_s']} s" in describe_marker(marker)  # inspect and the log say it
 
 
 def test_the_dataset_loads_by_its_card_and_each_partition_was_published_once(runs):
