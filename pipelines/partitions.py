@@ -41,7 +41,7 @@ import pyarrow.parquet as pq
 
 from vidcurate.pipelines.config import PipelineConfig
 from vidcurate.pipelines.cost import cost_fields
-from vidcurate.pipelines.runner import MARKER, Runner, _digest, ensure_ray, over_budget, read_marker, read_stage_table
+from vidcurate.pipelines.runner import MARKER, Runner, digest, ensure_ray, over_budget, read_marker, read_stage_table
 from vidcurate.schemas.readers import INDEX
 from vidcurate.schemas.tables import KEPT, to_table
 from vidcurate.stages.dedup import run_id
@@ -80,7 +80,7 @@ def write_partition_probe(top_probe: Path, run_dir: Path, videos: list[dict]) ->
     """The partition's probe stage: its videos' rows under the corpus probe's fingerprint, so a
     change of probe's settings redoes the partition; rewritten only when its videos changed."""
     top = read_marker(top_probe)
-    revision = _digest(top["fingerprint"], *(v["video_id"] for v in videos))
+    revision = digest(top["fingerprint"], *(v["video_id"] for v in videos))
     target = run_dir / "probe"
     if (read_marker(target) or {}).get("revision") == revision:
         return
@@ -296,9 +296,9 @@ def gather(cfg: PipelineConfig, names: list[str]) -> None:
         statuses = table.column("status").to_pylist()
         marker = {
             "stage": stage,
-            "fingerprint": _digest(stage, *(m["fingerprint"] for m in markers)),
-            "input_revision": _digest(*(m["input_revision"] for m in markers)),
-            "revision": _digest(*(m["revision"] for m in markers)),
+            "fingerprint": digest(stage, *(m["fingerprint"] for m in markers)),
+            "input_revision": digest(*(m["input_revision"] for m in markers)),
+            "revision": digest(*(m["revision"] for m in markers)),
             "rows": table.num_rows,
             "counts": {s: statuses.count(s) for s in sorted(set(statuses))},
             "seconds": round(sum(m["seconds"] for m in markers), 2),

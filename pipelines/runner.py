@@ -86,7 +86,8 @@ def describe_marker(marker: dict) -> str:
     return f"{marker['stage']}: {marker['rows']} rows {marker['counts']}{transient} in {marker['seconds']} s{rate}{redone}{parts}{describe_cost(marker)}"
 
 
-def _digest(*parts: str) -> str:
+def digest(*parts: str) -> str:
+    """A short stable hash of strings: fingerprints and revisions."""
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
@@ -105,7 +106,7 @@ class Runner:
 
     def fingerprint(self, stage: str, input_dir: Path | None) -> str:
         upstream = read_marker(input_dir)["fingerprint"] if input_dir is not None else ""
-        return _digest(stage, self.cfg.stage_hash(stage), upstream)
+        return digest(stage, self.cfg.stage_hash(stage), upstream)
 
     def _dirs(self, stage: str, input_dir, output_dir) -> tuple[Path | None, Path]:
         if stage not in self.upstream:
@@ -148,7 +149,7 @@ class Runner:
             "stage": stage,
             "fingerprint": fingerprint,
             "input_revision": input_revision,
-            "revision": _digest(input_revision, *_kept_keys(table, STAGES[stage].key)),
+            "revision": digest(input_revision, *_kept_keys(table, STAGES[stage].key)),
             "rows": table.num_rows,
             "rows_done": done.num_rows,
             "counts": {s: statuses.count(s) for s in sorted(set(statuses))},

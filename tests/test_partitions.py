@@ -175,3 +175,38 @@ def test_partitions_on_ray_give_the_shards_the_in_process_run_gives(runs, corpus
     turns (one CPU stays free for Ray Data's tasks) and the shards do not depend on it."""
     Runner(_config(corpus, tmp_path / "parted", 1, executor="ray", **{"partitions.in_flight": 3})).run_all()
     assert _tars(tmp_path / "parted") == _tars(runs["root"] / "parted")
+
+
+@pytest.mark.slow
+def test_an_outage_during_a_partitioned_run_publishes_nothing_then_ships_everything(corpus, tmp_path):
+    """The caption server is down for the first run: every partition's captions fail
+    transiently, so no partition is published early and the run fails its budget; once the server
+    is up the same command retries exactly those clips and ships what a healthy run ships. The
+    test double is the server's one boundary: it answers with the tiny captioner's real outputs."""
+    from openai_server import OpenAIServer
+
+    from vidcurate.pipelines.runner import FailureBudgetExceeded
+    from vidcurate.stages.caption import CaptionConfig, make_captioner
+
+    tiny = make_captioner(CaptionConfig(frames=4, frame_height=112, max_events=3, max_tokens=1024, temperature=1.0))
+    server = OpenAIServer(tiny)  # its port is taken but nobody answers yet: the server is down
+    caption = {"backend": "openai", "openai": {"base_url": server.base_url, "max_retries": 0, "backoff_s": 0.01}}
+
+    def config(run_dir: Path):
+        settings = {"executor": "in_process", "partitions.videos": 1, "shard.output": str(run_dir.parent / f"{run_dir.name}-published")}
+        return load_config(None, profile="tiny", inputs=str(corpus), run_dir=str(run_dir), stages=["caption"], caption=caption, **settings)
+
+    run_dir = tmp_path / "run"
+    with pytest.raises(FailureBudgetExceeded):
+        Runner(config(run_dir)).run_all()
+    assert not (tmp_path / "run-published").exists()  # not even the first partition's shards
+    failed = [r for r in pq.read_table(run_dir / "ledger.parquet").to_pylist() if r["entity"] == "clip" and r["status"] == "failed"]
+    assert failed and all(r["stage"] == "caption" and r["transient"] for r in failed)
+    with server:
+        stats = Runner(config(run_dir)).run_all()
+        assert len(server.requests) == len(failed)  # exactly the failed clips were asked again
+        healthy = Runner(config(tmp_path / "healthy")).run_all()
+    assert stats["samples"] == healthy["samples"] > 0 and stats["clips"]["failed"] == 0
+    assert _members(run_dir) == _members(tmp_path / "healthy")
+    published = json.loads((tmp_path / "run-published" / "index.json").read_text())
+    assert sum(s["nsamples"] for s in published["shardlist"]) == stats["samples"]
