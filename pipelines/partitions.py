@@ -41,7 +41,7 @@ import pyarrow.parquet as pq
 
 from vidcurate.pipelines.config import PipelineConfig
 from vidcurate.pipelines.cost import cost_fields
-from vidcurate.pipelines.runner import MARKER, Runner, digest, ensure_ray, over_budget, read_marker, read_stage_table
+from vidcurate.pipelines.runner import MARKER, Runner, digest, ensure_ray, read_marker, read_stage_table, stage_breaches
 from vidcurate.schemas.readers import INDEX
 from vidcurate.schemas.tables import KEPT, to_table
 from vidcurate.stages.dedup import run_id
@@ -138,6 +138,7 @@ class PartitionedRun:
         self.started = time.monotonic()
         self.first_shard_s: float | None = None
         self.shipped: list[str] = []  # partitions whose shards are in <run>/partitions/dataset
+        self.tables: dict[str, pa.Table] = {}  # their stage tables, for the failure budget
         self._lock = threading.Lock()
 
     def run(self) -> dict:
@@ -247,32 +248,22 @@ class PartitionedRun:
 
     def _ship(self, name: str) -> None:
         """The partition's shards join the dataset of the partitions done so far; published
-        (only its new shards travel) while the corpus so far is within its failure budget."""
+        (only its new shards travel) while the stages' failed rows so far are within their budgets
+        (the ledger's shares are judged at the end)."""
         with self._lock:
             self.shipped.append(name)
-            dataset = self.root / DATASET
-            manifest = []
-            for path in shard_files(self.root / name):
-                _link(path, dataset / path.name)
-            for shipped in self.shipped:
-                manifest += read_marker(self.root / shipped / "shard").get("shards", [])
-            (dataset / INDEX).write_text(json.dumps(wids_index(manifest, self.cfg.shard.prefix), indent=1))
-            samples = sum(s["samples"] for s in manifest)
-            log.info("partition %s shipped: %d partitions of %d done, %d samples so far, %.1f s", name, len(self.shipped), self.count, samples, self._now())
-            if self.first_shard_s is None and manifest:
-                self.first_shard_s = self._now()
-            if self.cfg.shard.output and self._within_budget():
-                publish(dataset, self.cfg.shard.output, group_of=partition_of)
-                log.info("partition %s published to %s", name, self.cfg.shard.output)
-
-    def _within_budget(self) -> bool:
-        tables = {}
-        for name in self.shipped:
             for stage in self.stages:
                 table = read_stage_table(self.root / name / stage, stage)
-                tables[stage] = pa.concat_tables([tables[stage], table]) if stage in tables else table
-        totals = {e: {"total": 0, "failed": 0} for e in ("videos", "clips")}  # the ledger's shares: the corpus' end decides
-        return not over_budget(tables, totals, self.cfg.failures)
+                self.tables[stage] = pa.concat_tables([self.tables[stage], table]) if stage in self.tables else table
+            dataset = self.root / DATASET
+            _add_shards(self.root / name, dataset)
+            samples = _write_index(self.root, self.shipped, dataset, self.cfg.shard.prefix)
+            log.info("partition %s shipped: %d partitions of %d done, %d samples so far, %.1f s", name, len(self.shipped), self.count, samples, self._now())
+            if self.first_shard_s is None and samples:
+                self.first_shard_s = self._now()
+            if self.cfg.shard.output and not stage_breaches(self.tables, self.cfg.failures):
+                publish(dataset, self.cfg.shard.output, group_of=partition_of)
+                log.info("partition %s published to %s", name, self.cfg.shard.output)
 
 
 class _Stopped(RuntimeError):
@@ -332,11 +323,20 @@ def shard_files(partition: Path) -> list[Path]:
     return [dataset / n for name in names for n in (name, name.removesuffix(".tar") + ".parquet") if (dataset / n).is_file()]
 
 
+def _add_shards(partition: Path, dataset: Path) -> None:
+    for path in shard_files(partition):
+        _link(path, dataset / path.name)
+
+
+def _write_index(root: Path, names: list[str], dataset: Path, prefix: str) -> int:
+    """The wids index over the partitions' shards, in partition order; returns their samples."""
+    manifest = [s for name in names for s in read_marker(root / name / "shard").get("shards", [])]
+    (dataset / INDEX).write_text(json.dumps(wids_index(manifest, prefix), indent=1))
+    return sum(s["samples"] for s in manifest)
+
+
 def _gather_dataset(root: Path, names: list[str], dataset: Path, cfg: PipelineConfig) -> None:
     dataset.mkdir(parents=True)
-    manifest = []
     for name in names:
-        for path in shard_files(root / name):
-            _link(path, dataset / path.name)
-        manifest += read_marker(root / name / "shard").get("shards", [])
-    (dataset / INDEX).write_text(json.dumps(wids_index(manifest, cfg.shard.prefix), indent=1))
+        _add_shards(root / name, dataset)
+    _write_index(root, names, dataset, cfg.shard.prefix)

@@ -379,15 +379,21 @@ class FailureBudgetExceeded(RuntimeError):
 
 def over_budget(tables: dict[str, pa.Table], stats: dict, failures) -> list[str]:
     """Each stage whose failed rows, and each ledger entity whose failed share, exceed the budget."""
+    breaches = stage_breaches(tables, failures)
+    for entity in ("videos", "clips"):
+        s = stats[entity]
+        if s["total"] and s["failed"] / s["total"] > failures.max_failed_fraction:
+            breaches.append(f"{entity}: {s['failed']}/{s['total']} failed > {failures.max_failed_fraction:g}")
+    return breaches
+
+
+def stage_breaches(tables: dict[str, pa.Table], failures) -> list[str]:
+    """Each stage whose failed rows exceed its budget."""
     breaches = []
     for stage, table in tables.items():
         failed = pc.sum(pc.equal(table.column("status"), FAILED)).as_py() or 0
         if table.num_rows and failed / table.num_rows > failures.budget(stage):
             breaches.append(f"{stage}: {failed}/{table.num_rows} rows failed > {failures.budget(stage):g}")
-    for entity in ("videos", "clips"):
-        s = stats[entity]
-        if s["total"] and s["failed"] / s["total"] > failures.max_failed_fraction:
-            breaches.append(f"{entity}: {s['failed']}/{s['total']} failed > {failures.max_failed_fraction:g}")
     return breaches
 
 

@@ -144,7 +144,8 @@ def partition_name(index: int) -> str:
 
 def partition_of(shard_name: str) -> str:
     """The partition a shard file belongs to ('' outside a partitioned run): its publish group."""
-    return next((part for part in shard_name.split("-") if len(part) == 6 and part[0] == "p" and part[1:].isdigit()), "")
+    parts = reversed(shard_name.split("-"))  # from the end: a prefix may hold a segment that looks like one
+    return next((part for part in parts if len(part) == 6 and part[0] == "p" and part[1:].isdigit()), "")
 
 
 def wids_index(manifest: list[dict], name: str) -> dict:
