@@ -2,19 +2,24 @@
 
 - in process: everything on the calling process (`executor: in_process`, a 1-CPU cluster,
   tests, tools);
-- Ray: a stage's batches on Ray Data, in tasks, or actors for a class core (a GPU core's decode
-  step in CPU tasks streaming into it; on CPU each actor decodes its own batches), written as
-  Parquet parts; whole-run work's parallel map (`Place.map`) as Ray tasks.
+- Ray: a function core's batches as Ray tasks, each writing its Parquet part; a class core's
+  on Ray Data actors (a GPU core's decode step in CPU tasks streaming into it; on CPU each actor
+  decodes its own batches), written as Parquet parts; whole-run work's parallel map
+  (`Place.map`) as Ray tasks.
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from vidcurate.stages.contract import Place, Stage
+
+log = logging.getLogger("vidcurate")
 
 
 def map_in_process(spec: Stage, rows: list[dict], run, place: Place | None = None) -> pa.Table:
@@ -33,10 +38,11 @@ def write_in_process(spec: Stage, rows: list[dict], run, place: Place) -> None:
 class DecodeThenCore:
     """An actor stage's core with its decode step inside the actor: where the core runs on CPU,
     a decode step apart would only move frames through the object store and take a CPU from
-    the actors."""
+    the actors. The decode step's arguments are worked out here too: they may need the model's
+    library (embed's input size needs open_clip), which the driver then never imports."""
 
-    def __init__(self, spec: Stage, decode_kwargs: dict, core_kwargs: dict):
-        self.spec, self.decode_kwargs, self.core = spec, decode_kwargs, spec.core(**core_kwargs)
+    def __init__(self, spec: Stage, run, core_kwargs: dict):
+        self.spec, self.decode_kwargs, self.core = spec, spec.decode_arguments(run), spec.core(**core_kwargs)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         return self.core(self.spec.decode(batch, **self.decode_kwargs))
@@ -65,21 +71,51 @@ def map_on_ray(spec: Stage, rows: list[dict], run, place: Place, cpus: float) ->
     import ray
 
     resources = spec.config(run).resources
+    if not spec.is_actor:
+        return map_batches_as_tasks(spec, rows, run, place, resources)
     args = resources.map_batches_args()
     core = spec.core
     ds = ray.data.from_arrow(pa.Table.from_pylist(rows)).repartition(max(1, -(-len(rows) // resources.batch_size)))
-    if not spec.is_actor:
-        args["fn_kwargs"] = spec.arguments(run, place)
-    else:
-        check_actor_cpus(spec, resources, cpus)
-        args["concurrency"] = args["concurrency"] or 1
-        args["fn_constructor_kwargs"] = spec.arguments(run, place)
-        if decode_apart(spec, resources):
-            ds = ds.map_batches(spec.decode, fn_kwargs=spec.decode_arguments(run), batch_format="pyarrow", batch_size=resources.batch_size, num_cpus=1)
-        elif spec.decode:
-            core = type(spec.core.__name__, (DecodeThenCore,), {})  # named as the stage's core: Ray names the actor by it
-            args["fn_constructor_kwargs"] = {"spec": spec, "decode_kwargs": spec.decode_arguments(run), "core_kwargs": args["fn_constructor_kwargs"]}
+    check_actor_cpus(spec, resources, cpus)
+    args["concurrency"] = args["concurrency"] or 1
+    args["fn_constructor_kwargs"] = spec.arguments(run, place)
+    if decode_apart(spec, resources):
+        ds = ds.map_batches(spec.decode, fn_kwargs=spec.decode_arguments(run), batch_format="pyarrow", batch_size=resources.batch_size, num_cpus=1)
+    elif spec.decode:
+        core = type(spec.core.__name__, (DecodeThenCore,), {})  # named as the stage's core: Ray names the actor by it
+        args["fn_constructor_kwargs"] = {"spec": spec, "run": run, "core_kwargs": args["fn_constructor_kwargs"]}
     ds.map_batches(core, batch_format="pyarrow", **args).write_parquet(str(place.output))
+
+
+def write_part(core: Callable, rows: list[dict], kwargs: dict, path: str) -> int:
+    """One batch of a task stage: its rows through the core, written as one Parquet part."""
+    table = core(pa.Table.from_pylist(rows), **kwargs)
+    pq.write_table(table, path)
+    return table.num_rows
+
+
+def map_batches_as_tasks(spec: Stage, rows: list[dict], run, place: Place, resources) -> None:
+    """A function core's batches as Ray tasks, each writing part-NNNNNN.parquet, with at most
+    `concurrency` (default: twice the tasks the cluster can run at once) in flight. No Ray Data job: its
+    start cost 2-4 s a stage, more than a small run's whole probe; a task stage's rows are small
+    tables (the media it makes goes to files), so there is nothing for Ray Data to stream."""
+    import ray
+
+    task = ray.remote(num_cpus=resources.num_cpus, num_gpus=resources.num_gpus)(write_part)
+    kwargs = ray.put(spec.arguments(run, place))
+    size = resources.batch_size
+    batches = [rows[a : a + size] for a in range(0, len(rows), size)]
+    in_flight = resources.concurrency or 2 * max(1, int(ray.cluster_resources().get("CPU", 1) // resources.num_cpus))
+    pending, done, last_log = [], 0, time.monotonic()
+    for index, batch in enumerate(batches):
+        pending.append(task.remote(spec.core, batch, kwargs, str(place.output / f"part-{index:06d}.parquet")))
+        while len(pending) >= in_flight or (index == len(batches) - 1 and pending):
+            finished, pending = ray.wait(pending, num_returns=1)
+            ray.get(finished)
+            done += 1
+            if time.monotonic() - last_log > 30:
+                log.info("%s: %d of %d batches done", spec.name, done, len(batches))
+                last_log = time.monotonic()
 
 
 def map_on_ray_tasks(fn: Callable, items: list, **shared) -> list:

@@ -286,9 +286,9 @@ class Runner:
         )
 
     def _map(self, spec: Stage, rows: list[dict], place: Place) -> None:
-        """A stage's batches on Ray Data; in this process with `executor: in_process`, or on a
-        1-CPU cluster (Ray Data's budget never grants one operator every CPU, so an actor would
-        wait forever)."""
+        """A stage's batches on Ray (tasks, or Ray Data actors); in this process with `executor:
+        in_process`, or on a 1-CPU cluster (Ray Data's budget never grants one operator every
+        CPU, so an actor would wait forever)."""
         if self.cfg.executor == "ray":
             import ray
 

@@ -80,6 +80,25 @@ def video_metadata(times_s: list[float], duration_s: float):
     )
 
 
+class FinishedRows:
+    """Rows of a batch whose answer is complete: they gave an end token, or reached their own
+    token limit (the answer is cut there). `generate` steps every row until the batch's last one
+    ends, so the grammar and the sampler skip finished rows instead of working on tokens nobody
+    reads; a finished row is given the end token, so `generate` stops once every row is done."""
+
+    def __init__(self, prompts: list[Prompt], prompt_len: int, eos: int | list[int]):
+        self.prompt_len = prompt_len
+        self.limits = [prompt_len + p.max_tokens for p in prompts]
+        self.eos = {eos} if isinstance(eos, int) else set(eos)
+        self.end = min(self.eos)
+        self.done = [False] * len(prompts)
+
+    def __call__(self, row: int, ids) -> bool:
+        if not self.done[row]:
+            self.done[row] = len(ids) >= self.limits[row] or (len(ids) > self.prompt_len and int(ids[-1]) in self.eos)
+        return self.done[row]
+
+
 class RowSampler:
     """Picks each row's next token itself: the argmax for a greedy row, a draw from its own
     generator (seeded by its prompt) for a sampled one. Greedy and sampled prompts then share one
@@ -87,19 +106,22 @@ class RowSampler:
     draws equal a batch-1 `do_sample` run under `torch.manual_seed(seed)`. Runs last, after the
     grammar's mask; returns scores whose argmax is the chosen token."""
 
-    def __init__(self, prompts: list[Prompt]):
+    def __init__(self, prompts: list[Prompt], finished: FinishedRows):
         self.temperatures = [p.temperature for p in prompts]
         self.seeds = [p.seed for p in prompts]
+        self.finished = finished
         self.generators: list | None = None
 
-    def __call__(self, _input_ids, scores):
+    def __call__(self, input_ids, scores):
         import torch
 
         if self.generators is None:
             self.generators = [torch.Generator(scores.device).manual_seed(s) if t > 0 else None for t, s in zip(self.temperatures, self.seeds)]
         chosen = torch.full_like(scores, float("-inf"))
         for row, (temperature, generator) in enumerate(zip(self.temperatures, self.generators)):
-            if generator is None:
+            if self.finished(row, input_ids[row]):
+                token = self.finished.end
+            elif generator is None:
                 token = scores[row].argmax()
             else:
                 probs = torch.softmax(scores[row : row + 1] / temperature, dim=-1)
@@ -162,10 +184,11 @@ class TransformersCaptioner:
         prompt_len = inputs["input_ids"].shape[1]  # padded: every row's answer starts here
         tokenizer = self.processor.tokenizer
         constraints = [self.constraint(p, prompt_len) for p in prompts]
+        finished = FinishedRows(prompts, prompt_len, self.model.generation_config.eos_token_id)
         everything = list(range(len(tokenizer)))
 
         def allowed(row: int, ids) -> list[int]:
-            return constraints[row](row, ids) if constraints[row] else everything
+            return constraints[row](row, ids) if constraints[row] and not finished(row, ids) else everything
 
         with torch.inference_mode():
             out = self.model.generate(
@@ -176,7 +199,7 @@ class TransformersCaptioner:
                 top_p=None,
                 top_k=None,
                 prefix_allowed_tokens_fn=allowed if any(constraints) else None,
-                logits_processor=LogitsProcessorList([RowSampler(prompts)]),
+                logits_processor=LogitsProcessorList([RowSampler(prompts, finished)]),
             )
         return [tokenizer.decode(row[prompt_len : prompt_len + p.max_tokens], skip_special_tokens=True) for row, p in zip(out, prompts)]
 
