@@ -97,13 +97,16 @@ def test_tiny_model_under_the_grammar_gives_valid_deterministic_captions(clips, 
 @pytest.mark.parametrize("structured, temperature", [("on", 0.0), ("off", 0.0), ("on", 1.0), ("off", 1.0)])
 def test_batched_generation_answers_as_one_prompt_at_a_time(clips, structured, temperature):
     """Left-padded batches (prompts of different lengths) give each clip the answer it gets
-    alone, greedy or sampled (each sampled row draws from its own seeded generator)."""
+    alone, greedy or sampled (each sampled row draws from its own seeded generator), also where
+    a row ends long before the others (its own token limit), which the grammar and the sampler
+    then skip."""
     cfg = CFG.model_copy(update={"temperature": temperature, "structured": structured, "max_tokens": 64})
     decoded = decode_clips(clips, cfg)
     prompts = [  # 2, 3 and 4 frames: prompts of different lengths, so the batch is padded
         build_prompt(c["clip_id"], list(unpack_frames(c["frames"]))[: 2 + k], c["frame_times"][: 2 + k], c["end_s"] - c["start_s"], cfg, 0)
         for k, c in enumerate(decoded)
     ]
+    prompts[0].max_tokens = 12
     captioner = make_captioner(cfg.model_copy(update={"batch_size": 1}))
     alone = captioner.generate(prompts)
     captioner.batch_size = 3
