@@ -316,8 +316,7 @@ def _summed_cost(markers: list[dict]) -> dict:
 
 
 def shard_files(partition: Path) -> list[Path]:
-    """The shards a partition's index names, with their Parquet sidecars (a partition that kept
-    no clip leaves an empty tar that no index names)."""
+    """The shards a partition's index names, with their Parquet sidecars."""
     dataset = partition / "shard" / DATASET
     names = [s["name"] for s in read_marker(partition / "shard").get("shards", [])]
     return [dataset / n for name in names for n in (name, name.removesuffix(".tar") + ".parquet") if (dataset / n).is_file()]

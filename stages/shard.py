@@ -33,6 +33,7 @@ from vidcurate.stages.failures import failed
 from vidcurate.stages.frame_store import FrameNeed, read_frames
 from vidcurate.stages.ground import windows
 from vidcurate.stages.settings import StrictModel
+from vidcurate.stages.shard_writer import ShardWriter
 from vidcurate.stages.window_media import cut_window_job
 
 
@@ -106,12 +107,10 @@ def write_window_shards(
 
 def _write(entries: list[tuple], out_dir: Path, pattern: str, kind: str, cfg: ShardConfig) -> tuple[list[dict], list[dict]]:
     """(key, video_id, media uri, stored frames uri, annotation builder) entries -> shards named by `pattern`."""
-    import webdataset as wds  # imports torch: only the shard stage pays for it, not every driver and task
-
     rows: list[dict] = []
     sidecars: dict[str, list[dict]] = {}
     out_dir.mkdir(parents=True, exist_ok=True)
-    with wds.ShardWriter(str(out_dir / pattern), maxcount=cfg.maxcount, maxsize=cfg.maxsize, verbose=0, mtime=0.0) as sink:
+    with ShardWriter(str(out_dir / pattern), maxcount=cfg.maxcount, maxsize=cfg.maxsize) as sink:
         for key, video_id, media_uri, frames_uri, build in entries:
             row = {"clip_id": key, "video_id": video_id, "stage": STAGE}
             try:
