@@ -4,6 +4,7 @@ nothing: shards and ledger equal a local run's."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -52,9 +53,32 @@ def cluster():
 
 
 def _alive_nodes(address: str) -> int:
-    code = "import ray; ray.init(address=%r, log_to_driver=False); print(sum(n['Alive'] for n in ray.nodes()))" % address
+    code = "import ray; ray.init(address=%r, log_to_driver=False); print('alive', sum(n['Alive'] for n in ray.nodes()))" % address
     out = subprocess.run([sys.executable, "-c", code], env=ENV, capture_output=True, text=True, timeout=120)
-    return int(out.stdout.strip().splitlines()[-1])
+    return int(next(line for line in out.stdout.splitlines() if line.startswith("alive ")).split()[1])  # Ray may print warnings too
+
+
+def _wait_alive_nodes(address: str, expected: int, timeout_s: float = 120) -> int:
+    """Alive nodes once they reach `expected` or the timeout: the head marks a killed node dead
+    only after its health checks fail (seconds), and a short run can end before that."""
+    deadline = time.monotonic() + timeout_s
+    while (alive := _alive_nodes(address)) != expected and time.monotonic() < deadline:
+        time.sleep(2)
+    return alive
+
+
+def _task_workers(group: int, name: str) -> list[int]:
+    """The node's worker processes running Ray task `name`: children of the node's raylet (process
+    group `group`; a worker has a group of its own), titled `ray::<task>` while they run one."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            parent = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if os.getpgid(parent) == group and (proc / "cmdline").read_bytes().startswith(f"ray::{name}".encode()):
+                pids.append(int(proc.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return pids
 
 
 def _ledger(run_dir) -> list[tuple]:
@@ -73,12 +97,15 @@ def test_worker_node_killed_mid_run_loses_and_duplicates_nothing(ray_local, pref
     cmd = [sys.executable, "-m", "vidcurate.pipelines.cli", "run", "--config", str(config), "--run-dir", str(run_dir), "--ray-address", address]
     proc = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 300
-    while not (run_dir / "split.tmp").exists():
+    while not ((run_dir / "split.tmp").exists() and (splitting := _task_workers(worker_group, "write_part"))):
         assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()[-3000:]
-        time.sleep(0.05)
-    os.killpg(worker_group, signal.SIGKILL)  # the worker node's raylet and daemons, mid-split
+        time.sleep(0.02)
+    os.killpg(worker_group, signal.SIGKILL)  # the worker node's raylet and daemons, while it runs a split batch
+    for pid in splitting:
+        with contextlib.suppress(ProcessLookupError):  # it may have gone down with its raylet already
+            os.kill(pid, signal.SIGKILL)
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out[-3000:]
-    assert _alive_nodes(address) == 1
     assert dataset_digests(run_dir) == dataset_digests(tmp_path / "local")
     assert _ledger(run_dir) == _ledger(tmp_path / "local")
+    assert _wait_alive_nodes(address, 1) == 1  # the kill took the node down, not just some of its processes
