@@ -4,8 +4,8 @@ start, and each stage's fixed cost, each measured in a fresh process.
     python benchmarks/startup_bench.py [--config pipelines/configs/sample.yaml] [--repeat 2]
 
 Prints seconds for: importing the flow (Prefect, Ray, pyarrow, ...); an empty Prefect flow
-(the temporary server's start and stop); `ray.init` + `ray.shutdown` of a local Ray; a Ray
-Data `map_batches` over one row (a stage's fixed cost); and the whole sample job, beside the
+(the temporary server's start and stop); `ray.init` + `ray.shutdown` of a local Ray; one Ray task and one actor
+call (a stage's fixed cost); and the whole sample job, beside the
 sum of its stages' own seconds (from the markers), so the gap is start-up.
 """
 
@@ -36,11 +36,12 @@ SNIPPETS = {
         "import ray\nray.init(address='local', include_dashboard=False, configure_logging=False, log_to_driver=False)\n"
         "ray.shutdown()"
     ),
-    "ray.init + one-row map_batches": (
-        "import ray, pyarrow as pa\n"
+    "ray.init + one task and one actor call": (
+        "import ray\n"
         "ray.init(address='local', include_dashboard=False, configure_logging=False, log_to_driver=False)\n"
-        "ray.data.DataContext.get_current().enable_progress_bars = False\n"
-        "ray.data.from_arrow(pa.table({'x': [1]})).map_batches(lambda b: b, batch_format='pyarrow').materialize()\n"
+        "ray.get(ray.remote(lambda: 1).remote())\n"
+        "class Core:\n    def call(self):\n        return 1\n"
+        "actor = ray.remote(Core).remote()\nray.get(actor.call.remote())\nray.kill(actor)\n"
         "ray.shutdown()"
     ),
 }

@@ -1,4 +1,4 @@
-"""Prefect flow: the pipeline's stages as tasks with retries, over Ray Data.
+"""Prefect flow: the pipeline's stages as tasks with retries, over Ray.
 
 Without PREFECT_API_URL set, Prefect runs against a temporary local server it starts itself,
 so this needs no setup; point PREFECT_API_URL at `prefect server start` to see runs in the UI.

@@ -1,11 +1,9 @@
 """The two ways a stage's work runs, behind the same calls; stages never import Ray.
 
-- in process: everything on the calling process (`executor: in_process`, a 1-CPU cluster,
-  tests, tools);
-- Ray: a function core's batches as Ray tasks, each writing its Parquet part; a class core's
-  on Ray Data actors (a GPU core's decode step in CPU tasks streaming into it; on CPU each actor
-  decodes its own batches), written as Parquet parts; whole-run work's parallel map
-  (`Place.map`) as Ray tasks.
+- in process: everything on the calling process (`executor: in_process`, tests, tools);
+- Ray: a function core's batches as Ray tasks, a class core's through its stage's actors (a GPU
+  core's decode step in CPU tasks ahead of it; on CPU each actor decodes its own batches), each
+  batch written as its Parquet part; whole-run work's parallel map (`Place.map`) as Ray tasks.
 """
 
 from __future__ import annotations
@@ -35,87 +33,137 @@ def write_in_process(spec: Stage, rows: list[dict], run, place: Place) -> None:
     pq.write_table(map_in_process(spec, rows, run, place), place.output / "part-000000.parquet")
 
 
-class DecodeThenCore:
-    """An actor stage's core with its decode step inside the actor: where the core runs on CPU,
-    a decode step apart would only move frames through the object store and take a CPU from
-    the actors. The decode step's arguments are worked out here too: they may need the model's
-    library (embed's input size needs open_clip), which the driver then never imports."""
-
-    def __init__(self, spec: Stage, run, core_kwargs: dict):
-        self.spec, self.decode_kwargs, self.core = spec, spec.decode_arguments(run), spec.core(**core_kwargs)
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        return self.core(self.spec.decode(batch, **self.decode_kwargs))
-
-
 def decode_apart(spec: Stage, resources) -> bool:
-    """Whether the decode step streams ahead of the core in tasks of its own: for a core on GPUs."""
+    """Whether the decode step runs ahead of the core in tasks of its own: for a core on GPUs, so
+    it never waits on decoding. On CPU the actors decode their own batches: tasks apart would only
+    move frames through the object store and take CPUs from the actors."""
     return spec.decode is not None and resources.num_gpus > 0
 
 
-def check_actor_cpus(spec: Stage, resources, cpus: float) -> None:
-    """Ray Data runs its other steps (repartition, decode, write) as 1-CPU tasks: actors holding
-    more than all CPUs but one would leave them waiting forever, so that is an error instead."""
-    held = (resources.concurrency or 1) * resources.num_cpus
-    if held > cpus - 1:
+def actor_cpus(resources, node_cpus: float) -> float:
+    """CPUs each model actor holds: as configured; else 1 beside a GPU, or on CPU a node's CPUs
+    shared by the actors (a model on CPU uses every core, as torch does in one process; Ray
+    gives an actor as many threads as CPUs)."""
+    if resources.num_cpus is not None:
+        return resources.num_cpus
+    return 1.0 if resources.num_gpus else max(1.0, node_cpus // (resources.concurrency or 1))
+
+
+def stage_cpus(spec: Stage, resources, node_cpus: float) -> float:
+    """CPUs a model stage holds while it runs: its actors', and one for decode tasks apart."""
+    return (resources.concurrency or 1) * actor_cpus(resources, node_cpus) + (1 if decode_apart(spec, resources) else 0)
+
+
+def check_stage_fits(spec: Stage, resources, cpus: float, node_cpus: float, gpus: float) -> None:
+    """Actors that cannot all start would keep their batches forever, and decode tasks need a
+    CPU the actors leave: a stage asking for more than the cluster has is an error, not a hang."""
+    actors, need = resources.concurrency or 1, stage_cpus(spec, resources, node_cpus)
+    if need > cpus:
+        each = actor_cpus(resources, node_cpus)
         raise ValueError(
-            f"{spec.name}.resources: {resources.concurrency or 1} actors x {resources.num_cpus:g} CPUs hold {held:g} of the "
-            f"cluster's {cpus:g}; Ray Data needs one CPU left for its other tasks and would wait forever. Lower "
-            f"concurrency or num_cpus (fractions are allowed: 2 actors x 0.5 CPUs on 2 CPUs)"
+            f"{spec.name}.resources: {actors} actors x {each:g} CPUs{' and 1 for decode tasks' if decode_apart(spec, resources) else ''} "
+            f"need {need:g} of the cluster's {cpus:g} CPUs; the rest would wait forever. Lower concurrency or num_cpus "
+            f"(fractions are allowed: 2 actors x 0.5 CPUs)"
+        )
+    if actors * resources.num_gpus > gpus:
+        raise ValueError(
+            f"{spec.name}.resources: {actors} actors x {resources.num_gpus:g} GPUs need {actors * resources.num_gpus:g} of "
+            f"the cluster's {gpus:g} GPUs; the rest would wait forever. Lower concurrency or num_gpus (num_gpus: 0 runs on CPU)"
         )
 
 
-def map_on_ray(spec: Stage, rows: list[dict], run, place: Place, cpus: float) -> None:
-    """The stage's rows for `rows` as Parquet parts in `place.output`, on the connected Ray
-    cluster of `cpus` CPUs; a GPU core's decode step runs in 1-CPU tasks so decoding overlaps it."""
+class PartWriter:
+    """A model actor of a stage: its core (models loaded once), each batch through it (decoded
+    here unless it comes decoded) and written as its Parquet part."""
+
+    def __init__(self, spec: Stage, run, core_kwargs: dict, decodes: bool):
+        self.spec, self.core = spec, spec.core(**core_kwargs)
+        self.decode_kwargs = spec.decode_arguments(run) if decodes else None  # may need the model's library: here, never in the driver
+
+    def write(self, batch: list[dict] | pa.Table, path: str) -> None:
+        table = batch if isinstance(batch, pa.Table) else pa.Table.from_pylist(batch)
+        if self.decode_kwargs is not None:
+            table = self.spec.decode(table, **self.decode_kwargs)
+        pq.write_table(self.core(table), path)
+
+
+def write_part(core: Callable, rows: list[dict], kwargs: dict, path: str) -> None:
+    """One batch of a task stage: its rows through the core, written as one Parquet part."""
+    pq.write_table(core(pa.Table.from_pylist(rows), **kwargs), path)
+
+
+def decode_rows(decode: Callable, rows: list[dict], kwargs: dict) -> pa.Table:
+    return decode(pa.Table.from_pylist(rows), **kwargs)
+
+
+def cluster_cpus() -> tuple[float, float]:
+    """The connected Ray cluster's CPUs, and those of its largest node."""
+    import ray
+
+    nodes = [n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n["Alive"]]
+    return sum(nodes), max(nodes, default=0.0)
+
+
+def map_on_ray(spec: Stage, rows: list[dict], run, place: Place) -> None:
+    """The stage's rows for `rows` as Parquet parts part-NNNNNN.parquet in `place.output`, on the
+    connected Ray cluster, a batch at a time: a function core's batches as Ray tasks; a class
+    core's through `concurrency` actors, a GPU core's batches decoded ahead in 1-CPU tasks. No
+    Ray Data job: its start cost 2-4 s a stage, and its budget kept a CPU from the actors."""
     import ray
 
     resources = spec.config(run).resources
-    if not spec.is_actor:
-        return map_batches_as_tasks(spec, rows, run, place, resources)
-    args = resources.map_batches_args()
-    core = spec.core
-    ds = ray.data.from_arrow(pa.Table.from_pylist(rows)).repartition(max(1, -(-len(rows) // resources.batch_size)))
-    check_actor_cpus(spec, resources, cpus)
-    args["concurrency"] = args["concurrency"] or 1
-    args["fn_constructor_kwargs"] = spec.arguments(run, place)
-    if decode_apart(spec, resources):
-        ds = ds.map_batches(spec.decode, fn_kwargs=spec.decode_arguments(run), batch_format="pyarrow", batch_size=resources.batch_size, num_cpus=1)
-    elif spec.decode:
-        core = type(spec.core.__name__, (DecodeThenCore,), {})  # named as the stage's core: Ray names the actor by it
-        args["fn_constructor_kwargs"] = {"spec": spec, "run": run, "core_kwargs": args["fn_constructor_kwargs"]}
-    ds.map_batches(core, batch_format="pyarrow", **args).write_parquet(str(place.output))
-
-
-def write_part(core: Callable, rows: list[dict], kwargs: dict, path: str) -> int:
-    """One batch of a task stage: its rows through the core, written as one Parquet part."""
-    table = core(pa.Table.from_pylist(rows), **kwargs)
-    pq.write_table(table, path)
-    return table.num_rows
-
-
-def map_batches_as_tasks(spec: Stage, rows: list[dict], run, place: Place, resources) -> None:
-    """A function core's batches as Ray tasks, each writing part-NNNNNN.parquet, with at most
-    `concurrency` (default: twice the tasks the cluster can run at once) in flight. No Ray Data job: its
-    start cost 2-4 s a stage, more than a small run's whole probe; a task stage's rows are small
-    tables (the media it makes goes to files), so there is nothing for Ray Data to stream."""
-    import ray
-
-    task = ray.remote(num_cpus=resources.num_cpus, num_gpus=resources.num_gpus)(write_part)
-    kwargs = ray.put(spec.arguments(run, place))
+    cpus, node_cpus = cluster_cpus()
     size = resources.batch_size
     batches = [rows[a : a + size] for a in range(0, len(rows), size)]
-    in_flight = resources.concurrency or 2 * max(1, int(ray.cluster_resources().get("CPU", 1) // resources.num_cpus))
-    pending, done, last_log = [], 0, time.monotonic()
-    for index, batch in enumerate(batches):
-        pending.append(task.remote(spec.core, batch, kwargs, str(place.output / f"part-{index:06d}.parquet")))
-        while len(pending) >= in_flight or (index == len(batches) - 1 and pending):
-            finished, pending = ray.wait(pending, num_returns=1)
-            ray.get(finished)
-            done += 1
-            if time.monotonic() - last_log > 30:
-                log.info("%s: %d of %d batches done", spec.name, done, len(batches))
-                last_log = time.monotonic()
+    paths = [str(place.output / f"part-{index:06d}.parquet") for index in range(len(batches))]
+    if not spec.is_actor:
+        task = ray.remote(num_cpus=resources.num_cpus or 1, num_gpus=resources.num_gpus)(write_part)
+        kwargs = ray.put(spec.arguments(run, place))
+        slots = [None] * (resources.concurrency or 2 * max(1, int(cpus // (resources.num_cpus or 1))))
+        return run_in_slots(spec.name, batches, lambda i, batch, _slot: task.remote(spec.core, batch, kwargs, paths[i]), slots)
+    check_stage_fits(spec, resources, cpus, node_cpus, ray.cluster_resources().get("GPU", 0.0))
+    feed = _decode_ahead(spec, run) if decode_apart(spec, resources) else None
+    actor = type(spec.core.__name__, (PartWriter,), {})  # named as the stage's core: Ray lists actors by class
+    remote = ray.remote(num_cpus=actor_cpus(resources, node_cpus), num_gpus=resources.num_gpus, max_restarts=3, max_task_retries=3)(actor)
+    actors = [remote.remote(spec, run, spec.arguments(run, place), decodes=feed is None) for _ in range(resources.concurrency or 1)]
+    try:
+        # two batches an actor: the next one decodes, or waits in its queue, while it runs one
+        run_in_slots(spec.name, batches, lambda i, batch, worker: worker.write.remote(feed(batch) if feed else batch, paths[i]), actors * 2)
+    finally:
+        for worker in actors:
+            ray.kill(worker)  # its CPUs and GPUs, free for the next stage now
+
+
+def _decode_ahead(spec: Stage, run) -> Callable:
+    """`batch -> ObjectRef` of its decoded table, from a 1-CPU task."""
+    import ray
+
+    task, kwargs = ray.remote(num_cpus=1)(decode_rows), ray.put(spec.decode_arguments(run))
+    return lambda batch: task.remote(spec.decode, batch, kwargs)
+
+
+def run_in_slots(name: str, batches: list, submit: Callable, slots: list) -> None:
+    """`submit(index, batch, slot) -> ObjectRef` for every batch, each call holding one of `slots`
+    until it finishes: tasks in flight are bounded by the slots, and an actor (one slot per batch
+    it may hold) gets the next batch when it is done with one. Raises the first failure; logs
+    progress every 30 s."""
+    import ray
+
+    free, running = slots[::-1], {}
+    done, last_log = 0, time.monotonic()
+    while done < len(batches):
+        if free and done + len(running) < len(batches):
+            index = done + len(running)
+            slot = free.pop()
+            running[submit(index, batches[index], slot)] = slot
+            continue
+        (finished,), _ = ray.wait(list(running), num_returns=1)
+        ray.get(finished)
+        free.append(running.pop(finished))
+        done += 1
+        if time.monotonic() - last_log > 30:
+            log.info("%s: %d of %d batches done", name, done, len(batches))
+            last_log = time.monotonic()
 
 
 def map_on_ray_tasks(fn: Callable, items: list, **shared) -> list:

@@ -41,6 +41,7 @@ import pyarrow.parquet as pq
 
 from vidcurate.pipelines.config import PipelineConfig
 from vidcurate.pipelines.cost import cost_fields
+from vidcurate.pipelines.executors import cluster_cpus, stage_cpus
 from vidcurate.pipelines.runner import MARKER, Runner, digest, ensure_ray, read_marker, read_stage_table, stage_breaches
 from vidcurate.schemas.readers import INDEX
 from vidcurate.schemas.tables import KEPT, to_table
@@ -105,11 +106,12 @@ def _link(source: Path, target: Path) -> None:
 
 
 class ActorCpus:
-    """Model actors of stages running at once hold at most all CPUs but one: Ray Data's other
-    tasks need that one, or every stage would wait forever (see executors.check_actor_cpus)."""
+    """Model stages running at once hold at most every CPU (their actors', and one for decode
+    tasks apart): an actor that cannot start keeps its batches, and with stages of two partitions
+    each waiting on CPUs the other holds, both would wait forever (see executors.check_stage_fits)."""
 
     def __init__(self, cpus: float):
-        self.free = max(cpus - 1, 0.0)
+        self.free = cpus
         self.held = 0.0
         self.cond = threading.Condition()
 
@@ -155,7 +157,8 @@ class PartitionedRun:
         self.done = {(n, s): threading.Event() for n in names for s in (*self.stages, "shipped")}
         self.failed: list[str] = []
         self.timeline: list[dict] = []  # when each partition's stages ran, from the partitions' start
-        self.cpus = ActorCpus(self._cluster_cpus())
+        cpus, self.node_cpus = self._cluster_cpus()
+        self.cpus = ActorCpus(cpus)
         log.info("%d partitions of up to %d videos, %d at once", len(names), self.cfg.partitions.videos, self.cfg.partitions.in_flight)
         with ThreadPoolExecutor(self.cfg.partitions.in_flight, thread_name_prefix="partition") as pool:
             futures = [pool.submit(self._partition, names, i) for i in range(len(names))]
@@ -173,13 +176,12 @@ class PartitionedRun:
     def _now(self) -> float:
         return round(time.monotonic() - self.started, 2)
 
-    def _cluster_cpus(self) -> float:
+    def _cluster_cpus(self) -> tuple[float, float]:
+        """The cluster's CPUs and its largest node's (unbounded in process)."""
         if self.cfg.executor != "ray":
-            return float("inf")
-        import ray
-
+            return float("inf"), float("inf")
         ensure_ray(self.cfg)  # once, here: the partitions' threads share this driver's Ray
-        return ray.cluster_resources().get("CPU", 0)
+        return cluster_cpus()
 
     def _partition(self, names: list[str], index: int) -> None:
         name = names[index]
@@ -219,8 +221,7 @@ class PartitionedRun:
         spec = STAGES[stage]
         if self.cfg.executor != "ray" or not spec.is_actor:
             return 0.0
-        resources = spec.config(self.cfg).resources
-        return (resources.concurrency or 1) * resources.num_cpus
+        return stage_cpus(spec, spec.config(self.cfg).resources, self.node_cpus)
 
     def _assemble_history(self, earlier: list[str], cfg: PipelineConfig) -> None:
         """The partition's dedup history: the shared history (less this corpus run's own entry)

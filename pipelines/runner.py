@@ -1,4 +1,4 @@
-"""Runs stages on Ray Data, each into its own directory, published atomically with a marker.
+"""Runs stages on Ray (tasks and model actors), each into its own directory, published atomically with a marker.
 
 Layout of a run directory:
     probe/   videos table        split/  clips table        media/clips/<clip_id>.mp4
@@ -62,7 +62,6 @@ def ensure_ray(cfg: PipelineConfig) -> None:
     # "local": a fresh local Ray even where `ray start` left a cluster behind; join one by address.
     kwargs = {"address": cfg.ray.address} if cfg.ray.address else {"address": "local", "num_cpus": cfg.ray.num_cpus}
     ray.init(**kwargs, include_dashboard=False, configure_logging=False, log_to_driver=False)
-    ray.data.DataContext.get_current().enable_progress_bars = True
 
 
 def read_stage_table(stage_dir: Path, stage: str) -> pa.Table:
@@ -286,16 +285,11 @@ class Runner:
         )
 
     def _map(self, spec: Stage, rows: list[dict], place: Place) -> None:
-        """A stage's batches on Ray (tasks, or Ray Data actors); in this process with `executor:
-        in_process`, or on a 1-CPU cluster (Ray Data's budget never grants one operator every
-        CPU, so an actor would wait forever)."""
+        """A stage's batches on Ray (tasks, or the stage's actors); in this process with
+        `executor: in_process`."""
         if self.cfg.executor == "ray":
-            import ray
-
             ensure_ray(self.cfg)
-            cpus = ray.cluster_resources().get("CPU", 0)
-            if cpus >= 2:
-                return map_on_ray(spec, rows, self.cfg, place, cpus)
+            return map_on_ray(spec, rows, self.cfg, place)
         write_in_process(spec, rows, self.cfg, place)
 
     def _parallel_map(self, fn: Callable, items: list, **shared) -> list:

@@ -226,7 +226,7 @@ def make_captioner(cfg: CaptionConfig):
 
 
 class CaptionWorker:
-    """Ray Data actor: loads the model once, then captions batches of decoded clips."""
+    """The stage core (an actor on Ray): loads the model once, then captions batches of decoded clips."""
 
     def __init__(self, cfg: CaptionConfig):
         self.cfg = cfg
@@ -237,7 +237,7 @@ class CaptionWorker:
 
 
 def decode_batch(batch: pa.Table, cfg: CaptionConfig) -> pa.Table:
-    """Ray Data adapter of the CPU half (tasks)."""
+    """The decode step: clips to the frames the model takes (in the actor on CPU, in tasks ahead of a GPU)."""
     return pa.Table.from_pylist(decode_clips(batch.to_pylist(), cfg))
 
 

@@ -286,7 +286,7 @@ def make_encoder(cfg: EmbedConfig) -> ClipEncoder:
 
 
 class EmbedWorker:
-    """Ray Data actor: one encoder per actor, batches of decoded clips in."""
+    """The stage core (an actor on Ray): one encoder per actor, batches of decoded clips in."""
 
     def __init__(self, cfg: EmbedConfig):
         self.cfg = cfg
@@ -297,7 +297,7 @@ class EmbedWorker:
 
 
 def decode_batch(batch: pa.Table, keyframes: int, side: int) -> pa.Table:
-    """Ray Data adapter of the CPU half (tasks)."""
+    """The decode step: clips to the frames the model takes (in the actor on CPU, in tasks ahead of a GPU)."""
     return pa.Table.from_pylist(decode_keyframes(batch.to_pylist(), keyframes, side))
 
 

@@ -235,7 +235,7 @@ REPHRASE = (
 
 
 class GroundWorker:
-    """Ray Data callable: templates for every clip; with `rewrite`, also the captioner's model
+    """The stage core (an actor on Ray): templates for every clip; with `rewrite`, also the captioner's model
     (loaded once per actor) to rephrase questions."""
 
     def __init__(self, cfg: GroundConfig, caption_cfg):

@@ -176,7 +176,7 @@ def mark_exact_duplicates(rows: list[dict]) -> list[dict]:
 
 
 def probe_batch(batch: pa.Table, cfg: ProbeConfig, root: str | None = None) -> pa.Table:
-    """Ray Data adapter (map_batches, pyarrow format): {uri} rows -> videos-table rows."""
+    """The stage core (a Ray task a batch): {uri} rows -> videos-table rows."""
     return to_table([probe_video(row["uri"], cfg, root) for row in batch.to_pylist()], VIDEOS)
 
 

@@ -169,7 +169,7 @@ def score_clip(clip: dict, frames_per_clip: int, aesthetic: AestheticHead | None
 def score_batch(
     batch: pa.Table, frames_per_clip: int, aesthetic_path: str | None, with_aesthetic: bool, flags: dict | None = None
 ) -> pa.Table:
-    """Ray Data adapter: scores per clip; decisions come later, over the whole set."""
+    """The stage core (a Ray task a batch): scores per clip; decisions come later, over the whole set."""
     rows = []
     head = None
     for clip in batch.to_pylist():

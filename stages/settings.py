@@ -13,11 +13,9 @@ class StrictModel(BaseModel):
 class StageResources(StrictModel):
     """How Ray runs a stage's tasks; never part of a stage's fingerprint (it does not change output)."""
 
-    num_cpus: float = Field(1.0, gt=0)
+    num_cpus: float | None = Field(
+        None, gt=0, description="CPUs each task or model actor holds; None: 1, but a model actor on CPU shares a node's CPUs with the stage's other actors"
+    )
     num_gpus: float = Field(0.0, ge=0)
-    concurrency: int | None = Field(None, ge=1, description="tasks at a time; None: as many as resources allow")
-    batch_size: int = Field(1, ge=1, description="rows (videos or clips) per task")
-
-    def map_batches_args(self) -> dict:
-        args = {"num_cpus": self.num_cpus, "batch_size": self.batch_size, "concurrency": self.concurrency}
-        return {**args, "num_gpus": self.num_gpus} if self.num_gpus else args
+    concurrency: int | None = Field(None, ge=1, description="tasks at a time, or a model stage's actors; None: as many tasks as CPUs allow, one actor")
+    batch_size: int = Field(1, ge=1, description="rows (videos or clips) per task or actor call")

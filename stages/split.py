@@ -328,7 +328,7 @@ def split_video(video: dict, media_dir: Path, cfg: SplitConfig, needs: tuple[Fra
 
 
 def split_batch(batch: pa.Table, cfg: SplitConfig, media_dir: str, needs: tuple[FrameNeed, ...] = ()) -> pa.Table:
-    """Ray Data adapter (map_batches, pyarrow format): videos-table rows -> clips-table rows."""
+    """The stage core (a Ray task a batch): videos-table rows -> clips-table rows."""
     return to_table([clip for video in batch.to_pylist() for clip in split_video(video, Path(media_dir), cfg, needs)], CLIPS)
 
 

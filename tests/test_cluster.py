@@ -28,28 +28,35 @@ ENV = {**{k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")
 
 def _start_node(*args: str) -> int:
     """`ray start ...` in a new process group (its daemons inherit it); returns the group id."""
-    proc = subprocess.Popen([RAY, "start", *args, "--num-cpus=1", "--disable-usage-stats"], env=ENV,
+    proc = subprocess.Popen([RAY, "start", *args, "--disable-usage-stats"], env=ENV,
                             start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, out
     return proc.pid
 
 
-@pytest.fixture()
-def cluster():
+@contextlib.contextmanager
+def _nodes(*node_args: tuple[str, ...]):
+    """A head, then a worker node for each further entry of `node_args` (`ray start` flags);
+    yields the address and the nodes' process groups."""
     port = _free_port()
     temp = tempfile.mkdtemp(prefix="vc-ray-")  # short: Ray's socket paths must fit in 107 bytes
-    head = _start_node("--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--include-dashboard=false", f"--temp-dir={temp}")
-    groups = [head]
+    head = ("--head", f"--port={port}", "--include-dashboard=false", f"--temp-dir={temp}")
+    groups = []
     try:
-        groups.append(_start_node(f"--address=127.0.0.1:{port}", "--node-ip-address=127.0.0.1"))
-        yield f"127.0.0.1:{port}", groups[1]
+        for index, args in enumerate(node_args):
+            groups.append(_start_node(*(head if index == 0 else (f"--address=127.0.0.1:{port}",)), "--node-ip-address=127.0.0.1", *args))
+        yield f"127.0.0.1:{port}", groups
     finally:
         for group in groups:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(group, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+
+
+@pytest.fixture()
+def cluster():
+    with _nodes(("--num-cpus=1",), ("--num-cpus=1",)) as (address, groups):
+        yield address, groups[1]
 
 
 def _alive_nodes(address: str) -> int:
@@ -109,3 +116,23 @@ def test_worker_node_killed_mid_run_loses_and_duplicates_nothing(ray_local, pref
     assert dataset_digests(run_dir) == dataset_digests(tmp_path / "local")
     assert _ledger(run_dir) == _ledger(tmp_path / "local")
     assert _wait_alive_nodes(address, 1) == 1  # the kill took the node down, not just some of its processes
+
+
+def test_gpu_actors_take_batches_decoded_ahead_and_ship_what_in_process_ships(ray_local, prefect_server, tmp_path, synthetic_videos):
+    """Caption and embed with `num_gpus: 1` on a node with one GPU: each actor takes batches a
+    1-CPU task decoded ahead of it (an actor given undecoded rows would fail: it does not decode).
+    Ray counts the GPU from `--num-gpus`, it does not probe one, so on a machine without one
+    torch runs on CPU and the shards must equal an in-process run's."""
+    videos, _ = synthetic_videos
+    settings = {"profile": "tiny", "inputs": str(videos), "stages": ["caption", "embed"]}
+    gpu = {stage: {"resources": {"num_gpus": 1}} for stage in ("caption", "embed")}
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({**settings, **gpu}))
+    local = tmp_path / "local.yaml"
+    local.write_text(yaml.safe_dump({**settings, "executor": "in_process"}))
+    assert cli_main(["run", "--config", str(local), "--run-dir", str(tmp_path / "local")]) == 0
+    with _nodes(("--num-cpus=2", "--num-gpus=1")) as (address, _):
+        cmd = [sys.executable, "-m", "vidcurate.pipelines.cli", "run", "--config", str(config), "--run-dir", str(tmp_path / "gpu"), "--ray-address", address]
+        out = subprocess.run(cmd, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:]
+    assert dataset_digests(tmp_path / "gpu") == dataset_digests(tmp_path / "local") != {}

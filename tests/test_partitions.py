@@ -172,7 +172,7 @@ def test_a_killed_run_resumes_at_the_partition_it_was_in(runs, corpus, tmp_path,
 
 def test_partitions_on_ray_give_the_shards_the_in_process_run_gives(runs, corpus, tmp_path, ray_local):
     """Stages of different partitions run at once on a 2-CPU cluster: their model actors take
-    turns (one CPU stays free for Ray Data's tasks) and the shards do not depend on it."""
+    turns (each holds every CPU) and the shards do not depend on it."""
     Runner(_config(corpus, tmp_path / "parted", 1, executor="ray", **{"partitions.in_flight": 3})).run_all()
     assert _tars(tmp_path / "parted") == _tars(runs["root"] / "parted")
 

@@ -4,13 +4,14 @@ Prefect, every stage through its declaration in this process), and the executors
 from __future__ import annotations
 
 import logging
+import re
 import sys
 
 import pytest
 
 from conftest import dataset_digests
 from vidcurate.pipelines.config import load_config
-from vidcurate.pipelines.executors import decode_apart, map_on_ray
+from vidcurate.pipelines.executors import actor_cpus, decode_apart, map_on_ray
 from vidcurate.pipelines.runner import Runner, read_marker
 from vidcurate.stages.contract import Place
 from vidcurate.stages.registry import STAGES as STAGE_SPECS
@@ -65,22 +66,36 @@ def test_a_changed_setting_redoes_that_stage_and_the_ones_after(tmp_path, synthe
 
 def test_in_process_and_on_ray_give_identical_shards(tmp_path, synthetic_videos, ray_local):
     """The executor is not part of the output: not on Ray either, with two model actors per
-    stage (half a CPU each: one CPU stays free for Ray Data's other tasks), each decoding its
-    own batches, and batches spread over them."""
+    stage (a CPU each), each decoding its own batches, and batches spread over them."""
     videos, _ = synthetic_videos
     stages = ["caption", "embed", "quality"]
     _runner(videos, tmp_path / "here", stages=stages).run_all()
-    two_actors = {f"{stage}.resources.{key}": value for stage in ("caption", "embed") for key, value in (("concurrency", 2), ("num_cpus", 0.5))}
+    two_actors = {f"{stage}.resources.{key}": value for stage in ("caption", "embed") for key, value in (("concurrency", 2), ("num_cpus", 1))}
     Runner(load_config(None, profile="tiny", inputs=str(videos), run_dir=str(tmp_path / "ray"), stages=stages, **two_actors)).run_all()
     assert dataset_digests(tmp_path / "here") == dataset_digests(tmp_path / "ray") != {}
 
 
-def test_actors_holding_every_cpu_are_an_error_not_a_hang(tmp_path, ray_local):
-    """Two 1-CPU actors on the 2-CPU cluster: Ray Data would wait forever for a CPU."""
-    run = load_config(None, profile="tiny", run_dir=str(tmp_path), **{"caption.resources.concurrency": 2})
-    place = Place(run_dir=tmp_path, output=tmp_path)
-    with pytest.raises(ValueError, match="would wait forever"):
-        map_on_ray(STAGE_SPECS["caption"], [{"clip_id": "c"}], run, place, cpus=2)
+@pytest.mark.parametrize(
+    "resources, message",
+    [
+        ({"concurrency": 3, "num_cpus": 1}, "3 actors x 1 CPUs need 3 of the cluster's 2 CPUs"),
+        ({"concurrency": 2, "num_gpus": 0.5}, "2 actors x 1 CPUs and 1 for decode tasks need 3 of the cluster's 2 CPUs"),
+        ({"num_gpus": 1}, "1 actors x 1 GPUs need 1 of the cluster's 0 GPUs"),
+    ],
+)
+def test_actors_that_cannot_all_start_are_an_error_not_a_hang(tmp_path, ray_local, resources, message):
+    """On the 2-CPU cluster without GPUs: an actor that cannot start would keep its batches
+    forever, as would decode tasks with no CPU left beside GPU actors."""
+    run = load_config(None, profile="tiny", run_dir=str(tmp_path), **{f"caption.resources.{k}": v for k, v in resources.items()})
+    with pytest.raises(ValueError, match=re.escape(message) + ".*would wait forever"):
+        map_on_ray(STAGE_SPECS["caption"], [{"clip_id": "c"}], run, Place(run_dir=tmp_path, output=tmp_path))
+
+
+def test_a_model_actor_on_cpu_holds_a_node_and_beside_a_gpu_one_cpu():
+    assert actor_cpus(StageResources(), node_cpus=8) == 8  # torch then runs 8 threads, as in one process
+    assert actor_cpus(StageResources(concurrency=3), node_cpus=8) == 2
+    assert actor_cpus(StageResources(num_gpus=1), node_cpus=8) == 1
+    assert actor_cpus(StageResources(num_cpus=0.5), node_cpus=8) == 0.5
 
 
 def test_a_decode_step_streams_apart_only_ahead_of_gpu_actors():
