@@ -60,15 +60,15 @@ def check_stage_fits(spec: Stage, resources, cpus: float, node_cpus: float, gpus
     actors, need = resources.concurrency or 1, stage_cpus(spec, resources, node_cpus)
     if need > cpus:
         each = actor_cpus(resources, node_cpus)
+        decoding = " and 1 for decode tasks" if decode_apart(spec, resources) else ""
         raise ValueError(
-            f"{spec.name}.resources: {actors} actors x {each:g} CPUs{' and 1 for decode tasks' if decode_apart(spec, resources) else ''} "
-            f"need {need:g} of the cluster's {cpus:g} CPUs; the rest would wait forever. Lower concurrency or num_cpus "
-            f"(fractions are allowed: 2 actors x 0.5 CPUs)"
+            f"{spec.name}.resources: {actors} actors x {each:g} CPUs{decoding} need {need:g} of the cluster's "
+            f"{cpus:g} CPUs; the rest would wait forever. Lower concurrency or num_cpus (fractions are allowed)"
         )
     if actors * resources.num_gpus > gpus:
         raise ValueError(
-            f"{spec.name}.resources: {actors} actors x {resources.num_gpus:g} GPUs need {actors * resources.num_gpus:g} of "
-            f"the cluster's {gpus:g} GPUs; the rest would wait forever. Lower concurrency or num_gpus (num_gpus: 0 runs on CPU)"
+            f"{spec.name}.resources: {actors} actors x {resources.num_gpus:g} GPUs need {actors * resources.num_gpus:g} "
+            f"of the cluster's {gpus:g} GPUs; the rest would wait forever. Lower concurrency or num_gpus (0: on CPU)"
         )
 
 
@@ -78,7 +78,8 @@ class PartWriter:
 
     def __init__(self, spec: Stage, run, core_kwargs: dict, decodes: bool):
         self.spec, self.core = spec, spec.core(**core_kwargs)
-        self.decode_kwargs = spec.decode_arguments(run) if decodes else None  # may need the model's library: here, never in the driver
+        # the decode step's arguments may need the model's library: worked out here, never in the driver
+        self.decode_kwargs = spec.decode_arguments(run) if decodes and spec.decode else None
 
     def write(self, batch: list[dict] | pa.Table, path: str) -> None:
         table = batch if isinstance(batch, pa.Table) else pa.Table.from_pylist(batch)
@@ -120,15 +121,18 @@ def map_on_ray(spec: Stage, rows: list[dict], run, place: Place) -> None:
         task = ray.remote(num_cpus=resources.num_cpus or 1, num_gpus=resources.num_gpus)(write_part)
         kwargs = ray.put(spec.arguments(run, place))
         slots = [None] * (resources.concurrency or 2 * max(1, int(cpus // (resources.num_cpus or 1))))
-        return run_in_slots(spec.name, batches, lambda i, batch, _slot: task.remote(spec.core, batch, kwargs, paths[i]), slots)
+        return run_in_slots(spec.name, batches, lambda i, batch, _: task.remote(spec.core, batch, kwargs, paths[i]), slots)
     check_stage_fits(spec, resources, cpus, node_cpus, ray.cluster_resources().get("GPU", 0.0))
     feed = _decode_ahead(spec, run) if decode_apart(spec, resources) else None
     actor = type(spec.core.__name__, (PartWriter,), {})  # named as the stage's core: Ray lists actors by class
-    remote = ray.remote(num_cpus=actor_cpus(resources, node_cpus), num_gpus=resources.num_gpus, max_restarts=3, max_task_retries=3)(actor)
-    actors = [remote.remote(spec, run, spec.arguments(run, place), decodes=feed is None) for _ in range(resources.concurrency or 1)]
+    each = actor_cpus(resources, node_cpus)
+    remote = ray.remote(num_cpus=each, num_gpus=resources.num_gpus, max_restarts=3, max_task_retries=3)(actor)
+    kwargs = spec.arguments(run, place)
+    actors = [remote.remote(spec, run, kwargs, decodes=feed is None) for _ in range(resources.concurrency or 1)]
     try:
         # two batches an actor: the next one decodes, or waits in its queue, while it runs one
-        run_in_slots(spec.name, batches, lambda i, batch, worker: worker.write.remote(feed(batch) if feed else batch, paths[i]), actors * 2)
+        submit = lambda i, batch, worker: worker.write.remote(feed(batch) if feed else batch, paths[i])  # noqa: E731
+        run_in_slots(spec.name, batches, submit, actors * 2)
     finally:
         for worker in actors:
             ray.kill(worker)  # its CPUs and GPUs, free for the next stage now
