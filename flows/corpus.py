@@ -7,12 +7,35 @@ Resume comes from the stage markers: a retried or re-run flow skips completed st
 
 from __future__ import annotations
 
+import threading
+
 from prefect import flow, get_run_logger, task
 
 from vidcurate.pipelines.config import PipelineConfig
 from vidcurate.pipelines.cost import describe_run_cost, run_cost
 from vidcurate.pipelines.partitions import PartitionedRun
-from vidcurate.pipelines.runner import Runner, describe_marker
+from vidcurate.pipelines.runner import Runner, describe_marker, ensure_ray
+
+
+def start_services(cfg: PipelineConfig) -> None:
+    """Prefect's temporary server (where no PREFECT_API_URL is set) and the run's Ray, started side
+    by side: one after the other they took 8-12 s of a small run, mostly starting processes. The
+    server starts in a thread, and the flow finds it running; Ray starts in this thread (started
+    in a thread, it failed to reach its GCS: docs/decisions.md)."""
+    from prefect.settings import PREFECT_API_URL
+
+    server = None
+    if not PREFECT_API_URL.value():
+        from prefect.server.api.server import SubprocessASGIServer
+
+        server = threading.Thread(target=SubprocessASGIServer().start, name="prefect-server", daemon=True)
+        server.start()
+    try:
+        if cfg.executor == "ray":
+            ensure_ray(cfg)
+    finally:
+        if server is not None:
+            server.join()
 
 
 @task(retries=2, retry_delay_seconds=5, task_run_name="{stage}")

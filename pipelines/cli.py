@@ -36,13 +36,14 @@ def _config(args: argparse.Namespace, **extra):
 
 def cmd_run(args: argparse.Namespace) -> int:
     cfg = _config(args, **({"failures.retry_transient": False} if args.no_retry else {}))
+    from vidcurate.flows.corpus import corpus_flow, start_services
+
+    start_services(cfg)
     if args.incremental:
         from vidcurate.flows.incremental import incremental_flow
 
         print(json.dumps(incremental_flow(cfg.model_dump()), indent=2))
         return 0
-    from vidcurate.flows.corpus import corpus_flow
-
     stats = corpus_flow(cfg.model_dump())
     print(json.dumps({k: stats[k] for k in ("videos", "clips", "samples")}, indent=2))
     print(f"shards: {Path(cfg.run_dir) / 'shard' / 'dataset'}  ledger: {Path(cfg.run_dir) / 'ledger.parquet'}")
