@@ -148,26 +148,36 @@ def _decode_ahead(spec: Stage, run) -> Callable:
 
 def run_in_slots(name: str, batches: list, submit: Callable, slots: list) -> None:
     """`submit(index, batch, slot) -> ObjectRef` for every batch, each call holding one of `slots`
-    until it finishes: tasks in flight are bounded by the slots, and an actor (one slot per batch
-    it may hold) gets the next batch when it is done with one. Raises the first failure; logs
-    progress every 30 s."""
+    until it finishes: tasks in flight are bounded by the slots (each None), and an actor (one
+    slot per batch it may hold) gets the next batch when it is done with one. Raises the first
+    failure once the batches still running are stopped; logs progress every 30 s."""
     import ray
 
     free, running = slots[::-1], {}
     done, last_log = 0, time.monotonic()
-    while done < len(batches):
-        if free and done + len(running) < len(batches):
-            index = done + len(running)
-            slot = free.pop()
-            running[submit(index, batches[index], slot)] = slot
-            continue
-        (finished,), _ = ray.wait(list(running), num_returns=1)
-        ray.get(finished)
-        free.append(running.pop(finished))
-        done += 1
-        if time.monotonic() - last_log > 30:
-            log.info("%s: %d of %d batches done", name, done, len(batches))
-            last_log = time.monotonic()
+    try:
+        while done < len(batches):
+            if free and done + len(running) < len(batches):
+                index = done + len(running)
+                slot = free.pop()
+                running[submit(index, batches[index], slot)] = slot
+                continue
+            (finished,), _ = ray.wait(list(running), num_returns=1)
+            ray.get(finished)
+            free.append(running.pop(finished))
+            done += 1
+            if time.monotonic() - last_log > 30:
+                log.info("%s: %d of %d batches done", name, done, len(batches))
+                last_log = time.monotonic()
+    except BaseException:
+        # A failed stage's other batches must not write on into the folder its retry starts
+        # afresh: a task's worker is killed here; an actor's calls stop with the actor, which
+        # its stage kills.
+        tasks = [ref for ref, slot in running.items() if slot is None]
+        for ref in running:
+            ray.cancel(ref, force=ref in tasks)
+        ray.wait(tasks, num_returns=len(tasks), timeout=30)
+        raise
 
 
 def map_on_ray_tasks(fn: Callable, items: list, **shared) -> list:

@@ -6,14 +6,16 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import time
 
+import pyarrow as pa
 import pytest
 
 from conftest import dataset_digests
 from vidcurate.pipelines.config import load_config
 from vidcurate.pipelines.executors import actor_cpus, decode_apart, map_on_ray
 from vidcurate.pipelines.runner import Runner, read_marker
-from vidcurate.stages.contract import Place
+from vidcurate.stages.contract import Place, Stage
 from vidcurate.stages.registry import STAGES as STAGE_SPECS
 from vidcurate.stages.settings import StageResources
 
@@ -89,6 +91,26 @@ def test_actors_that_cannot_all_start_are_an_error_not_a_hang(tmp_path, ray_loca
     run = load_config(None, profile="tiny", run_dir=str(tmp_path), **{f"caption.resources.{k}": v for k, v in resources.items()})
     with pytest.raises(ValueError, match=re.escape(message) + ".*would wait forever"):
         map_on_ray(STAGE_SPECS["caption"], [{"clip_id": "c"}], run, Place(run_dir=tmp_path, output=tmp_path))
+
+
+def test_a_failed_batch_stops_the_stages_other_batches(tmp_path, ray_local):
+    """When one task of a stage fails, the stage's other tasks must not write on into the folder
+    its retry starts afresh: the batch still running is stopped, not left to finish later."""
+    wrote = tmp_path / "late"
+
+    def core(table, **_):
+        if table.column("n")[0].as_py() == 0:
+            raise ValueError("batch 0 failed")
+        time.sleep(3)
+        wrote.mkdir()  # what a batch left running would do after the stage failed
+        return table
+
+    spec = Stage(name="probe", table=pa.schema([("n", pa.int64())]), core=core)
+    run = load_config(None, profile="tiny", run_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="batch 0 failed"):
+        map_on_ray(spec, [{"n": 0}, {"n": 1}], run, Place(run_dir=tmp_path, output=tmp_path))
+    time.sleep(5)
+    assert not wrote.exists()
 
 
 def test_a_model_actor_on_cpu_holds_a_node_and_beside_a_gpu_one_cpu():
