@@ -264,7 +264,8 @@ def job_config(path: Path, inputs: Path, run_dir: Path, height: int, preset: str
         "run_dir": str(run_dir),
         "profile": "tiny",
         "stages": [],
-        "split": {"min_clip_s": 1.0, "max_clip_s": 30.0, "clip_max_height": height, "clip_crf": 23, "clip_preset": preset},
+        # x264's own defaults, as video2dataset's ffmpeg and the floor encode (ours turn mbtree off)
+        "split": {"min_clip_s": 1.0, "max_clip_s": 30.0, "clip_max_height": height, "clip_crf": 23, "clip_preset": preset, "clip_x264_params": ""},
         "shard": {"prefix": "bench", "shuffle_seed": None},
     }
     path.write_text(yaml.safe_dump(cfg))

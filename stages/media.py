@@ -14,12 +14,14 @@ import io
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import av
 import fsspec
+from av.video.reformatter import VideoReformatter
 import numpy as np
 
 from vidcurate.stages.decoding import decode_frames
@@ -89,13 +91,24 @@ def _plane(plane: av.video.plane.VideoPlane, rows: int, cols: int) -> np.ndarray
     return np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)[:rows, :cols]
 
 
+_scalers = threading.local()
+
+
+def _thread_scaler() -> VideoReformatter:
+    """This thread's scaler, kept across frames: `to_ndarray(width=...)` builds one per frame,
+    and that set-up costs more than the scaling. (Segments decode in threads of their own.)"""
+    if not hasattr(_scalers, "scaler"):
+        _scalers.scaler = VideoReformatter()
+    return _scalers.scaler
+
+
 def small_yuv(frame: av.VideoFrame, step: int) -> np.ndarray:
     """Subsample Y and chroma planes by striding views of the decoder's buffers: only the kept
     pixels are copied, far cheaper than a full swscale resize or a whole-frame copy."""
     h, w = frame.height, frame.width
     if frame.format.name not in ("yuv420p", "yuvj420p") or h % 2 or w % 2:
-        small = frame.to_ndarray(width=max(w // step, 1), height=max(h // step, 1), format="yuv444p")
-        return np.moveaxis(small, 0, -1)
+        small = _thread_scaler().reformat(frame, width=max(w // step, 1), height=max(h // step, 1), format="yuv444p")
+        return np.moveaxis(small.to_ndarray(), 0, -1)
     half = max(step // 2, 1)
     planes = frame.planes  # a new tuple on every access: read it once
     y = _plane(planes[0], h, w)[::step, ::step]

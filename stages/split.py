@@ -16,6 +16,7 @@ from typing import Literal
 
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 import pyarrow as pa
 from pydantic import Field, model_validator
 
@@ -50,6 +51,11 @@ class SplitConfig(StrictModel):
     clip_max_height: int = Field(360, ge=16, description="extracted clips are scaled down to at most this height")
     clip_crf: int = Field(23, ge=0, le=51)
     clip_preset: str = "veryfast"
+    clip_x264_params: str = Field(
+        "mbtree=0", description="extra x264 options (key=value:...); mbtree=0 because with x264's macroblock tree "
+        "the same frames encoded to different bytes from one run to the next at most sizes (426x240, 854x480, "
+        "480x360), so re-runs shipped different clips; it costs ~18% more bytes at equal PSNR. '' gives x264's defaults"
+    )
     resources: StageResources = StageResources()
 
     @model_validator(mode="after")
@@ -186,14 +192,18 @@ class ClipEncoder:
         self.stream = self.out.add_stream("libx264", rate=rate)
         self.stream.width, self.stream.height = size
         self.stream.pix_fmt = "yuv420p"
-        self.stream.options = {"crf": str(cfg.clip_crf), "preset": cfg.clip_preset}
+        extra = {"x264-params": cfg.clip_x264_params} if cfg.clip_x264_params else {}
+        self.stream.options = {"crf": str(cfg.clip_crf), "preset": cfg.clip_preset, **extra}
         self.size = size
         self.time_base = 1 / rate
         self.count = 0
+        # One scaler for the clip: `frame.reformat` builds a new one per frame, and that set-up
+        # cost more than the scaling itself (half the time per 720p frame).
+        self.scaler = VideoReformatter()
 
     def add(self, frame: av.VideoFrame) -> av.VideoFrame:
         """Encode the frame scaled to the clip's size; returns it as encoded."""
-        frame = frame.reformat(width=self.size[0], height=self.size[1], format="yuv420p")
+        frame = self.scaler.reformat(frame, width=self.size[0], height=self.size[1], format="yuv420p")
         frame.pts = self.count
         frame.time_base = self.time_base
         self.count += 1
