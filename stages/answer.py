@@ -60,7 +60,7 @@ def answer_regex(frame_times: list[float], duration_s: float, max_events: int, m
 
 
 class RegexConstraint:
-    """Allowed next tokens under a regex, for transformers' `prefix_allowed_tokens_fn`.
+    """Allowed next tokens under a regex, one list per automaton state (`GrammarMask` applies them).
 
     The regex runs as a character automaton (`stages.grammar`): each step walks only the text
     added since the last one, and a state's allowed tokens are worked out once. The pieces are
