@@ -21,8 +21,8 @@ from pathlib import Path
 
 import av
 import fsspec
-from av.video.reformatter import VideoReformatter
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 from vidcurate.stages.decoding import decode_frames
 

@@ -16,8 +16,8 @@ from typing import Literal
 
 import av
 import numpy as np
-from av.video.reformatter import VideoReformatter
 import pyarrow as pa
+from av.video.reformatter import VideoReformatter
 from pydantic import Field, model_validator
 
 from vidcurate.schemas.tables import CLIPS, FAILED, KEPT, REJECTED, clip_id, to_table
