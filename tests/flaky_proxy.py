@@ -1,6 +1,6 @@
 """A real HTTP reverse proxy on loopback that can suffer an outage: while `failing` is set, for
-the next `fail_next` requests, or for requests whose path contains `fail_path`, it answers 503
-instead of forwarding. Put in front of the
+the next `fail_next` requests, or for writes (PUT, POST) to a path containing `fail_writes_to`,
+it answers 503 instead of forwarding. Put in front of the
 moto S3 server, it makes the object store error for a while during a publish."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ class FlakyProxy:
         target = urlsplit(upstream)
         self.failing = False
         self.fail_next = 0
-        self.fail_path: str | None = None
+        self.fail_writes_to: str | None = None
         self.forwarded = 0
         self.refused = 0
         lock = threading.Lock()
@@ -44,7 +44,8 @@ class FlakyProxy:
             def _handle(self) -> None:
                 body = self._body()
                 with lock:
-                    refuse = proxy.failing or proxy.fail_next > 0 or bool(proxy.fail_path and proxy.fail_path in self.path)
+                    writes_to = self.command in ("PUT", "POST") and bool(proxy.fail_writes_to and proxy.fail_writes_to in self.path)
+                    refuse = proxy.failing or proxy.fail_next > 0 or writes_to
                     proxy.fail_next -= proxy.fail_next > 0
                     proxy.refused += refuse
                 if refuse:

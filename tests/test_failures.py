@@ -29,7 +29,7 @@ from vidcurate.schemas.readers import open_shards
 from vidcurate.stages.caption import CaptionConfig
 from vidcurate.stages.captioners import BackendError
 from vidcurate.stages.failures import is_transient
-from vidcurate.stages.publish import PublishError, publish
+from vidcurate.stages.publish import PublishError, dataset_version, publish
 
 CAPTION = CaptionConfig(frames=4, frame_height=112, max_events=3, max_tokens=1024, temperature=1.0)
 TRAINER_FILES = (".tar", ".parquet", "index.json")  # what a trainer reads; stats and card also count retries
@@ -329,11 +329,12 @@ def test_an_object_store_outage_during_publish_never_shows_a_partial_dataset(tmp
     flaky_store.failing = False
     assert _published(url) == _published(str(full))  # the previous dataset, whole
 
-    flaky_store.fail_path = "index.json"  # every shard uploads, then the commit point fails
-    with pytest.raises(PublishError, match="index.json"):
+    flaky_store.fail_writes_to = "index.json"  # every shard uploads, then the commit point fails
+    with pytest.raises(PublishError, match="failed at index.json"):
         publish(smaller, url, retries=2, backoff_s=0.05)
-    flaky_store.fail_path = None
+    flaky_store.fail_writes_to = None
     assert _published(url) == _published(str(full))  # the new shards are there, but nothing names them
+    assert fsspec.filesystem("s3").exists(f"flaky/dataset/{dataset_version(smaller)}")
 
     publish(smaller, url)  # the store is back: the next publish goes through
     assert _published(url) == _published(str(smaller))
