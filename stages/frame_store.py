@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image
 
 from vidcurate.schemas.readers import clip_frames, evenly_spaced, scaled_size
+from vidcurate.stages.media import thread_scaler
 
 JPEG_QUALITY = 95  # ~7 KB (144p) to ~17 KB (240p) a frame: far below the clip itself
 
@@ -111,7 +112,7 @@ def _stored(frames_uri: str | None, count: int) -> tuple[list[np.ndarray], np.nd
 def _scaled(rgb: np.ndarray, short_side: int | None) -> np.ndarray:
     """As `clip_frames(short_side=...)` scales: bicubic, to that short side, never up."""
     size = scaled_size(rgb.shape[1], rgb.shape[0], short_side)
-    return av.VideoFrame.from_ndarray(rgb, format="rgb24").to_ndarray(format="rgb24", **size) if size else rgb
+    return thread_scaler().reformat(av.VideoFrame.from_ndarray(rgb, format="rgb24"), format="rgb24", **size).to_ndarray() if size else rgb
 
 
 def read_frames(clip: dict, count: int, short_side: int | None = None, mp4: bytes | None = None) -> tuple[np.ndarray, np.ndarray]:

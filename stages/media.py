@@ -94,9 +94,10 @@ def _plane(plane: av.video.plane.VideoPlane, rows: int, cols: int) -> np.ndarray
 _scalers = threading.local()
 
 
-def _thread_scaler() -> VideoReformatter:
-    """This thread's scaler, kept across frames: `to_ndarray(width=...)` builds one per frame,
-    and that set-up costs more than the scaling. (Segments decode in threads of their own.)"""
+def thread_scaler() -> VideoReformatter:
+    """This thread's swscale context, kept across frames: `frame.reformat` and
+    `to_ndarray(width=...)` build one per call, and that set-up cost more than the scaling (half
+    the time of a 720p frame). Per thread, since segments decode in threads of their own."""
     if not hasattr(_scalers, "scaler"):
         _scalers.scaler = VideoReformatter()
     return _scalers.scaler
@@ -107,7 +108,7 @@ def small_yuv(frame: av.VideoFrame, step: int) -> np.ndarray:
     pixels are copied, far cheaper than a full swscale resize or a whole-frame copy."""
     h, w = frame.height, frame.width
     if frame.format.name not in ("yuv420p", "yuvj420p") or h % 2 or w % 2:
-        small = _thread_scaler().reformat(frame, width=max(w // step, 1), height=max(h // step, 1), format="yuv444p")
+        small = thread_scaler().reformat(frame, width=max(w // step, 1), height=max(h // step, 1), format="yuv444p")
         return np.moveaxis(small.to_ndarray(), 0, -1)
     half = max(step // 2, 1)
     planes = frame.planes  # a new tuple on every access: read it once
