@@ -405,12 +405,63 @@ def kept_and_scores(run_dir: Path) -> tuple[dict[str, set], dict[str, dict]]:
     return kept, {r["clip_id"]: json.loads(r["scores"]) for r in quality if r["scores"]}
 
 
-def compare(head: Path, base: Path) -> None:
-    """Same kept clips? and how far apart the quality scores of the clips both scored are."""
+def kept_spans(run_dir: Path) -> dict[str, list[tuple[float, float]]]:
+    """Each video's clips split kept, as (start_s, end_s), by the source file's stem."""
+    spans: dict[str, list] = {}
+    for r in read_stage_table(run_dir / "split", "split").to_pylist():
+        if r["status"] == "kept":
+            spans.setdefault(Path(r["source_uri"]).stem, []).append((r["start_s"], r["end_s"]))
+    return {video: sorted(found) for video, found in spans.items()}
+
+
+def cuts_only_in(a: list[tuple], b: list[tuple], edge: float) -> list[float]:
+    """Clip boundaries of `a` that fall inside one of `b`'s clips, more than `edge` from its ends:
+    where `a` cuts footage that `b` keeps whole."""
+    return sorted({t for span in a for t in span if any(s + edge < t < e - edge for s, e in b)})
+
+
+def truth_seconds(listing: Path, run_dir: Path) -> dict[str, list[tuple[float, float]]]:
+    """True transitions (and the shared truth's don't-care ranges) in seconds, with 2 frames of
+    slack, by file stem: the synthetic videos' own truth, and benchmarks/truth/shared.json at
+    each shared video's probed frame rate."""
+    fps = {Path(r["uri"]).stem: r["fps"] for r in read_stage_table(run_dir / "probe", "probe").to_pylist() if r.get("fps")}
+    frames = {stem: (spans, TRUTH_FPS) for stem, spans in load_truth(listing).items()}
+    shared = json.loads((REPO / "benchmarks" / "truth" / "shared.json").read_text())["videos"]
+    for name, t in shared.items():
+        if Path(name).stem in fps:
+            frames[Path(name).stem] = ([x["frames"] for x in t["transitions"]] + t.get("dont_care", []), fps[Path(name).stem])
+    return {stem: [((a - 2) / rate, (b + 2) / rate) for a, b in spans] for stem, (spans, rate) in frames.items()}
+
+
+def compare_footage(head: Path, base: Path, truth: dict[str, list]) -> None:
+    """Where the kept clips differ: the footage both keep, and each cut one side makes inside the
+    other's clip, checked against the true transitions."""
+    spans_h, spans_b = kept_spans(head), kept_spans(base)
+    both = sum(max(0.0, min(e1, e2) - max(s1, s2)) for v in spans_h for s1, e1 in spans_h[v] for s2, e2 in spans_b.get(v, []))
+    total_h, total_b = (sum(e - s for found in spans.values() for s, e in found) for spans in (spans_h, spans_b))
+    print(f"split kept footage: HEAD {total_h:.2f} s, baseline {total_b:.2f} s, both {both:.2f} s")
+    for name, a, b in (("HEAD", spans_h, spans_b), ("baseline", spans_b, spans_h)):
+        at_truth, other, unknown = 0, [], 0
+        for video in sorted(a):
+            for t in cuts_only_in(a[video], b.get(video, []), 1.0 / TRUTH_FPS):
+                if video not in truth:
+                    unknown += 1
+                elif any(first <= t <= last for first, last in truth[video]):
+                    at_truth += 1
+                else:
+                    other.append(f"{video}@{t:.2f}")
+        print(f"  cuts only {name} makes inside the other's clips: {at_truth} at a true transition, "
+              f"{len(other)} elsewhere {other}, {unknown} in videos without truth")
+
+
+def compare(head: Path, base: Path, truth: dict[str, list]) -> None:
+    """Same kept clips? where not, whose cuts are true; and how far apart the quality scores of
+    the clips both scored are."""
     (kept_h, scores_h), (kept_b, scores_b) = kept_and_scores(head), kept_and_scores(base)
     for stage in ("split", "shard"):
         a, b = kept_h[stage], kept_b[stage]
         print(f"{stage} kept: HEAD {len(a)}, baseline {len(b)}, both {len(a & b)}, only HEAD {sorted(a - b)}, only baseline {sorted(b - a)}")
+    compare_footage(head, base, truth)
     common = sorted(scores_h.keys() & scores_b.keys())
     names = sorted({k for c in common for k in scores_h[c]} & {k for c in common for k in scores_b[c]})
     print(f"quality scores of {len(common)} clips both scored: max |HEAD - baseline| per score")
@@ -445,7 +496,7 @@ def compare_sample_runs(args, listing: Path, work: Path, env: dict) -> None:
     if args.baseline:
         head, base = runs["HEAD"][0]["wall"], runs[args.baseline][0]["wall"]
         print(f"sample config: HEAD {head:.1f} s, {args.baseline} {base:.1f} s: {base / head:.2f}x")
-        compare(runs["HEAD"][1], runs[args.baseline][1])
+        compare(runs["HEAD"][1], runs[args.baseline][1], truth_seconds(listing, runs["HEAD"][1]))
 
 
 def main() -> None:

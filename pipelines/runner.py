@@ -43,7 +43,7 @@ from vidcurate.pipelines.executors import map_on_ray, map_on_ray_tasks, write_in
 from vidcurate.pipelines.ledger import build_ledger, pending_retries, retry_due, summarize
 from vidcurate.schemas.tables import FAILED, KEPT, STATUS_COLUMNS, to_table
 from vidcurate.stages.contract import Place, Stage, map_here
-from vidcurate.stages.media import list_inputs
+from vidcurate.stages.media import list_inputs, sweep_parts
 from vidcurate.stages.publish import publish
 from vidcurate.stages.registry import STAGES, frame_needs
 from vidcurate.stages.shard import DATASET, partition_of
@@ -136,6 +136,8 @@ class Runner:
             tmp = output_dir.with_name(output_dir.name + ".tmp")
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
+            if swept := sweep_parts(output_dir.parent / "media"):
+                log.info("%s: removed %d unfinished media files a killed run left", stage, swept)
             try:
                 extra = self._run(STAGES[stage], input_dir, tmp)
             finally:

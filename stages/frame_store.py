@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from vidcurate.schemas.readers import clip_frames, evenly_spaced, scaled_size
-from vidcurate.stages.media import thread_scaler
+from vidcurate.stages.media import private_part, thread_scaler
 
 JPEG_QUALITY = 95  # ~7 KB (144p) to ~17 KB (240p) a frame: far below the clip itself
 
@@ -76,7 +76,7 @@ class FrameKeeper:
         positions = np.asarray(sorted(self.jpegs), dtype=np.int64)
         blobs = [self.jpegs[p] for p in positions]
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".part")
+        tmp = private_part(path)
         with open(tmp, "wb") as f:
             np.savez(
                 f,

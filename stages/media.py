@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import hashlib
 import io
 import os
 import shutil
 import tempfile
 import threading
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +29,7 @@ from av.video.reformatter import VideoReformatter
 from vidcurate.stages.decoding import decode_frames
 
 LIST_FILE_SUFFIXES = (".txt", ".lst")
+PART_SUFFIX = ".part"
 
 
 def is_remote(uri: str) -> bool:
@@ -92,6 +95,26 @@ def _plane(plane: av.video.plane.VideoPlane, rows: int, cols: int) -> np.ndarray
 
 
 _scalers = threading.local()
+
+
+def private_part(path: Path) -> Path:
+    """The name a writer builds `path` under before renaming it into place, used by no other
+    writer: a killed run's Ray workers outlive their driver (each has a process group of its
+    own) and may still be writing the same file when the re-run starts."""
+    return path.with_name(f"{path.name}.{os.getpid()}-{uuid.uuid4().hex[:12]}{PART_SUFFIX}")
+
+
+def sweep_parts(media_dir: Path) -> int:
+    """Remove the unfinished files (`private_part`) that killed writers left under `media_dir`;
+    call it only while none of this run's writers is at work. Returns how many went."""
+    parts = list(Path(media_dir).rglob(f"*{PART_SUFFIX}")) if Path(media_dir).is_dir() else []
+    for part in parts:
+        part.unlink(missing_ok=True)
+    return len(parts)
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def thread_scaler() -> VideoReformatter:

@@ -6,7 +6,6 @@ clip of a video is cut in one decode pass (no per-clip seeking).
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from vidcurate.stages.failures import failed
 from vidcurate.stages.decoding import decode_threads
 from vidcurate.stages.detect import Cut, detect_cuts, frozen_run_end
 from vidcurate.stages.frame_store import FrameKeeper, FrameNeed
-from vidcurate.stages.media import local_copy, read_small_frames, thread_scaler
+from vidcurate.stages.media import file_sha256, local_copy, private_part, read_small_frames, thread_scaler
 from vidcurate.stages.settings import StageResources, StrictModel
 
 
@@ -181,11 +180,11 @@ def _upright(frame: av.VideoFrame, rotation: int) -> av.VideoFrame:
 
 
 class ClipEncoder:
-    """One clip file being written: temp name first, renamed when complete."""
+    """One clip file being written: a private temp name first, renamed when complete."""
 
     def __init__(self, path: Path, size: tuple[int, int], fps: float, cfg: SplitConfig):
         self.path = path
-        self.tmp = path.with_name(path.name + ".part")
+        self.tmp = private_part(path)
         self.out = av.open(str(self.tmp), mode="w", format="mp4")
         rate = Fraction(fps).limit_denominator(1001) if fps > 0 else Fraction(25)
         self.stream = self.out.add_stream("libx264", rate=rate)
@@ -209,8 +208,9 @@ class ClipEncoder:
     def close(self) -> str:
         self.out.mux(self.stream.encode(None))
         self.out.close()
+        sha = file_sha256(self.tmp)  # these bytes, whatever another writer renames onto the path
         os.replace(self.tmp, self.path)
-        return hashlib.sha256(self.path.read_bytes()).hexdigest()
+        return sha
 
     def abort(self) -> None:
         self.out.close()

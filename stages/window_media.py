@@ -13,7 +13,6 @@ whose streams differ (codec parameters, time base) are decoded and encoded again
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,6 +21,7 @@ import av
 import fsspec
 
 from vidcurate.stages.failures import failed
+from vidcurate.stages.media import file_sha256, private_part
 from vidcurate.stages.split import ClipEncoder
 
 if TYPE_CHECKING:
@@ -47,7 +47,7 @@ def _copy_packets(path: Path, clip_uris: list[str], frames: int, fps: float) -> 
     """The window by packet copy; None (nothing written) where a clip's stream differs from the
     first clip's, or the copied stream's length is not its frames at `fps` within half a frame
     (the times would not be the window's)."""
-    tmp = path.with_name(path.name + ".part")
+    tmp = private_part(path)
     count, offset = 0, 0
     try:
         with av.open(str(tmp), mode="w", format="mp4") as out:
@@ -77,11 +77,12 @@ def _copy_packets(path: Path, clip_uris: list[str], frames: int, fps: float) -> 
         if not matched or abs(seconds - frames / fps) > 0.5 / fps:
             tmp.unlink()
             return None
+        sha = file_sha256(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return {"media_uri": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "width": size[0], "height": size[1]}
+    return {"media_uri": str(path), "sha256": sha, "width": size[0], "height": size[1]}
 
 
 def _encode_frames(path: Path, clip_uris: list[str], frames: int, fps: float, cfg: SplitConfig) -> dict:

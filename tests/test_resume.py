@@ -37,7 +37,11 @@ def test_kill_9_midway_then_rerun_matches_an_uninterrupted_run(tmp_path, mixed_i
     os.killpg(proc.pid, signal.SIGKILL)  # the driver, its Ray workers and Prefect's server, all at once
     proc.wait()
     assert (crashed / "probe" / "_SUCCESS.json").exists() and not (crashed / "split").exists()
+    left = crashed / "media" / "clips" / "killed.mp4.4242-0123456789ab.part"  # as a killed writer leaves it
+    left.parent.mkdir(parents=True, exist_ok=True)
+    left.write_bytes(b"half a clip")
 
     assert cli_main([*args, "--run-dir", str(crashed)]) == 0
+    assert not list((crashed / "media").rglob("*.part"))
     assert dataset_digests(crashed) == dataset_digests(tmp_path / "clean")
     assert _ledger(crashed) == _ledger(tmp_path / "clean")

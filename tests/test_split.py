@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from conftest import SHARED_VIDEOS
 from vidcurate.schemas.tables import clip_id
 from vidcurate.stages.detect import Cut
 from vidcurate.stages.probe import ProbeConfig, probe_video
-from vidcurate.stages.split import SplitConfig, frame_end_times, plan_spans, split_video
+from vidcurate.stages.split import ClipEncoder, SplitConfig, frame_end_times, plan_spans, split_video
 
 
 def _times(n: int, fps: float = 25.0):
@@ -158,6 +159,25 @@ def test_the_same_video_splits_into_the_same_clip_bytes_every_time(tmp_path):
     first, second = json.loads(result.stdout)
     assert len(first) >= 5
     assert first == second
+
+
+def test_two_writers_of_one_clip_both_finish_and_leave_a_whole_file(tmp_path):
+    """A killed run's Ray workers outlive their driver and may still be cutting a clip when the
+    re-run cuts the same one (CI saw it: with one shared temp name, the first rename took the
+    second writer's file away and the re-run failed the video's clips)."""
+    path = tmp_path / "clips" / "same.mp4"
+    path.parent.mkdir()
+    cfg = SplitConfig()
+    writers = [ClipEncoder(path, (64, 48), 25.0, cfg) for _ in range(2)]
+    for i in range(10):
+        frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), i * 20, np.uint8), format="rgb24")
+        for writer in writers:
+            writer.add(frame)
+    shas = [writer.close() for writer in writers]
+    assert shas[0] == shas[1] == hashlib.sha256(path.read_bytes()).hexdigest()
+    with av.open(str(path)) as clip:
+        assert sum(1 for _ in clip.decode(video=0)) == 10
+    assert [p.name for p in path.parent.iterdir()] == ["same.mp4"]
 
 
 def test_rotated_video_is_written_upright(tmp_path):
