@@ -52,7 +52,7 @@ from make_synthetic import write_video  # noqa: E402
 from vidcurate.pipelines.runner import read_marker, read_stage_table  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data" / "videos"
-BENCH = REPO / ".bench"
+BENCH = (REPO / ".bench").resolve()  # a worktree links .bench to the main checkout's: listings name real paths
 V2D = "video2dataset==1.3.0"
 # video2dataset's runtime needs for its download worker; its torch 2.1.2 / transformers pins
 # serve workers this job never starts (v2d_job.py stands in for those imports).
@@ -441,17 +441,22 @@ def compare_footage(head: Path, base: Path, truth: dict[str, list]) -> None:
     total_h, total_b = (sum(e - s for found in spans.values() for s, e in found) for spans in (spans_h, spans_b))
     print(f"split kept footage: HEAD {total_h:.2f} s, baseline {total_b:.2f} s, both {both:.2f} s")
     for name, a, b in (("HEAD", spans_h, spans_b), ("baseline", spans_b, spans_h)):
-        at_truth, other, unknown = 0, [], 0
+        moved, missed, other, unknown = 0, 0, [], 0
         for video in sorted(a):
+            bounds = {t for span in b.get(video, []) for t in span}
             for t in cuts_only_in(a[video], b.get(video, []), 1.0 / TRUTH_FPS):
+                hit = [(first, last) for first, last in truth.get(video, []) if first <= t <= last]
                 if video not in truth:
                     unknown += 1
-                elif any(first <= t <= last for first, last in truth[video]):
-                    at_truth += 1
-                else:
+                elif not hit:
                     other.append(f"{video}@{t:.2f}")
-        print(f"  cuts only {name} makes inside the other's clips: {at_truth} at a true transition, "
-              f"{len(other)} elsewhere {other}, {unknown} in videos without truth")
+                elif any(first <= x <= last for first, last in hit for x in bounds):
+                    moved += 1
+                else:
+                    missed += 1
+        print(f"  cuts only {name} makes inside the other's clips: {missed} at a true transition the other "
+              f"misses, {moved} in a transition the other cuts at another frame, {len(other)} at no transition "
+              f"{other}, {unknown} in videos without truth")
 
 
 def compare(head: Path, base: Path, truth: dict[str, list]) -> None:
