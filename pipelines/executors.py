@@ -163,8 +163,8 @@ def run_in_slots(name: str, batches: list, submit: Callable, slots: list) -> Non
                 running[submit(index, batches[index], slot)] = slot
                 continue
             (finished,), _ = ray.wait(list(running), num_returns=1)
-            ray.get(finished)
             free.append(running.pop(finished))
+            ray.get(finished)
             done += 1
             if time.monotonic() - last_log > 30:
                 log.info("%s: %d of %d batches done", name, done, len(batches))
@@ -172,9 +172,13 @@ def run_in_slots(name: str, batches: list, submit: Callable, slots: list) -> Non
     except BaseException:
         # A failed stage's other batches must not write on into the folder its retry starts
         # afresh: a task's worker is killed here; an actor's calls stop with the actor, which
-        # its stage kills.
-        tasks = [ref for ref, slot in running.items() if slot is None]
-        for ref in running:
+        # its stage kills. Only batches not yet done are cancelled: Ray 2.60 aborts the driver
+        # ("Tried to complete task that was not pending") when a force-cancel meets the reply
+        # of a task whose result is already out (a red CI run, the failing batch cancelled).
+        ready = ray.wait(list(running), num_returns=len(running), timeout=0)[0] if running else []
+        unfinished = {ref: slot for ref, slot in running.items() if ref not in ready}
+        tasks = [ref for ref, slot in unfinished.items() if slot is None]
+        for ref in unfinished:
             ray.cancel(ref, force=ref in tasks)
         ray.wait(tasks, num_returns=len(tasks), timeout=30)
         raise
