@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import NamedTuple
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -97,12 +98,19 @@ def decode_rows(decode: Callable, rows: list[dict], kwargs: dict) -> pa.Table:
     return decode(pa.Table.from_pylist(rows), **kwargs)
 
 
-def cluster_cpus() -> tuple[float, float]:
-    """The connected Ray cluster's CPUs, and those of its largest node."""
+class Capacity(NamedTuple):
+    cpus: float
+    node_cpus: float  # the largest node's
+    gpus: float
+
+
+def cluster_capacity() -> Capacity:
+    """The connected Ray cluster's alive resources, from one query."""
     import ray
 
-    nodes = [n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n["Alive"]]
-    return sum(nodes), max(nodes, default=0.0)
+    nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
+    cpus = [r.get("CPU", 0.0) for r in nodes]
+    return Capacity(sum(cpus), max(cpus, default=0.0), sum(r.get("GPU", 0.0) for r in nodes))
 
 
 def map_on_ray(spec: Stage, rows: list[dict], run, place: Place) -> None:
@@ -113,19 +121,20 @@ def map_on_ray(spec: Stage, rows: list[dict], run, place: Place) -> None:
     import ray
 
     resources = spec.config(run).resources
-    cpus, node_cpus = cluster_cpus()
+    capacity = cluster_capacity()
     size = resources.batch_size
     batches = [rows[a : a + size] for a in range(0, len(rows), size)]
     paths = [str(place.output / f"part-{index:06d}.parquet") for index in range(len(batches))]
     if not spec.is_actor:
-        task = ray.remote(num_cpus=resources.num_cpus or 1, num_gpus=resources.num_gpus)(write_part)
+        task_cpus = resources.num_cpus or 1
+        task = ray.remote(num_cpus=task_cpus, num_gpus=resources.num_gpus)(write_part)
         kwargs = ray.put(spec.arguments(run, place))
-        slots = [None] * (resources.concurrency or 2 * max(1, int(cpus // (resources.num_cpus or 1))))
+        slots = [None] * (resources.concurrency or 2 * max(1, int(capacity.cpus // task_cpus)))
         return run_in_slots(spec.name, batches, lambda i, batch, _: task.remote(spec.core, batch, kwargs, paths[i]), slots)
-    check_stage_fits(spec, resources, cpus, node_cpus, ray.cluster_resources().get("GPU", 0.0))
+    check_stage_fits(spec, resources, capacity.cpus, capacity.node_cpus, capacity.gpus)
     feed = _decode_ahead(spec, run) if decode_apart(spec, resources) else None
     actor = type(spec.core.__name__, (PartWriter,), {})  # named as the stage's core: Ray lists actors by class
-    each = actor_cpus(resources, node_cpus)
+    each = actor_cpus(resources, capacity.node_cpus)
     remote = ray.remote(num_cpus=each, num_gpus=resources.num_gpus, max_restarts=3, max_task_retries=3)(actor)
     kwargs = spec.arguments(run, place)
     actors = [remote.remote(spec, run, kwargs, decodes=feed is None) for _ in range(resources.concurrency or 1)]

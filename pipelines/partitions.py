@@ -41,7 +41,7 @@ import pyarrow.parquet as pq
 
 from vidcurate.pipelines.config import PipelineConfig
 from vidcurate.pipelines.cost import cost_fields
-from vidcurate.pipelines.executors import cluster_cpus, stage_cpus
+from vidcurate.pipelines.executors import cluster_capacity, stage_cpus
 from vidcurate.pipelines.runner import MARKER, Runner, digest, ensure_ray, read_marker, read_stage_table, stage_breaches
 from vidcurate.schemas.readers import INDEX
 from vidcurate.schemas.tables import KEPT, to_table
@@ -181,7 +181,8 @@ class PartitionedRun:
         if self.cfg.executor != "ray":
             return float("inf"), float("inf")
         ensure_ray(self.cfg)  # once, here: the partitions' threads share this driver's Ray
-        return cluster_cpus()
+        capacity = cluster_capacity()
+        return capacity.cpus, capacity.node_cpus
 
     def _partition(self, names: list[str], index: int) -> None:
         name = names[index]
