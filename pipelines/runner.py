@@ -136,8 +136,6 @@ class Runner:
             tmp = output_dir.with_name(output_dir.name + ".tmp")
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
-            if swept := sweep_parts(output_dir.parent / "media"):
-                log.info("%s: removed %d unfinished media files a killed run left", stage, swept)
             try:
                 extra = self._run(STAGES[stage], input_dir, tmp)
             finally:
@@ -252,6 +250,8 @@ class Runner:
         spec.check(self.cfg)
         rows = spec.project(spec.prepare(self._input_rows(spec, input_dir), self.cfg))
         place = self._place(input_dir, tmp)
+        if swept := sweep_parts(place.media):  # before any of this stage's writers starts
+            log.info("%s: removed %d unfinished media files a killed run left", spec.name, swept)
         extra: dict = {}
         if spec.whole is not None:
             rows, extra = spec.whole(rows, self.cfg, place)
