@@ -3,9 +3,10 @@ has seen, ships them as a new increment, and dedups against everything shipped b
 
 Layout under the config's `run_dir` (the corpus root):
     increments/<id>/     a full run directory (its own stages, ledger and dataset) + config.json
-    shipped/             dedup history shared by all increments (see stages/dedup.py)
-With `shard.output` set, increment <id> is published to `<output>/<id>/`, so earlier
-increments are never rewritten. The id is a hash of the increment's inputs: an increment
+    shipped/             dedup's history of shipped clips, shared by all increments (unless the
+                         config names another; stages/dedup.py)
+Each stage derives its section for an increment (`Stage.sub_config`): with `shard.output` set,
+increment <id> is published to `<output>/<id>/`, so earlier increments are never rewritten. The id is a hash of the increment's inputs: an increment
 that did not ship (interrupted by a crash, or over its failure budget because a backend was
 down), or that shipped with transient failures still to retry, is run again first by every
 later run, with the same inputs: its transient failures are retried (up to
@@ -24,12 +25,14 @@ from prefect import flow, get_run_logger
 
 from vidcurate.flows.corpus import corpus_flow
 from vidcurate.pipelines.config import PipelineConfig
-from vidcurate.pipelines.ledger import pending_retries
-from vidcurate.pipelines.runner import FailureBudgetExceeded, read_stage_table
+from vidcurate.pipelines.ledger import FailureBudgetExceeded, pending_retries
+from vidcurate.pipelines.store import StageStore
+from vidcurate.schemas.tables import KEPT
+from vidcurate.stages.contract import SubRun
 from vidcurate.stages.media import list_inputs
+from vidcurate.stages.registry import SHIPPER
 
 INCREMENTS = "increments"
-SHIPPED = "shipped"
 SHIPPED_MARKER = "shipped.json"  # in an increment: it finished within its failure budget (and published)
 
 
@@ -67,14 +70,7 @@ def plan_increment(cfg: PipelineConfig) -> dict | None:
     folder = root / INCREMENTS / inc_id
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "inputs.txt").write_text("".join(u + "\n" for u in new))
-    data = cfg.model_dump()
-    stages = data["stages"]
-    data.update(run_dir=str(folder), inputs=str(folder / "inputs.txt"))
-    data["shard"] = {**data["shard"], "prefix": f"{cfg.shard.prefix}-{inc_id}"}
-    if cfg.shard.output:
-        data["shard"]["output"] = f"{cfg.shard.output.rstrip('/')}/{inc_id}"
-    if "dedup" in stages:
-        data["dedup"] = {**data["dedup"], "history": cfg.dedup.history or str(root / SHIPPED)}
+    data = cfg.sub_run(SubRun("increment", inc_id, folder, root), inputs=str(folder / "inputs.txt")).model_dump()
     (folder / "config.json").write_text(json.dumps({"config": data, "inputs_list": new}, indent=1, sort_keys=True))
     return data
 
@@ -120,10 +116,11 @@ def _run_increment(config: dict, done: list[str], failed: list[str]) -> None:
 
 
 def corpus_samples(root: Path) -> int:
-    """Samples shipped by all finished increments together."""
+    """Clip samples shipped by all finished increments together."""
     total = 0
     for inc in _increments(root):
-        if _shipped(inc) and (inc / "shard" / "_SUCCESS.json").is_file():
-            shard = read_stage_table(inc / "shard", "shard")
-            total += sum(s == "kept" for s in shard.column("status").to_pylist())
+        store = StageStore(inc)
+        if _shipped(inc) and store.completed(SHIPPER):
+            rows = store.table(store.path(SHIPPER)).select(["status", "entity"]).to_pylist()
+            total += sum(r["status"] == KEPT and r["entity"] == "clip" for r in rows)
     return total

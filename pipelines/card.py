@@ -188,7 +188,7 @@ def dataset_card(stats: dict, cfg: PipelineConfig) -> str:
         "",
         "Ledger reason codes (entity status(stage, failure class): code):",
         "",
-        *([f"- {reason}: {n}" for reason, n in {**v["reasons"], **c["reasons"]}.items()] or ["- none"]),
+        *([f"- {reason}: {n}" for reason, n in {**v["reasons"], **c["reasons"], **stats["windows"]["reasons"]}.items()] or ["- none"]),
         "",
         "Rejections by stage and rule (a clip failing several quality rules counts under each):",
         "",

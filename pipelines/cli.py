@@ -34,7 +34,27 @@ def _config(args: argparse.Namespace, **extra):
     )
 
 
+REPORTED_IN_ONE_LINE = ("FailureBudgetExceeded", "PublishError", "StorageFailed")
+
+
+class _OneLineErrors(logging.Filter):
+    """Prefect logs a failed task or flow with its traceback; an error this command reports in one
+    line (over the failure budget, a failed publish, a full disk) keeps Prefect's line, without it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and type(record.exc_info[1]).__name__ in REPORTED_IN_ONE_LINE:
+            record.exc_info = record.exc_text = None
+        return True
+
+
+def quiet_reported_errors(debug: bool) -> None:
+    if not debug:
+        for name in ("prefect.task_runs", "prefect.flow_runs"):
+            logging.getLogger(name).addFilter(_OneLineErrors())
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    quiet_reported_errors(args.debug)
     cfg = _config(args, **({"failures.retry_transient": False} if args.no_retry else {}))
     from vidcurate.flows.corpus import corpus_flow, start_services
 
@@ -46,7 +66,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     stats = corpus_flow(cfg.model_dump())
     print(json.dumps({k: stats[k] for k in ("videos", "clips", "samples")}, indent=2))
-    print(f"shards: {Path(cfg.run_dir) / 'shard' / 'dataset'}  ledger: {Path(cfg.run_dir) / 'ledger.parquet'}")
+    from vidcurate.pipelines.runner import Runner
+
+    print(f"shards: {Runner(cfg).dataset()}  ledger: {Path(cfg.run_dir) / 'ledger.parquet'}")
     return 0
 
 
@@ -81,7 +103,7 @@ def cmd_stage(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, **overrides, **{"ray.address": args.ray_address})
     runner = Runner(cfg)
     marker = runner.run_stage(args.name, None if from_inputs else args.input, output)
-    print(json.dumps(marker, indent=2))
+    print(marker.to_json())
     return 0
 
 
@@ -110,6 +132,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vidcurate", description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("--debug", action="store_true", help="on an error, show the traceback too")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run every stage through the Prefect flow")
@@ -170,17 +193,25 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Prefect's API calls, one line each
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # "no AVX512 build" notices
-    from vidcurate.pipelines.runner import FailureBudgetExceeded
-    from vidcurate.stages.publish import PublishError
+    from vidcurate.pipelines.disk import StorageFailed
+    from vidcurate.pipelines.ledger import FailureBudgetExceeded
+    from vidcurate.pipelines.publish import PublishError
+    from vidcurate.stages.failures import local_io_error
 
     try:
         return args.func(args)
-    except (FailureBudgetExceeded, PublishError) as exc:  # what succeeded is written; the exit code makes schedulers alert
-        print(f"vidcurate: failed: {exc}", file=sys.stderr)
-        return 3
-    except (FileNotFoundError, ValueError) as exc:  # user errors: one clear line, no traceback
-        print(f"vidcurate: error: {exc}", file=sys.stderr)
-        return 2
+    except Exception as exc:
+        if args.debug:
+            raise
+        if not isinstance(exc, StorageFailed) and (storage := local_io_error(exc)):  # the disk failed outside the runner's guard
+            exc = StorageFailed.of_error(args.command, storage, Path(getattr(args, "run_dir", None) or "."), None)
+        if isinstance(exc, (FailureBudgetExceeded, PublishError, StorageFailed)):  # what succeeded is written; the exit code makes schedulers alert
+            print(f"vidcurate: failed: {exc}", file=sys.stderr)
+            return 3
+        if isinstance(exc, (FileNotFoundError, ValueError)):  # user errors: one clear line, no traceback
+            print(f"vidcurate: error: {exc}", file=sys.stderr)
+            return 2
+        raise
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 """Pipeline configuration: YAML validated by pydantic, so a typo fails before any work starts.
 
-Each stage's settings are its own model, in its module (`stages/<stage>.py`); this composes
-them with what belongs to a run: inputs, run directory, profile, Ray, the failure budget.
+Each stage's settings are its own model, declared with the stage (`stages/<stage>.py`); the
+config is a section per registered stage beside what belongs to a run: inputs, run directory,
+profile, executor, Ray, partitions, the failure budget. Profiles, the order of the stages, what
+each needs and what enters each fingerprint come from the stages' declarations.
 """
 
 from __future__ import annotations
@@ -12,19 +14,11 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, create_model, model_validator
 
-from vidcurate.stages.caption import CaptionConfig
-from vidcurate.stages.dedup import DedupConfig
-from vidcurate.stages.embed import EmbedConfig
-from vidcurate.stages.ground import GroundConfig
-from vidcurate.stages.models import DEFAULT_CAPTION_MODEL, DEFAULT_CLIP_MODEL
-from vidcurate.stages.probe import ProbeConfig
-from vidcurate.stages.quality import QualityConfig
+from vidcurate.stages.contract import SubRun
 from vidcurate.stages.registry import OPTIONAL, STAGES, pipeline
 from vidcurate.stages.settings import StrictModel
-from vidcurate.stages.shard import ShardConfig
-from vidcurate.stages.split import SplitConfig
 
 
 class RayConfig(StrictModel):
@@ -71,24 +65,9 @@ class FailureConfig(StrictModel):
         return self.stage_max_failed_fraction.get(stage, self.max_failed_fraction)
 
 
-STAGE_NEEDS = {"ground": "caption", "dedup": "embed"}
+class RunSettings(StrictModel):
+    """What belongs to a run rather than to a stage; `PipelineConfig` adds a section per stage."""
 
-# Profile `tiny` runs random-initialised models. Greedy decoding of a random model repeats one
-# token until the length limit, and its embeddings are all alike (cosine ~0.97), so these
-# settings apply unless the config sets them: sampling, short answers, and embedding-dedup
-# thresholds that only match near-identical clips.
-TINY_DEFAULTS = {
-    "caption.temperature": 1.0,
-    "caption.frames": 4,
-    "caption.frame_height": 112,
-    "caption.max_events": 4,
-    "caption.max_tokens": 1024,
-    "dedup.near_cosine": 0.9995,
-    "dedup.semantic_eps": 0.0002,
-}
-
-
-class PipelineConfig(StrictModel):
     inputs: str | None = Field(None, description="directory, glob, list file (.txt) or s3:// prefix; probe needs it")
     run_dir: str = "runs/default"
     profile: Literal["tiny", "default"] = Field(
@@ -100,68 +79,77 @@ class PipelineConfig(StrictModel):
     )
     ray: RayConfig = RayConfig()
     partitions: PartitionConfig = PartitionConfig()
-    probe: ProbeConfig = ProbeConfig()
-    split: SplitConfig = SplitConfig()
     stages: list[Literal[OPTIONAL]] = Field(
         default_factory=lambda: list(OPTIONAL),
         description="optional clip stages between split and shard, in pipeline order",
     )
-    caption: CaptionConfig = CaptionConfig()
-    ground: GroundConfig = GroundConfig()
-    embed: EmbedConfig = EmbedConfig()
-    quality: QualityConfig = QualityConfig()
-    dedup: DedupConfig = DedupConfig()
-    shard: ShardConfig = ShardConfig()
     failures: FailureConfig = FailureConfig()
 
     @model_validator(mode="before")
     @classmethod
-    def _profile_defaults(cls, data):
+    def _tiny_defaults(cls, data):
+        """Profile `tiny` runs random-initialised models: each stage's `tiny_defaults` apply where
+        the config does not set them (sampling instead of greedy decoding, short answers, ...)."""
         if isinstance(data, dict) and data.get("profile") == "tiny":
             data = {**data}
-            for dotted, value in TINY_DEFAULTS.items():
-                section, key = dotted.split(".")
-                part = data.get(section)
+            for name, spec in STAGES.items():
+                if not spec.tiny_defaults:
+                    continue
+                part = data.get(name)
                 part = dict(part) if isinstance(part, dict) else part.model_dump() if isinstance(part, BaseModel) else {}
-                part.setdefault(key, value)
-                data[section] = part
+                data[name] = {**spec.tiny_defaults, **part}
         return data
 
     @model_validator(mode="after")
-    def _resolve_profile(self) -> PipelineConfig:
-        """The profile becomes concrete models here, once: `default` names the real ones where the
-        config names none; under `tiny` an unnamed model is the stage's random toy, built locally."""
-        if self.profile == "default":
-            self.caption = self.caption.model_copy(update={"model": self.caption.model or DEFAULT_CAPTION_MODEL})
-            self.embed = self.embed.model_copy(update={"model": self.embed.model or DEFAULT_CLIP_MODEL})
+    def _resolve_profile(self):
+        """The profile becomes concrete models here, once (each stage says how: `resolve_profile`)."""
+        for name, spec in STAGES.items():
+            setattr(self, name, spec.resolve_profile(getattr(self, name), self.profile))
         return self
 
     @model_validator(mode="after")
-    def _stage_order(self) -> PipelineConfig:
+    def _stage_order(self):
         if self.stages != sorted(set(self.stages), key=OPTIONAL.index):
             raise ValueError(f"stages must be distinct and in the order {list(OPTIONAL)}; got {self.stages}")
-        for stage, needs in STAGE_NEEDS.items():
-            if stage in self.stages and needs not in self.stages:
-                raise ValueError(f"stage {stage!r} needs stage {needs!r}")
+        chosen = self.pipeline()
+        for stage in chosen:
+            for needed in STAGES[stage].needs:
+                if needed not in chosen:
+                    raise ValueError(f"stage {stage!r} needs stage {needed!r}")
         return self
 
     def pipeline(self) -> tuple[str, ...]:
         """Every stage this config runs, in order."""
         return pipeline(self.stages)
 
+    def section(self, stage: str, exclude: tuple[str, ...] = ()) -> dict:
+        """A stage's settings that decide its output (never its Ray `resources`)."""
+        return getattr(self, stage).model_dump(exclude={"resources", *exclude})
+
     def stage_hash(self, stage: str) -> str:
-        """Fingerprint of what decides a stage's output, so a changed setting re-runs it."""
-        section = getattr(self, stage, None)
-        payload = section.model_dump(exclude={"resources", "license"}) if isinstance(section, BaseModel) else {}
-        if stage == "probe":
-            payload = {**payload, "inputs": self.inputs}
-        if stage in ("caption", "embed", "quality") or (stage == "ground" and self.ground.rewrite):
-            payload = {**payload, "profile": self.profile}  # the profile picks their models
-        if stage == "ground" and self.ground.rewrite:
-            payload = {**payload, "caption": self.caption.model_dump(exclude={"resources"})}
-        if stage == "shard" and "ground" in self.stages:
-            payload = {**payload, "max_window_s": self.ground.max_window_s}
+        """Fingerprint of what decides a stage's output, so a changed setting re-runs it: its own
+        section, the sections it reads and the run settings it declares (`Stage`)."""
+        spec = STAGES[stage]
+        payload = {
+            "own": self.section(stage, spec.unhashed),
+            "sections": {name: self.section(name) for name in spec.sections},
+            "run": {name: getattr(self, name) for name in spec.run_fields},
+        }
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+    def sub_run(self, sub: SubRun, **settings):
+        """The config of a run made from this one (a partition or an increment): its own run
+        directory, each stage's section as that stage derives it for `sub`, and `settings`."""
+        sections = {name: spec.sub_config(getattr(self, name), sub) for name, spec in STAGES.items()}
+        return self.model_copy(update={"run_dir": str(sub.run_dir), **sections, **settings})
+
+
+PipelineConfig = create_model(
+    "PipelineConfig",
+    __base__=RunSettings,
+    __doc__="The whole config: the run's settings and one section per stage (its module's config model).",
+    **{name: (spec.config_model, Field(default_factory=spec.config_model)) for name, spec in STAGES.items()},
+)
 
 
 def load_config(path: str | Path | None = None, **overrides) -> PipelineConfig:

@@ -15,6 +15,7 @@ import threading
 import psutil
 
 SAMPLE_S = 0.25
+COST_FIELDS = ("video_s", "video_s_per_s", "cpu_s", "cpu_s_per_video_h", "gpu_s", "gpu_s_per_video_h", "cpu_scope")
 
 
 def _tree_cpu() -> dict[int, float]:
@@ -83,27 +84,28 @@ def cost_fields(wall_s: float, cpu_s: float, gpu_s: float, video_s: float | None
     return fields
 
 
-def describe_cost(marker: dict) -> str:
+def describe_cost(cost: dict) -> str:
     """One line for logs: '12.3 video-s/s, 95 CPU-s per video-hour (GPU 4.1)'."""
-    if marker.get("video_s") is None:
+    if cost.get("video_s") is None:
         return ""
-    text = f"; {marker['video_s']} video-s at {marker['video_s_per_s']} video-s/s, {marker['cpu_s_per_video_h']} CPU-s per video-hour"
-    if "gpu_s_per_video_h" in marker:
-        text += f", {marker['gpu_s_per_video_h']} GPU-s per video-hour"
+    text = f"; {cost['video_s']} video-s at {cost['video_s_per_s']} video-s/s, {cost['cpu_s_per_video_h']} CPU-s per video-hour"
+    if "gpu_s_per_video_h" in cost:
+        text += f", {cost['gpu_s_per_video_h']} GPU-s per video-hour"
     return text
 
 
-def run_cost(markers: list[dict]) -> dict | None:
-    """The whole run: wall, CPU- and GPU-seconds summed over its stages' last runs, per hour of
-    the input video (probe's). None when no stage recorded its cost."""
-    costed = [m for m in markers if m.get("video_s") is not None]
-    probe = next((m for m in costed if m["stage"] == "probe"), None)
-    if not costed or probe is None:
+def run_cost(markers: list, inputs_stage: str) -> dict | None:
+    """The whole run: wall, CPU- and GPU-seconds summed over its stages' last runs (`StageMarker`s),
+    per hour of the input video (that of `inputs_stage`, which lists the inputs). None when no
+    stage recorded its cost."""
+    costed = [m for m in markers if m.cost.get("video_s") is not None]
+    source = next((m for m in costed if m.stage == inputs_stage), None)
+    if not costed or source is None:
         return None
-    wall = sum(m["seconds"] for m in costed)
-    cpu = sum(m["cpu_s"] for m in costed)
-    gpu = sum(m.get("gpu_s", 0.0) for m in costed)
-    return {"seconds": round(wall, 2), **cost_fields(wall, cpu, gpu, probe["video_s"], any("cpu_scope" in m for m in costed))}
+    wall = sum(m.seconds for m in costed)
+    cpu = sum(m.cost["cpu_s"] for m in costed)
+    gpu = sum(m.cost.get("gpu_s", 0.0) for m in costed)
+    return {"seconds": round(wall, 2), **cost_fields(wall, cpu, gpu, source.cost["video_s"], any("cpu_scope" in m.cost for m in costed))}
 
 
 def describe_run_cost(cost: dict) -> str:

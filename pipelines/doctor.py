@@ -43,6 +43,7 @@ def diagnose(cfg: PipelineConfig) -> list[Finding]:
 def _checks(cfg: PipelineConfig) -> Iterator[tuple[str, Callable[[], Finding]]]:
     yield "inputs", lambda: _inputs(cfg)
     yield "run directory", lambda: _run_dir(cfg)
+    yield "disk space", lambda: _disk_space(cfg)
     if "caption" in cfg.stages:
         if cfg.caption.backend == "openai":
             yield "caption server", lambda: _caption_server(cfg)
@@ -77,6 +78,38 @@ def _run_dir(cfg: PipelineConfig) -> Finding:
     probe.write_bytes(b"")
     probe.unlink()
     return Finding("run directory", True, f"{run_dir} is writable")
+
+
+def _disk_space(cfg: PipelineConfig) -> Finding:
+    """Free space where the run writes against what it will write: `written_per_video_hour` of the
+    config times the inputs' hours (read from their container headers; local inputs only)."""
+    import shutil
+
+    import av
+
+    from vidcurate.pipelines.disk import size_text, mount_of, written_per_video_hour
+    from vidcurate.stages.media import is_remote, list_inputs
+
+    free = shutil.disk_usage(mount_of(Path(cfg.run_dir))).free
+    try:
+        inputs = list_inputs(cfg.inputs) if cfg.inputs else []
+    except FileNotFoundError:  # the inputs check says so
+        return Finding("disk space", True, f"{size_text(free)} free at {cfg.run_dir}; no inputs to estimate the run's size from")
+    seconds, unknown = 0.0, 0
+    for uri in inputs:
+        try:
+            if is_remote(uri):
+                raise ValueError("remote")
+            with av.open(uri) as container:
+                seconds += (container.duration or 0) / 1e6
+        except Exception:  # noqa: BLE001 - an input that does not open is probe's to judge, not the estimate's
+            unknown += 1
+    need = written_per_video_hour(cfg) * seconds / 3600
+    counted = f"{seconds / 3600:.2f} video-hours" + (f" ({unknown} inputs not counted)" if unknown else "")
+    detail = f"{size_text(free)} free at {cfg.run_dir}; the run will write about {size_text(need)} for {counted}"
+    if free < need:
+        return Finding("disk space", False, detail, "free space, or point run_dir at a larger disk (a full disk stops the run; the same command resumes it)")
+    return Finding("disk space", True, detail)
 
 
 def _hub_cached(model: str, filename: str = "config.json") -> bool:

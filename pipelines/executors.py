@@ -1,9 +1,11 @@
-"""The two ways a stage's work runs, behind the same calls; stages never import Ray.
+"""The two executors of stage work, behind one interface; stages never import Ray.
 
-- in process: everything on the calling process (`executor: in_process`, tests, tools);
-- Ray: a function core's batches as Ray tasks, a class core's through its stage's actors (a GPU
-  core's decode step in CPU tasks ahead of it; on CPU each actor decodes its own batches), each
-  batch written as its Parquet part; whole-run work's parallel map (`Place.map`) as Ray tasks.
+- `InProcessExecutor`: everything in the calling process (`executor: in_process`, tests, tools);
+- `RayExecutor`: a function core's batches as Ray tasks, a class core's through its stage's
+  actors (a GPU core's decode step in CPU tasks ahead of it; on CPU each actor decodes its own
+  batches); whole-run work's parallel map as Ray tasks.
+Both cut a stage's rows into batches of `resources.batch_size` alike and write each batch as its
+Parquet part, so their outputs are the same.
 """
 
 from __future__ import annotations
@@ -16,22 +18,88 @@ from typing import NamedTuple
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from vidcurate.stages.contract import Place, Stage
+from vidcurate.pipelines.store import part_path, write_rows
+from vidcurate.stages.contract import Stage, StageContext, map_here
 
 log = logging.getLogger("vidcurate")
 
 
-def map_in_process(spec: Stage, rows: list[dict], run, place: Place | None = None) -> pa.Table:
-    """The stage's rows for `rows`, computed here."""
-    kwargs = spec.arguments(run, place)
-    table = pa.Table.from_pylist(rows)
-    if spec.decode:
-        table = spec.decode(table, **spec.decode_arguments(run))
-    return spec.core(**kwargs)(table) if spec.is_actor else spec.core(table, **kwargs)
+def batches(rows: list, size: int) -> list[list]:
+    return [rows[a : a + size] for a in range(0, len(rows), size)]
 
 
-def write_in_process(spec: Stage, rows: list[dict], run, place: Place) -> None:
-    pq.write_table(map_in_process(spec, rows, run, place), place.output / "part-000000.parquet")
+class StageExecutor:
+    """How a stage's work runs: `run` any stage from its declaration into `ctx.store.output` (its
+    whole-run work here, its batches as the executor runs them); `map` for whole-run work."""
+
+    remote = False
+
+    def run(self, spec: Stage, rows: list[dict], ctx: StageContext) -> dict:
+        """The stage's table for `rows` as Parquet in its output folder; returns the fields its
+        marker adds (a whole-run stage's)."""
+        fields: dict = {}
+        if spec.whole is not None:
+            rows, fields = spec.whole(rows, ctx)
+            write_rows(ctx.store.output, rows, spec.table)
+        elif rows:
+            self.run_batches(spec, rows, ctx)
+        if not any(ctx.store.output.glob("*.parquet")):
+            write_rows(ctx.store.output, [], spec.table)
+        return fields
+
+    def run_batches(self, spec: Stage, rows: list[dict], ctx: StageContext) -> None:
+        raise NotImplementedError
+
+    def map(self, fn: Callable, items: list, **shared) -> list:
+        raise NotImplementedError
+
+
+class InProcessExecutor(StageExecutor):
+    """Stage work in this process: batch after batch through the stage's work (models loaded once)."""
+
+    map = staticmethod(map_here)
+
+    def run_batches(self, spec: Stage, rows: list[dict], ctx: StageContext) -> None:
+        decode_kwargs = spec.decode_arguments(ctx) if spec.decode else None
+        work = spec.batch_work(spec.arguments(ctx), decode_kwargs)
+        for index, batch in enumerate(batches(rows, ctx.config.resources.batch_size)):
+            pq.write_table(work(pa.Table.from_pylist(batch)), part_path(ctx.store.output, index))
+
+
+class RayExecutor(StageExecutor):
+    """Stage work on the connected Ray cluster (started locally first where no address is given)."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.remote = cfg.ray.address is not None
+
+    def start(self) -> None:
+        ensure_ray(self.cfg)
+
+    def map(self, fn: Callable, items: list, **shared) -> list:
+        if not items:
+            return []
+        self.start()
+        return map_on_ray_tasks(fn, items, **shared)
+
+    def run_batches(self, spec: Stage, rows: list[dict], ctx: StageContext) -> None:
+        self.start()
+        map_on_ray(spec, rows, ctx)
+
+
+def executor_for(cfg) -> InProcessExecutor | RayExecutor:
+    """The executor a config asks for."""
+    return RayExecutor(cfg) if cfg.executor == "ray" else InProcessExecutor()
+
+
+def ensure_ray(cfg) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    # "local": a fresh local Ray even where `ray start` left a cluster behind; join one by address.
+    kwargs = {"address": cfg.ray.address} if cfg.ray.address else {"address": "local", "num_cpus": cfg.ray.num_cpus}
+    ray.init(**kwargs, include_dashboard=False, configure_logging=False, log_to_driver=False)
 
 
 def decode_apart(spec: Stage, resources) -> bool:
@@ -74,19 +142,16 @@ def check_stage_fits(spec: Stage, resources, cpus: float, node_cpus: float, gpus
 
 
 class PartWriter:
-    """A model actor of a stage: its core (models loaded once), each batch through it (decoded
+    """A model actor of a stage: its work (models loaded once), each batch through it (decoded
     here unless it comes decoded) and written as its Parquet part."""
 
-    def __init__(self, spec: Stage, run, core_kwargs: dict, decodes: bool):
-        self.spec, self.core = spec, spec.core(**core_kwargs)
+    def __init__(self, spec: Stage, ctx: StageContext, core_kwargs: dict, decodes: bool):
         # the decode step's arguments may need the model's library: worked out here, never in the driver
-        self.decode_kwargs = spec.decode_arguments(run) if decodes and spec.decode else None
+        decode_kwargs = spec.decode_arguments(ctx) if decodes and spec.decode else None
+        self.work = spec.batch_work(core_kwargs, decode_kwargs)
 
     def write(self, batch: list[dict] | pa.Table, path: str) -> None:
-        table = batch if isinstance(batch, pa.Table) else pa.Table.from_pylist(batch)
-        if self.decode_kwargs is not None:
-            table = self.spec.decode(table, **self.decode_kwargs)
-        pq.write_table(self.core(table), path)
+        pq.write_table(self.work(batch if isinstance(batch, pa.Table) else pa.Table.from_pylist(batch)), path)
 
 
 def write_part(core: Callable, rows: list[dict], kwargs: dict, path: str) -> None:
@@ -113,45 +178,44 @@ def cluster_capacity() -> Capacity:
     return Capacity(sum(cpus), max(cpus, default=0.0), sum(r.get("GPU", 0.0) for r in nodes))
 
 
-def map_on_ray(spec: Stage, rows: list[dict], run, place: Place) -> None:
-    """The stage's rows for `rows` as Parquet parts part-NNNNNN.parquet in `place.output`, on the
-    connected Ray cluster, a batch at a time: a function core's batches as Ray tasks; a class
-    core's through `concurrency` actors, a GPU core's batches decoded ahead in 1-CPU tasks. No
-    Ray Data job: its start cost 2-4 s a stage, and its budget kept a CPU from the actors."""
+def map_on_ray(spec: Stage, rows: list[dict], ctx: StageContext) -> None:
+    """The stage's rows for `rows` as Parquet parts in `ctx.store.output`, on the connected Ray
+    cluster, a batch at a time: a function core's batches as Ray tasks; a class core's through
+    `concurrency` actors, a GPU core's batches decoded ahead in 1-CPU tasks. No Ray Data job: its
+    start cost 2-4 s a stage, and its budget kept a CPU from the actors."""
     import ray
 
-    resources = spec.config(run).resources
+    resources = ctx.config.resources
     capacity = cluster_capacity()
-    size = resources.batch_size
-    batches = [rows[a : a + size] for a in range(0, len(rows), size)]
-    paths = [str(place.output / f"part-{index:06d}.parquet") for index in range(len(batches))]
+    parts = batches(rows, resources.batch_size)
+    paths = [str(part_path(ctx.store.output, index)) for index in range(len(parts))]
     if not spec.is_actor:
         task_cpus = resources.num_cpus or 1
         task = ray.remote(num_cpus=task_cpus, num_gpus=resources.num_gpus)(write_part)
-        kwargs = ray.put(spec.arguments(run, place))
+        kwargs = ray.put(spec.arguments(ctx))
         slots = [None] * (resources.concurrency or 2 * max(1, int(capacity.cpus // task_cpus)))
-        return run_in_slots(spec.name, batches, lambda i, batch, _: task.remote(spec.core, batch, kwargs, paths[i]), slots)
+        return run_in_slots(spec.name, parts, lambda i, batch, _: task.remote(spec.core, batch, kwargs, paths[i]), slots)
     check_stage_fits(spec, resources, capacity.cpus, capacity.node_cpus, capacity.gpus)
-    feed = _decode_ahead(spec, run) if decode_apart(spec, resources) else None
+    feed = _decode_ahead(spec, ctx) if decode_apart(spec, resources) else None
     actor = type(spec.core.__name__, (PartWriter,), {})  # named as the stage's core: Ray lists actors by class
     each = actor_cpus(resources, capacity.node_cpus)
     remote = ray.remote(num_cpus=each, num_gpus=resources.num_gpus, max_restarts=3, max_task_retries=3)(actor)
-    kwargs = spec.arguments(run, place)
-    actors = [remote.remote(spec, run, kwargs, decodes=feed is None) for _ in range(resources.concurrency or 1)]
+    kwargs, portable = spec.arguments(ctx), spec.portable(ctx)
+    actors = [remote.remote(spec, portable, kwargs, decodes=feed is None) for _ in range(resources.concurrency or 1)]
     try:
         # two batches an actor: the next one decodes, or waits in its queue, while it runs one
         submit = lambda i, batch, worker: worker.write.remote(feed(batch) if feed else batch, paths[i])  # noqa: E731
-        run_in_slots(spec.name, batches, submit, actors * 2)
+        run_in_slots(spec.name, parts, submit, actors * 2)
     finally:
         for worker in actors:
             ray.kill(worker)  # its CPUs and GPUs, free for the next stage now
 
 
-def _decode_ahead(spec: Stage, run) -> Callable:
+def _decode_ahead(spec: Stage, ctx: StageContext) -> Callable:
     """`batch -> ObjectRef` of its decoded table, from a 1-CPU task."""
     import ray
 
-    task, kwargs = ray.remote(num_cpus=1)(decode_rows), ray.put(spec.decode_arguments(run))
+    task, kwargs = ray.remote(num_cpus=1)(decode_rows), ray.put(spec.decode_arguments(ctx))
     return lambda batch: task.remote(spec.decode, batch, kwargs)
 
 

@@ -11,7 +11,8 @@ import pyarrow.parquet as pq
 
 from vidcurate.pipelines.cost import describe_run_cost, run_cost
 from vidcurate.pipelines.ledger import summarize, transient_failures
-from vidcurate.pipelines.runner import ALL_STAGES, describe_marker, read_marker
+from vidcurate.pipelines.store import StageStore
+from vidcurate.stages.registry import SHIPPER, STAGES, VIDEO_SOURCE
 from vidcurate.schemas.readers import open_shards
 
 
@@ -24,16 +25,17 @@ def describe(location: str, n: int, out: TextIO) -> None:
 
 
 def _describe_run(run_dir: Path, out: TextIO) -> None:
-    markers = []
-    for stage in ALL_STAGES:
-        marker = read_marker(run_dir / stage)
-        print(describe_marker(marker) if marker else f"{stage}: not run", file=out)
+    store, markers = StageStore(run_dir), []
+    for stage in STAGES:
+        marker = store.completed(stage)
+        print(marker.describe() if marker else f"{stage}: not run", file=out)
         markers += [marker] if marker else []
-    if cost := run_cost(markers):
+    if cost := run_cost(markers, VIDEO_SOURCE):
         print(describe_run_cost(cost), file=out)
     ledger = pq.read_table(run_dir / "ledger.parquet")
-    stats = summarize(ledger, (read_marker(run_dir / "shard") or {}).get("shards", []))
-    for entity in ("videos", "clips"):
+    shipped = store.completed(SHIPPER)
+    stats = summarize(ledger, shipped.fields.get("shards", []) if shipped else [])
+    for entity in ("videos", "clips", "windows"):
         s = stats[entity]
         failed = f"{s['failed']} failed ({s['transient']} transient, {s['failed'] - s['transient']} permanent)"
         print(f"{entity}: {s['total']} total, {s['kept']} kept, {s['rejected']} rejected, {failed}; "

@@ -22,7 +22,8 @@ from PIL import Image
 from vidcurate.pipelines.cost import describe_run_cost, run_cost
 from vidcurate.pipelines.export import render
 from vidcurate.pipelines.ledger import reason_code
-from vidcurate.pipelines.runner import ALL_STAGES, read_marker, read_stage_table
+from vidcurate.pipelines.store import StageStore
+from vidcurate.stages.registry import CLIP_SOURCE, SHIPPER, STAGES, VIDEO_SOURCE
 from vidcurate.stages.media import local_copy
 
 THUMB_WIDTH = 160
@@ -113,7 +114,7 @@ def _timeline_svg(video: dict, clips: list[dict]) -> str:
 SCORE_HISTOGRAMS = ("sharpness", "motion", "brightness", "aesthetic", "clip_score")
 
 
-def _attach_annotations(run_dir: Path, clips: list[dict]) -> None:
+def _attach_annotations(store: StageStore, clips: list[dict]) -> None:
     """Caption, events, QA and scores from the clip stages that ran, onto the split rows."""
     by_id = {c["clip_id"]: c for c in clips}
     loaders = {
@@ -122,8 +123,8 @@ def _attach_annotations(run_dir: Path, clips: list[dict]) -> None:
         "quality": lambda r: {"scores": json.loads(r["scores"] or "{}")},
     }
     for stage, load in loaders.items():
-        if read_marker(run_dir / stage):
-            for row in read_stage_table(run_dir / stage, stage).to_pylist():
+        if store.completed(stage):
+            for row in store.table(store.path(stage), stage).to_pylist():
                 if row["clip_id"] in by_id:
                     by_id[row["clip_id"]].update(load(row))
 
@@ -151,20 +152,25 @@ def build_report(run_dir: Path, max_thumbnails: int = 60) -> str:
     ledger = pq.read_table(run_dir / "ledger.parquet").to_pylist()
     videos_ledger = [r for r in ledger if r["entity"] == "video"]
     clips_ledger = {r["id"]: r for r in ledger if r["entity"] == "clip"}
-    probe = {v["uri"]: v for v in read_stage_table(run_dir / "probe", "probe").to_pylist()}
-    clips = read_stage_table(run_dir / "split", "split").to_pylist() if read_marker(run_dir / "split") else []
+    windows_ledger = [r for r in ledger if r["entity"] == "window"]
+    store = StageStore(run_dir)
+    probe = {v["uri"]: v for v in store.table(store.path(VIDEO_SOURCE), VIDEO_SOURCE).to_pylist()}
+    clips = store.table(store.path(CLIP_SOURCE), CLIP_SOURCE).to_pylist() if store.completed(CLIP_SOURCE) else []
     for c in clips:  # final status from the ledger (later stages may have overridden split's)
         c.update({k: clips_ledger[c["clip_id"]][k] for k in ("status", "stage", "reason")})
-    _attach_annotations(run_dir, clips)
-    shard_marker = read_marker(run_dir / "shard") or {}
-    samples = sum(s["samples"] for s in shard_marker.get("shards", []))
+    _attach_annotations(store, clips)
+    shipped = store.completed(SHIPPER)
+    shards = shipped.fields.get("shards", []) if shipped else []
+    samples = sum(s["samples"] for s in shards if s.get("kind", "clip") == "clip")
+    window_samples = sum(s["samples"] for s in shards if s.get("kind") == "window")
 
     funnel = [
         ("input files", len(videos_ledger)),
         ("videos past probe", sum(v["status"] == "kept" for v in probe.values())),
         ("clip spans", len(clips)),
         ("clips kept", sum(c["status"] == "kept" for c in clips)),
-        ("samples in shards", samples),
+        ("clip samples in shards", samples),
+        ("window samples in shards", window_samples),
     ]
     top = max(n for _, n in funnel) or 1
     funnel_html = "".join(
@@ -184,6 +190,11 @@ def build_report(run_dir: Path, max_thumbnails: int = 60) -> str:
         f'<td>{_failure_kind(r)}</td><td>{r["tries"] or 1}</td><td>{_e(r["reason"] or "")}</td></tr>'
         for r in sorted(videos_ledger, key=lambda r: (r["status"], r["id"]))
     )
+    windows_html = "".join(
+        f'<tr class="{_e(r["status"])}"><td>{_e(r["id"])}</td><td>{_e(r["status"])}</td><td>{_failure_kind(r)}</td>'
+        f'<td>{r["tries"] or 1}</td><td>{_e(r["reason"] or "")}</td></tr>'
+        for r in sorted(windows_ledger, key=lambda r: (r["status"], r["id"]))
+    ) or '<tr><td colspan="5">no windows (ground did not run, or no contiguous clips shipped)</td></tr>'
 
     gallery = []
     for status in ("kept", "rejected", "failed"):
@@ -218,13 +229,13 @@ def build_report(run_dir: Path, max_thumbnails: int = 60) -> str:
     )
     annotations = "".join(_annotation_html(c) for c in kept if "caption" in c and c["caption"] is not None)[: 400_000]
     annotations = annotations or "<p>no captioned clips (the caption stage did not run or kept nothing)</p>"
-    markers = [m for s in ALL_STAGES if (m := read_marker(run_dir / s))]
+    markers = [m for s in STAGES if (m := store.completed(s))]
     stages = "".join(
-        f"<tr><td>{m['stage']}</td><td>{m['rows']}</td><td>{_e(m['counts'])}</td><td>{m.get('transient_failed', 0)}</td>"
-        f"<td>{m.get('rows_done', m['rows'])}</td><td>{m['seconds']}</td>{_cost_cells(m)}</tr>"
+        f"<tr><td>{m.stage}</td><td>{m.rows}</td><td>{_e(m.counts)}</td><td>{m.transient_failed}</td>"
+        f"<td>{m.done}</td><td>{m.seconds}</td>{_cost_cells(m.cost)}</tr>"
         for m in markers
     )
-    cost = run_cost(markers)
+    cost = run_cost(markers, VIDEO_SOURCE)
     if cost:
         stages += f"<tr><td>run</td><td></td><td></td><td></td><td></td><td>{cost['seconds']}</td>{_cost_cells(cost)}</tr>"
     cost_note = f"<p>{_e(describe_run_cost(cost))}</p>" if cost else ""
@@ -244,6 +255,8 @@ def build_report(run_dir: Path, max_thumbnails: int = 60) -> str:
 <h2 id="annotations">Captions, events and QA</h2>{annotations}
 <h2 id="inputs">Inputs</h2>
 <table><tr><th>input</th><th>status</th><th>stage</th><th>failure</th><th>tries</th><th>reason</th></tr>{inputs_html}</table>
+<h2 id="windows">Windows</h2>
+<table><tr><th>window</th><th>status</th><th>failure</th><th>tries</th><th>reason</th></tr>{windows_html}</table>
 <h2 id="stages">Stages and cost</h2>{cost_note}<table><tr><th>stage</th><th>rows</th><th>by status</th><th>transient failures</th><th>rows done in its last run</th><th>seconds</th>
 <th>video-s</th><th>video-s per s</th><th>CPU-s per video-hour</th><th>GPU-s per video-hour</th></tr>{stages}</table>
 </body></html>

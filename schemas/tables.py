@@ -63,8 +63,9 @@ CLIPS = pa.schema(
 
 SHARDED = pa.schema(
     [
-        pa.field("clip_id", pa.string(), nullable=False),
+        pa.field("clip_id", pa.string(), nullable=False),  # the sample key: a clip's id or a window's
         pa.field("video_id", pa.string(), nullable=False),
+        pa.field("entity", pa.string()),  # clip | window
         pa.field("shard", pa.string()),
         *_STATUS_FIELDS,
     ]
@@ -72,8 +73,8 @@ SHARDED = pa.schema(
 
 LEDGER = pa.schema(
     [
-        pa.field("entity", pa.string(), nullable=False),  # "video" | "clip"
-        pa.field("id", pa.string(), nullable=False),  # input uri for videos, clip_id for clips
+        pa.field("entity", pa.string(), nullable=False),  # "video" | "clip" | "window"
+        pa.field("id", pa.string(), nullable=False),  # input uri for videos, the sample key for clips and windows
         pa.field("video_id", pa.string()),
         *_STATUS_FIELDS,
     ]

@@ -24,7 +24,7 @@ from vidcurate.stages.captioners import BackendError, Prompt
 from vidcurate.stages.contract import Stage
 from vidcurate.stages.frame_store import FrameNeed, read_frames
 from vidcurate.stages.media import pack_frames, unpack_frames
-from vidcurate.stages.models import tiny_qwen2vl
+from vidcurate.stages.models import DEFAULT_CAPTION_MODEL, tiny_qwen2vl
 from vidcurate.stages.settings import StageResources, StrictModel
 
 
@@ -241,14 +241,34 @@ def decode_batch(batch: pa.Table, cfg: CaptionConfig) -> pa.Table:
     return pa.Table.from_pylist(decode_clips(batch.to_pylist(), cfg))
 
 
+def real_model(cfg: CaptionConfig, profile: str) -> CaptionConfig:
+    """Under profile `default` an unnamed model is the real one; under `tiny` it stays unnamed:
+    the random toy model, built locally."""
+    if profile == "default" and cfg.model is None:
+        return cfg.model_copy(update={"model": DEFAULT_CAPTION_MODEL})
+    return cfg
+
+
+REASONS = {
+    "invalid_output": (FAILED, "no answer passed the grammar in `caption.max_attempts` tries (raw answer kept)"),
+    "backend": (FAILED, "the model or server failed (unreachable, 5xx, out of memory: transient)"),
+    "frames": (FAILED, "the clip's frames could not be read (split's stored frames, else the clip decoded)"),
+}
+
 SPEC = Stage(
     name=STAGE,
+    config_model=CaptionConfig,
     table=CAPTIONS,
     columns=("clip_id", "video_id", "clip_uri", "start_s", "end_s"),
     optional=("frames_uri",),
+    run_fields=("profile",),
+    reasons=REASONS,
+    # a random model's greedy answer repeats one token to the length limit: sample, short answers
+    tiny_defaults={"temperature": 1.0, "frames": 4, "frame_height": 112, "max_events": 4, "max_tokens": 1024},
+    resolve_profile=real_model,
     core=CaptionWorker,
-    arguments=lambda run, _place: {"cfg": run.caption},
+    arguments=lambda ctx: {"cfg": ctx.config},
     decode=decode_batch,
-    decode_arguments=lambda run: {"cfg": run.caption},
-    frames=lambda run: (frame_need(run.caption),),
+    decode_arguments=lambda ctx: {"cfg": ctx.config},
+    frames=lambda cfg: (frame_need(cfg),),
 )

@@ -25,8 +25,9 @@ import pyarrow.parquet as pq
 from pydantic import Field
 
 from vidcurate.schemas.tables import DEDUPED, KEPT, REJECTED
-from vidcurate.stages.contract import Place, Stage, map_here
-from vidcurate.stages.settings import StageResources, StrictModel
+from vidcurate.stages.contract import Stage, SubRun, map_here
+from vidcurate.stages.media import link_or_copy
+from vidcurate.stages.settings import StrictModel
 
 
 class DedupConfig(StrictModel):
@@ -36,7 +37,6 @@ class DedupConfig(StrictModel):
     n_clusters: int | None = Field(None, ge=1, description="SemDeDup k-means clusters; None: sqrt(clips)")
     flat_max: int = Field(200_000, ge=2, description="exact search up to this many clips; beyond, clustered search on Ray")
     history: str | None = Field(None, description="folder of shipped clips shared by scheduled runs; null: this run only")
-    resources: StageResources = StageResources()
 
 
 STAGE = "dedup"
@@ -319,13 +319,66 @@ def append_history(path: str, run: str, shipped: list[dict]) -> None:
     tmp.replace(folder / f"shipped-{run}.parquet")
 
 
-def dedup_run(rows: list[dict], run, place: Place) -> tuple[list[dict], dict]:
+def dedup_run(rows: list[dict], ctx) -> tuple[list[dict], dict]:
     """The stage over every clip at once: against the shipped history (other runs'), then within
     the run; past `flat_max` clips the clustered searches run on the executor's parallel map."""
-    cfg = run.dedup
-    history = load_history(cfg.history, run_id(place.run_dir))
-    decided = dedup(rows, cfg, history, place.map if len(rows) > cfg.flat_max else map_here)
+    cfg = ctx.config
+    history = load_history(cfg.history, run_id(ctx.run.run_dir))
+    decided = dedup(rows, cfg, history, ctx.executor.map if len(rows) > cfg.flat_max else map_here)
     return decided, {"history_clips": len(history)}
 
 
-SPEC = Stage(name=STAGE, table=DEDUPED, whole=dedup_run, redo_unit=None)
+class ShippedHistory:
+    """What dedup remembers across runs (`dedup.history`): every clip a run shipped, so later runs
+    reject a clip an earlier one shipped; a partition also checks what earlier partitions shipped."""
+
+    def record(self, cfg: DedupConfig, run_dir: Path, shipped: list[dict]) -> None:
+        if cfg.history:
+            append_history(cfg.history, run_id(run_dir), shipped)
+
+    def gather(self, cfg: DedupConfig, parent: DedupConfig, sub: SubRun, earlier: list[SubRun]) -> None:
+        """The partition's history folder: the parent's history (less this corpus run's own entry)
+        and the clips each earlier partition shipped, linked (copied where links cannot be made)."""
+        folder = Path(cfg.history)
+        folder.mkdir(parents=True, exist_ok=True)
+        own = f"shipped-{run_id(sub.run_dir)}.parquet"
+        for stale in folder.glob("shipped-*.parquet"):
+            if stale.name != own:
+                stale.unlink()
+        sources = []
+        if parent.history and Path(parent.history).is_dir():
+            corpus_run = f"shipped-{run_id(sub.root.parent)}.parquet"
+            sources += [p for p in Path(parent.history).glob("shipped-*.parquet") if p.name != corpus_run]
+        for other in earlier:
+            shipped = _partition_history(other) / f"shipped-{run_id(other.run_dir)}.parquet"
+            if shipped.is_file():
+                sources.append(shipped)
+        for source in sources:
+            link_or_copy(source, folder / source.name)
+
+
+def _partition_history(sub: SubRun) -> Path:
+    return sub.root / "history" / sub.name
+
+
+def sub_config(cfg: DedupConfig, sub: SubRun) -> DedupConfig:
+    """A partition checks its own history folder (gathered before it runs); an increment the shared
+    history, by default `<corpus root>/shipped`."""
+    if sub.kind == "partition":
+        return cfg.model_copy(update={"history": str(_partition_history(sub))})
+    return cfg.model_copy(update={"history": cfg.history or str(sub.root / "shipped")})
+
+
+SPEC = Stage(
+    name=STAGE,
+    config_model=DedupConfig,
+    table=DEDUPED,
+    needs=("embed",),
+    reasons={"dedup": (REJECTED, "`duplicate_of=<clip_id> (exact|near|semantic|shipped)`: a copy is kept, or an earlier run shipped it")},
+    # random embeddings are all alike (cosine ~0.97): only near-identical clips count as duplicates
+    tiny_defaults={"near_cosine": 0.9995, "semantic_eps": 0.0002},
+    whole=dedup_run,
+    redo_unit=None,
+    memory=ShippedHistory(),
+    sub_config=sub_config,
+)

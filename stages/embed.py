@@ -17,12 +17,12 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
-from vidcurate.schemas.tables import EMBEDDED, KEPT, to_table
+from vidcurate.schemas.tables import EMBEDDED, FAILED, KEPT, to_table
 from vidcurate.stages.contract import Stage
 from vidcurate.stages.failures import failed, is_transient
 from vidcurate.stages.frame_store import FrameNeed, read_frames
 from vidcurate.stages.media import pack_frames, unpack_frames
-from vidcurate.stages.models import TINY_CLIP_MODEL, cache_dir, tiny_clip_config
+from vidcurate.stages.models import DEFAULT_CLIP_MODEL, TINY_CLIP_MODEL, cache_dir, tiny_clip_config
 from vidcurate.stages.settings import StageResources, StrictModel
 
 
@@ -306,14 +306,30 @@ def unpack(blob: bytes | None) -> np.ndarray | None:
     return None if blob is None else np.frombuffer(blob, dtype=np.float16).astype(np.float32)
 
 
+def real_model(cfg: EmbedConfig, profile: str) -> EmbedConfig:
+    """Under profile `default` an unnamed model is the real one; under `tiny` the random toy ViT."""
+    if profile == "default" and cfg.model is None:
+        return cfg.model_copy(update={"model": DEFAULT_CLIP_MODEL})
+    return cfg
+
+
+REASONS = {
+    "frames": (FAILED, "the clip's keyframes could not be read (split's stored frames, else the clip decoded)"),
+    "embed": (FAILED, "the encoder failed"),
+}
+
 SPEC = Stage(
     name=STAGE,
+    config_model=EmbedConfig,
     table=EMBEDDED,
     columns=("clip_id", "video_id", "clip_uri"),
     optional=("caption", "frames_uri"),
+    run_fields=("profile",),
+    reasons=REASONS,
+    resolve_profile=real_model,
     core=EmbedWorker,
-    arguments=lambda run, _place: {"cfg": run.embed},
+    arguments=lambda ctx: {"cfg": ctx.config},
     decode=decode_batch,
-    decode_arguments=lambda run: {"keyframes": run.embed.keyframes, "side": input_side(run.embed)},
-    frames=lambda run: (FrameNeed(run.embed.keyframes),),
+    decode_arguments=lambda ctx: {"keyframes": ctx.config.keyframes, "side": input_side(ctx.config)},
+    frames=lambda cfg: (FrameNeed(cfg.keyframes),),
 )

@@ -8,6 +8,9 @@ undecodable media, an invalid model answer after its attempts, a missing file, a
 
 from __future__ import annotations
 
+import errno
+import re
+
 from vidcurate.schemas.tables import FAILED
 
 # Exception classes (matched by name anywhere in the class hierarchy, so optional packages need
@@ -35,11 +38,37 @@ TRANSIENT_CLASSES = {
 PERMANENT_OS_ERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
 
 
-def is_transient(exc: BaseException) -> bool:
-    """Whether a later run may succeed where this exception failed (follows `raise ... from`)."""
+# The machine's own storage failing: a full disk or quota, an I/O error, a file system remounted
+# read-only. Transient wherever they occur (PyAV's errors included): freeing space fixes them.
+LOCAL_IO_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS}
+_LOCAL_IO_REASON = re.compile(r"\[Errno (" + "|".join(str(n) for n in sorted(LOCAL_IO_ERRNOS)) + r")\]")
+
+
+def _causes(exc: BaseException | None):
+    """The exception, then what caused it (`raise ... from`, the one being handled, a Ray task's cause)."""
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
+        yield exc
+        wrapped = getattr(exc, "cause", None)  # ray.exceptions.RayTaskError: the task's own exception
+        exc = wrapped if isinstance(wrapped, BaseException) else exc.__cause__ or exc.__context__
+
+
+def local_io_error(exc: BaseException) -> OSError | None:
+    """The local-storage error (LOCAL_IO_ERRNOS) behind `exc`, if one is."""
+    return next((e for e in _causes(exc) if isinstance(e, OSError) and e.errno in LOCAL_IO_ERRNOS), None)
+
+
+def failed_on_local_io(reason: str | None) -> bool:
+    """Whether a failed row's reason is a local-storage error (its `[Errno N]`, as OSError prints it)."""
+    return bool(reason and _LOCAL_IO_REASON.search(reason))
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a later run may succeed where this exception failed (follows `raise ... from`)."""
+    if local_io_error(exc) is not None:
+        return True
+    for exc in _causes(exc):
         flag = getattr(exc, "transient", None)
         if isinstance(flag, bool):
             return flag
@@ -50,7 +79,6 @@ def is_transient(exc: BaseException) -> bool:
             return True
         if isinstance(exc, OSError) and not isinstance(exc, PERMANENT_OS_ERRORS):
             return True  # I/O: object stores (s3fs maps 5xx and throttling to OSError), disks, sockets
-        exc = exc.__cause__ or exc.__context__
     return False
 
 

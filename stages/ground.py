@@ -271,7 +271,7 @@ def distractor_pool(clips: list[dict], per_clip: int = 6) -> dict[str, list[str]
     }
 
 
-def with_distractors(clips: list[dict], _run) -> list[dict]:
+def with_distractors(clips: list[dict], _ctx) -> list[dict]:
     """Whole-run step before the map: each clip's distractors come from its video's other clips."""
     pool = distractor_pool(clips)
     return [{**c, "distractors": pool[c["clip_id"]]} for c in clips]
@@ -279,10 +279,15 @@ def with_distractors(clips: list[dict], _run) -> list[dict]:
 
 SPEC = Stage(
     name=STAGE,
+    config_model=GroundConfig,
     table=GROUNDED,
     columns=("clip_id", "video_id", "start_s", "end_s", "caption", "events", "distractors"),
+    needs=("caption",),
+    sections=("caption",),  # rewriting runs the captioner's model
+    run_fields=("profile",),
+    reasons={"no_grounding": (REJECTED, "no caption or events to ground")},
     core=GroundWorker,
-    arguments=lambda run, _place: {"cfg": run.ground, "caption_cfg": run.caption},
+    arguments=lambda ctx: {"cfg": ctx.config, "caption_cfg": ctx.sections["caption"]},
     prepare=with_distractors,
     redo_unit="video_id",
 )

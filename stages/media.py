@@ -29,6 +29,8 @@ from av.video.reformatter import VideoReformatter
 from vidcurate.stages.decoding import decode_frames
 
 LIST_FILE_SUFFIXES = (".txt", ".lst")
+# A folder with one of these names is listed as an input (and rejected as a folder), not only searched.
+VIDEO_SUFFIXES = {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".mts", ".flv", ".wmv", ".3gp", ".ogv", ".gif"}
 PART_SUFFIX = ".part"
 
 
@@ -47,15 +49,21 @@ def list_inputs(spec: str) -> list[str]:
         return sorted(p for p in glob.glob(spec, recursive=True) if os.path.isfile(p))
     path = Path(spec)
     if path.is_dir():
-        return sorted(
-            str(p) for p in path.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
-        )
+        return sorted(str(p) for p in path.rglob("*") if _an_input(p) and not any(part.startswith(".") for part in p.relative_to(path).parts))
     if path.is_file() and path.suffix in LIST_FILE_SUFFIXES:
         lines = (line.strip() for line in path.read_text().splitlines())
         return sorted({line for line in lines if line and not line.startswith("#")})
     if path.is_file():
         return [str(path)]
     raise FileNotFoundError(f"input spec {spec!r} is not a directory, glob, list file or remote prefix")
+
+
+def _an_input(path: Path) -> bool:
+    """Every entry of an input folder that could be meant as a video ends in the ledger: files, links
+    to nothing, and folders named like videos (probe rejects the last two, saying what they are)."""
+    if path.is_symlink() and not path.exists():
+        return True
+    return path.is_file() or (path.is_dir() and path.suffix.lower() in VIDEO_SUFFIXES)
 
 
 @contextlib.contextmanager
@@ -111,6 +119,16 @@ def sweep_parts(media_dir: Path) -> int:
     for part in parts:
         part.unlink(missing_ok=True)
     return len(parts)
+
+
+def link_or_copy(source: Path, target: Path) -> None:
+    """`target` as a hard link to `source` where the file system allows one (shards are large),
+    else a copy."""
+    target.unlink(missing_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
 
 
 def file_sha256(path: Path) -> str:

@@ -15,7 +15,7 @@ import fsspec
 import pyarrow as pa
 from pydantic import Field
 
-from vidcurate.schemas.tables import KEPT, REJECTED, VIDEOS, to_table
+from vidcurate.schemas.tables import FAILED, KEPT, REJECTED, VIDEOS, to_table
 from vidcurate.stages.contract import Stage
 from vidcurate.stages.failures import failed
 from vidcurate.stages.media import is_remote, local_copy, rotation_of
@@ -135,11 +135,23 @@ def _check_inside(uri: str, root: str | None) -> None:
         raise Rejection(f"outside_root: resolves to {target}, outside the input directory {base}")
 
 
+def _check_a_file(uri: str) -> None:
+    """An input folder lists every entry, so a link to nothing and a folder named like a video
+    end in the ledger too, each with what it is."""
+    if is_remote(uri):
+        return
+    if os.path.islink(uri) and not os.path.exists(uri):
+        raise Rejection(f"unreadable: a link to nothing ({os.readlink(uri)})")
+    if os.path.isdir(uri):
+        raise Rejection("unreadable: a folder, not a video file")
+
+
 def probe_video(uri: str, cfg: ProbeConfig, root: str | None = None) -> dict:
     """One input URI -> one videos-table row, never raising. `root`: the input directory, if any."""
     row = {"uri": uri, "stage": STAGE}
     try:
         _check_inside(uri, root)
+        _check_a_file(uri)
         size = fsspec.core.url_to_fs(uri)[0].size(uri)
         row["size_bytes"] = size
         if not size:
@@ -180,25 +192,46 @@ def probe_batch(batch: pa.Table, cfg: ProbeConfig, root: str | None = None) -> p
     return to_table([probe_video(row["uri"], cfg, root) for row in batch.to_pylist()], VIDEOS)
 
 
-def _inputs_set(run) -> None:
-    if not run.inputs:
+def _inputs_set(ctx) -> None:
+    if not ctx.run.inputs:
         raise ValueError("no inputs: set `inputs` in the config or pass --inputs")
 
 
-def arguments(run, _place) -> dict:
+def arguments(ctx) -> dict:
     """Symlinks must stay inside the input directory, where the inputs are one."""
-    return {"cfg": run.probe, "root": run.inputs if run.inputs and os.path.isdir(run.inputs) else None}
+    inputs = ctx.run.inputs
+    return {"cfg": ctx.config, "root": inputs if inputs and os.path.isdir(inputs) else None}
 
+
+REASONS = {
+    "outside_root": (REJECTED, "a symlink in the input directory that leads outside it"),
+    "empty": (REJECTED, "a zero-byte file"),
+    "unreadable": (REJECTED, "not a media container FFmpeg can open, a link to nothing, or a folder"),
+    "no_video_stream": (REJECTED, "streams present, none of them video"),
+    "bad_dimensions": (REJECTED, "declared width or height not positive"),
+    "too_large": (REJECTED, "file bytes or declared size over `probe.max_*` (decoder bombs)"),
+    "undecodable": (REJECTED, "the first frame does not decode"),
+    "no_frames": (REJECTED, "no packets, or no frame decodes"),
+    "truncated": (REJECTED, "the data ends before the frames or duration the file declares"),
+    "too_short": (REJECTED, "shorter than `probe.min_duration_s`"),
+    "too_long": (REJECTED, "longer than `probe.max_duration_s`"),
+    "duplicate": (REJECTED, "the same bytes as an earlier input"),
+    "read": (FAILED, "the file could not be read (I/O; transient ones are retried)"),
+}
 
 SPEC = Stage(
     name=STAGE,
+    config_model=ProbeConfig,
     table=VIDEOS,
     reads="inputs",
     key="uri",
     columns=("uri",),
+    always=True,
+    run_fields=("inputs",),
+    reasons=REASONS,
     core=probe_batch,
     arguments=arguments,
-    finalize=lambda rows, _run: mark_exact_duplicates(rows),
+    finalize=lambda rows, _ctx: mark_exact_duplicates(rows),
     check=_inputs_set,
     redo_unit="uri",
 )

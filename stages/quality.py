@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
-from vidcurate.schemas.tables import KEPT, REJECTED, SCORED, to_table
+from vidcurate.schemas.tables import FAILED, KEPT, REJECTED, SCORED, to_table
 from vidcurate.stages.failures import failed
 from vidcurate.stages.frame_store import FrameNeed, read_frames
 from vidcurate.stages.answer import clean_text
@@ -235,27 +235,31 @@ def decide(rows: list[dict], rules: list, rank_scores: list[str]) -> list[dict]:
     return out
 
 
-def arguments(run, _place) -> dict:
-    cfg = run.quality
+def arguments(ctx) -> dict:
+    cfg = ctx.config
     flags = {"ocr": cfg.ocr, "nsfw": cfg.nsfw, "count": cfg.flag_frames, "ocr_side": cfg.ocr_side, "ocr_gate_side": cfg.ocr_gate_side}
-    return {"frames_per_clip": cfg.frames, "aesthetic_path": cfg.aesthetic_head, "with_aesthetic": "embed" in run.stages, "flags": flags}
+    return {"frames_per_clip": cfg.frames, "aesthetic_path": cfg.aesthetic_head, "with_aesthetic": "embed" in ctx.run.passed, "flags": flags}
 
 
-def decide_all(rows: list[dict], run) -> list[dict]:
+def decide_all(rows: list[dict], ctx) -> list[dict]:
     """Whole-run step after the map, over old and new rows alike: the rules' percentiles are the
     corpus's, so every row is decided again."""
     undecided = [{**r, "status": KEPT, "reason": None, "quality": None} if r["status"] == REJECTED else r for r in rows]
-    return decide(undecided, run.quality.rules, run.quality.rank_scores)
+    return decide(undecided, ctx.config.rules, ctx.config.rank_scores)
 
 
 SPEC = Stage(
     name=STAGE,
+    config_model=QualityConfig,
     table=SCORED,
     columns=("clip_id", "video_id", "clip_uri", "start_s", "end_s", "clip_width", "clip_height"),
     optional=("caption", "clip_score", "image_emb", "frames_uri"),
+    run_fields=("profile",),  # the aesthetic head of profile tiny is a seeded random one
+    reasons={"score": (FAILED, "a score could not be computed")},
+    rule_codes=r"^[a-z][a-z0-9_]*(\+[a-z][a-z0-9_]*)*$",  # a rejection's code: its failing scores, joined by +
     core=score_batch,
     arguments=arguments,
     finalize=decide_all,
-    frames=lambda run: (FrameNeed(run.quality.frames),),
-    check=lambda run: require(run.quality.ocr, run.quality.nsfw),
+    frames=lambda cfg: (FrameNeed(cfg.frames),),
+    check=lambda ctx: require(ctx.config.ocr, ctx.config.nsfw),
 )

@@ -1,6 +1,5 @@
-"""Every stage, by name in pipeline order: the one list of stage names. The runner runs each
-through its `Stage` declaration, with no code of its own per stage; config, CLI, ledger and
-reports derive their lists from this."""
+"""Every stage, in pipeline order: the one list of stage names. Adding a stage is its module and
+one line here; the config, the CLI, the ledger's vocabulary and the stage order derive from it."""
 
 from __future__ import annotations
 
@@ -12,8 +11,11 @@ STAGES: dict[str, Stage] = {
     spec.name: spec
     for spec in (probe.SPEC, split.SPEC, caption.SPEC, ground.SPEC, embed.SPEC, quality.SPEC, dedup.SPEC, shard.SPEC)
 }
-ALWAYS = ("probe", "split", "shard")  # every run; a config chooses among the others
+ALWAYS = tuple(name for name, spec in STAGES.items() if spec.always)  # every run; a config chooses among the others
 OPTIONAL = tuple(name for name in STAGES if name not in ALWAYS)  # in pipeline order
+VIDEO_SOURCE = next(name for name, spec in STAGES.items() if spec.reads == "inputs")  # lists and admits the videos
+CLIP_SOURCE = next(name for name, spec in STAGES.items() if spec.reads == "videos")  # cuts the videos into clips
+SHIPPER = next(name for name, spec in STAGES.items() if spec.ships)  # writes the shards
 
 
 def pipeline(chosen: list[str]) -> tuple[str, ...]:
@@ -21,6 +23,6 @@ def pipeline(chosen: list[str]) -> tuple[str, ...]:
     return tuple(name for name in STAGES if name in ALWAYS or name in chosen)
 
 
-def frame_needs(run) -> tuple[FrameNeed, ...]:
+def frame_needs(cfg) -> tuple[FrameNeed, ...]:
     """The frames of each clip that the run's stages sample: split keeps them as it encodes."""
-    return tuple(need for name in run.pipeline() for need in STAGES[name].frames(run))
+    return tuple(need for name in cfg.pipeline() for need in STAGES[name].frames(getattr(cfg, name)))

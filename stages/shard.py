@@ -27,9 +27,9 @@ from pydantic import Field
 
 from vidcurate.schemas.readers import INDEX
 from vidcurate.schemas.sample import SIDECAR, build_sample, build_window_sample, sidecar_row
-from vidcurate.schemas.tables import KEPT, SHARDED
-from vidcurate.stages.contract import Place, Stage
-from vidcurate.stages.failures import failed
+from vidcurate.schemas.tables import FAILED, KEPT, SHARDED
+from vidcurate.stages.contract import Stage, SubRun
+from vidcurate.stages.failures import failed, local_io_error
 from vidcurate.stages.frame_store import FrameNeed, read_frames
 from vidcurate.stages.ground import windows
 from vidcurate.stages.settings import StrictModel
@@ -112,7 +112,7 @@ def _write(entries: list[tuple], out_dir: Path, pattern: str, kind: str, cfg: Sh
     out_dir.mkdir(parents=True, exist_ok=True)
     with ShardWriter(str(out_dir / pattern), maxcount=cfg.maxcount, maxsize=cfg.maxsize) as sink:
         for key, video_id, media_uri, frames_uri, build in entries:
-            row = {"clip_id": key, "video_id": video_id, "stage": STAGE}
+            row = {"clip_id": key, "video_id": video_id, "entity": kind, "stage": STAGE}
             try:
                 sample = build()
                 with fsspec.open(media_uri, "rb") as f:
@@ -123,7 +123,9 @@ def _write(entries: list[tuple], out_dir: Path, pattern: str, kind: str, cfg: Sh
                     for i, jpeg in enumerate(keyframes_jpeg(clip, cfg.keyframes, cfg.keyframe_height, media)):
                         members[f"f{i:03d}.jpg"] = jpeg
                 sink.write(members)
-            except Exception as exc:  # noqa: BLE001 - one bad clip must not sink the shard set
+            except Exception as exc:  # noqa: BLE001 - one bad sample must not sink the shard set
+                if local_io_error(exc):
+                    raise  # a full disk: the half-written shard must not ship; the run stops and a re-run redoes it
                 rows.append({**row, **failed("write", exc)})
                 continue
             shard = os.path.basename(sink.fname)
@@ -136,17 +138,6 @@ def _write(entries: list[tuple], out_dir: Path, pattern: str, kind: str, cfg: Sh
     return rows, manifest
 
 
-def partition_name(index: int) -> str:
-    """A partition's name in its shards' names (`<prefix>-p00000-000000.tar`, pipelines/partitions.py)."""
-    return f"p{index:05d}"
-
-
-def partition_of(shard_name: str) -> str:
-    """The partition a shard file belongs to ('' outside a partitioned run): its publish group."""
-    parts = reversed(shard_name.split("-"))  # from the end: a prefix may hold a segment that looks like one
-    return next((part for part in parts if len(part) == 6 and part[0] == "p" and part[1:].isdigit()), "")
-
-
 def wids_index(manifest: list[dict], name: str) -> dict:
     """wids-style shard index; URLs are relative to the index, so the folder can move."""
     return {
@@ -157,32 +148,32 @@ def wids_index(manifest: list[dict], name: str) -> dict:
     }
 
 
-def ship(clips: list[dict], run, place: Place) -> tuple[list[dict], dict]:
+def ship(clips: list[dict], ctx) -> tuple[list[dict], dict]:
     """The stage over every clip at once: clip shards in a seeded order, then (after ground)
     window samples, each with its own media cut on the executor's parallel map, then the wids
-    index over both."""
-    cfg = run.shard
+    index over both. Every clip and window gets its row: kept, or failed with its reason."""
+    cfg = ctx.config
     by_id = {c["clip_id"]: c for c in clips}
-    videos = {v["video_id"]: v for v in place.table("probe").to_pylist()}
+    videos = {v["video_id"]: v for v in ctx.store.table("probe").to_pylist()}
     ordered = [by_id[c] for c in sample_order(by_id, cfg.shuffle_seed)]
-    dataset = place.output / DATASET
-    stages = list(place.passed)  # those each clip passed
+    dataset = ctx.store.output / DATASET
+    stages = list(ctx.run.passed)  # those each clip passed
     rows, manifest = write_shards(ordered, videos, dataset, cfg, stages)
-    extra = {}
+    extra = {"windows": 0}
     if "ground" in stages:
         shipped = [by_id[r["clip_id"]] for r in rows if r["status"] == KEPT]
-        window_manifest, extra = _ship_windows(shipped, videos, dataset, stages, run, place)
+        window_rows, window_manifest = _ship_windows(shipped, videos, dataset, stages, ctx)
+        rows += window_rows
         manifest += window_manifest
+        extra["windows"] = sum(r["status"] == KEPT for r in window_rows)
     (dataset / INDEX).write_text(json.dumps(wids_index(manifest, cfg.prefix), indent=1))
     return rows, {"shards": manifest, **extra}
 
 
-def _ship_windows(shipped: list[dict], videos: dict, dataset: Path, stages: list[str], run, place: Place) -> tuple[list, dict]:
+def _ship_windows(shipped: list[dict], videos: dict, dataset: Path, stages: list[str], ctx) -> tuple[list[dict], list[dict]]:
     """Window samples over contiguous shipped clips, each with its own media cut from its clips;
-    a window that cannot be cut is left out and counted with its reason."""
-    video_windows = windows(shipped, run.ground.max_window_s)
-    if not video_windows:
-        return [], {"windows": 0}
+    a window that cannot be cut gets a failed row with its reason (a full disk: transient)."""
+    video_windows = windows(shipped, ctx.sections["ground"].max_window_s)
     clip_uri = {c["clip_id"]: c["clip_uri"] for c in shipped}
     jobs = [
         {
@@ -193,16 +184,41 @@ def _ship_windows(shipped: list[dict], videos: dict, dataset: Path, stages: list
         }
         for w in video_windows
     ]
-    cut = place.map(cut_window_job, jobs, cfg=run.split, media_dir=str(place.media / "windows"))
+    cut = ctx.executor.map(cut_window_job, jobs, cfg=ctx.sections["split"], media_dir=str(ctx.store.media / "windows")) if jobs else []
     media = {m["window_id"]: m for m in cut}
-    failures = {k: m["error"] for k, m in sorted(media.items()) if m["error"]}
-    for window_id, error in failures.items():
-        log.warning("window %s left out: %s", window_id, error)
-    ok = {w["window_id"]: w for w in video_windows if w["window_id"] not in failures}
-    ordered = [ok[i] for i in sample_order(ok, run.shard.shuffle_seed)]
-    rows, manifest = write_window_shards(ordered, media, videos, dataset, run.shard, stages)
-    failures.update({r["clip_id"]: r["reason"] for r in rows if r["status"] != KEPT})
-    return manifest, {"windows": sum(r["status"] == KEPT for r in rows), "windows_failed": failures}
+    failures = []
+    for w in video_windows:
+        if error := media[w["window_id"]]["error"]:
+            log.warning("window %s left out: %s", w["window_id"], error["reason"])
+            failures.append({"clip_id": w["window_id"], "video_id": w["video_id"], "entity": "window", "stage": STAGE, **error})
+    ok = {w["window_id"]: w for w in video_windows if not media[w["window_id"]]["error"]}
+    ordered = [ok[i] for i in sample_order(ok, ctx.config.shuffle_seed)]
+    rows, manifest = write_window_shards(ordered, media, videos, dataset, ctx.config, stages)
+    return rows + failures, manifest
 
 
-SPEC = Stage(name=STAGE, table=SHARDED, whole=ship, frames=lambda run: frame_needs(run.shard), redo_unit=None)
+def sub_config(cfg: ShardConfig, sub: SubRun) -> ShardConfig:
+    """A sub-run's shards are named apart (`<prefix>-<name>-000000.tar`); a partition publishes
+    nothing itself (its corpus run does), an increment publishes under `<output>/<id>/`."""
+    output = None if sub.kind == "partition" or not cfg.output else f"{cfg.output.rstrip('/')}/{sub.name}"
+    return cfg.model_copy(update={"prefix": f"{cfg.prefix}-{sub.name}", "output": output})
+
+
+SPEC = Stage(
+    name=STAGE,
+    config_model=ShardConfig,
+    table=SHARDED,
+    always=True,
+    sections=("ground", "split"),  # windows: ground's window length, split's encoder settings
+    unhashed=("license",),  # the card only, which every run writes again
+    reasons={
+        "write": (FAILED, "the sample could not be written into a shard"),
+        "window": (FAILED, "the window's media could not be cut from its clips (a full disk: transient)"),
+    },
+    marker_fields={"shards": "concat", "windows": "sum"},
+    whole=ship,
+    frames=frame_needs,
+    redo_unit=None,
+    ships=DATASET,
+    sub_config=sub_config,
+)

@@ -16,6 +16,7 @@ from typing import Literal
 import av
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import Field, model_validator
 
 from vidcurate.schemas.tables import CLIPS, FAILED, KEPT, REJECTED, clip_id, to_table
@@ -338,12 +339,31 @@ def split_batch(batch: pa.Table, cfg: SplitConfig, media_dir: str, needs: tuple[
     return to_table([clip for video in batch.to_pylist() for clip in split_video(video, Path(media_dir), cfg, needs)], CLIPS)
 
 
+def frames_cut(done: pa.Table) -> dict:
+    """What the marker adds: the frames this run's rows span (throughput in the log: frames/s)."""
+    spans = pc.subtract(done.column("end_frame"), done.column("start_frame"))
+    return {"frames": pc.sum(spans).as_py() or 0}
+
+
+REASONS = {
+    "black": (REJECTED, "black runs, lead-ins and fade gaps, cut out of the clips"),
+    "static": (REJECTED, "a frozen start before the picture moves (`split.static_lead_in_s`)"),
+    "too_short": (REJECTED, "a shot shorter than `split.min_clip_s` with `short_shots: drop`"),
+    "split": (FAILED, "shot detection failed for the whole video"),
+    "extract": (FAILED, "the clip's file could not be cut or encoded (a full disk: transient)"),
+}
+
 SPEC = Stage(
     name=STAGE,
+    config_model=SplitConfig,
     table=CLIPS,
     reads="videos",
     columns=("video_id", "uri", "duration_s", "n_frames", "rotation", "width", "height", "fps"),
+    always=True,
+    reasons=REASONS,
+    marker_fields={"frames": "sum"},
+    measure=frames_cut,
     core=split_batch,
-    arguments=lambda run, place: {"cfg": run.split, "media_dir": str(place.media), "needs": place.frame_needs},
+    arguments=lambda ctx: {"cfg": ctx.config, "media_dir": str(ctx.store.media), "needs": ctx.run.frame_needs},
     redo_unit="video_id",
 )

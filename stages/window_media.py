@@ -107,9 +107,9 @@ def _encode_frames(path: Path, clip_uris: list[str], frames: int, fps: float, cf
 
 def cut_window_job(job: dict, cfg: SplitConfig, media_dir: str) -> dict:
     """{window_id, clip_uris, frames, fps} -> its media's {window_id, media_uri, sha256, width,
-    height, error}; a window that cannot be cut fails alone, with its reason."""
+    height, error}; a window that cannot be cut fails alone: `error` holds its failed row's status fields."""
     try:
         media = cut_window(job["window_id"], job["clip_uris"], job["frames"], job["fps"], Path(media_dir), cfg)
         return {"window_id": job["window_id"], **media, "error": None}
     except Exception as exc:  # noqa: BLE001 - one window fails alone, with its reason
-        return {"window_id": job["window_id"], "error": failed("window", exc)["reason"]}
+        return {"window_id": job["window_id"], "error": failed("window", exc)}

@@ -1,36 +1,38 @@
 """Every registered stage keeps the contract the generic runner relies on: an empty input gives
 an empty table of its schema; a per-batch stage gives its rows in the order of its input (split:
 a video's clips where the video was); a whole-run stage one row per input row; every row it does
-not keep carries a registered reason code. The stages run chained as in a pipeline (each reads
-its predecessors' columns), on real videos and tiny models, in this process, plus an input
-file that does not exist and a clip whose file is gone."""
+not keep carries a code its stage declares. The stages run chained as in a pipeline (each reads
+its predecessors' columns), on real videos and tiny models, each run by the in-process executor
+from its declaration alone, plus an input file that does not exist and a clip whose file is gone."""
 
 from __future__ import annotations
 
 import pytest
 
 from vidcurate.pipelines.config import PipelineConfig
-from vidcurate.pipelines.executors import map_in_process
-from vidcurate.schemas.outcomes import known
+from vidcurate.pipelines.executors import InProcessExecutor
+from vidcurate.pipelines.ledger import known
+from vidcurate.pipelines.store import read_parts
 from vidcurate.schemas.tables import KEPT, STATUS_COLUMNS, to_table
-from vidcurate.stages.contract import Place
-from vidcurate.stages.registry import OPTIONAL, STAGES, frame_needs
+from vidcurate.stages.contract import RunFacts, StageContext, StageView
+from vidcurate.stages.registry import ALWAYS, OPTIONAL, STAGES, frame_needs
 
 RUN = PipelineConfig(profile="tiny", stages=list(OPTIONAL), caption={"max_tokens": 256}, quality={"ocr": True, "nsfw": True})
 NAMES = list(STAGES)
 
 
-def _place(root, name: str, tables: dict) -> Place:
+def _context(root, name: str, tables: dict) -> StageContext:
     output = root / name
     output.mkdir(parents=True, exist_ok=True)
-    return Place(run_dir=root, output=output, passed=tuple(NAMES[: NAMES.index(name)]), frame_needs=frame_needs(RUN), table=tables.__getitem__)
+    spec = STAGES[name]
+    facts = RunFacts(root, profile=RUN.profile, passed=tuple(NAMES[: NAMES.index(name)]), frame_needs=frame_needs(RUN))
+    sections = {s: getattr(RUN, s) for s in spec.sections}
+    return StageContext(name, getattr(RUN, name), sections, facts, InProcessExecutor(), StageView(output, root / "media", tables.__getitem__))
 
 
-def _apply(spec, rows: list[dict], place: Place):
-    if spec.whole is not None:
-        produced, _ = spec.whole(rows, RUN, place)
-        return to_table(produced, spec.table)
-    return map_in_process(spec, rows, RUN, place)
+def _apply(spec, rows: list[dict], ctx: StageContext):
+    InProcessExecutor().run(spec, rows, ctx)
+    return read_parts(ctx.store.output, spec.table)
 
 
 def _next_input(spec, given: list[dict], table) -> list[dict]:
@@ -52,8 +54,9 @@ def chained(tmp_path_factory, synthetic_videos) -> dict[str, tuple[list[dict], o
     rows.reverse()
     out, tables = {}, {}
     for name, spec in STAGES.items():
-        given = spec.project(spec.prepare(rows, RUN))
-        table = _apply(spec, given, _place(root, name, tables))
+        ctx = _context(root, name, tables)
+        given = spec.project(spec.prepare(rows, ctx))
+        table = _apply(spec, given, ctx)
         out[name], tables[name] = (given, table), table
         rows = _next_input(spec, rows, table)
         if name == "split":
@@ -66,7 +69,7 @@ def chained(tmp_path_factory, synthetic_videos) -> dict[str, tuple[list[dict], o
 def test_an_empty_input_gives_an_empty_table_of_the_stage_schema(name, tmp_path):
     spec = STAGES[name]
     tables = {"probe": to_table([], STAGES["probe"].table)}
-    table = _apply(spec, [], _place(tmp_path, name, tables))
+    table = _apply(spec, [], _context(tmp_path, name, tables))
     assert table.num_rows == 0 and table.schema == spec.table
 
 
@@ -80,8 +83,9 @@ def test_rows_in_input_order_of_the_stage_schema_and_codes_for_the_rest(chained,
     if spec.reads == "videos":  # one video's clips where the video was
         order = [r["video_id"] for r in given]
         assert table.column("video_id").to_pylist() == sorted(table.column("video_id").to_pylist(), key=order.index)
-    elif spec.whole is not None:  # decided over all rows at once: one row each
-        assert sorted(keys) == sorted(r[spec.key] for r in given)
+    elif spec.whole is not None:  # decided over all rows at once: one row each (and a row per window it made)
+        entities = table.column("entity").to_pylist() if "entity" in table.column_names else ["clip"] * len(keys)
+        assert sorted(k for k, e in zip(keys, entities) if e == "clip") == sorted(r[spec.key] for r in given)
     else:
         assert keys == [r[spec.key] for r in given]
     assert set(table.column("stage").to_pylist()) == {name}
@@ -105,4 +109,4 @@ def test_every_list_of_stages_derives_from_the_registry():
     assert RUN.pipeline() == tuple(NAMES)
     assert PipelineConfig(profile="tiny", stages=[]).pipeline() == ("probe", "split", "shard")
     assert all(spec.name == name for name, spec in STAGES.items())
-    assert list(OPTIONAL) == [n for n in NAMES if n not in ("probe", "split", "shard")]
+    assert list(OPTIONAL) == [n for n in NAMES if n not in ("probe", "split", "shard")] and ALWAYS == ("probe", "split", "shard")

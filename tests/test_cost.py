@@ -9,6 +9,7 @@ import sys
 import time
 
 from vidcurate.pipelines.cost import CpuMeter, cost_fields, run_cost
+from vidcurate.pipelines.store import StageMarker
 
 BURN = "import time\nt = time.process_time()\nwhile time.process_time() - t < {s}: pass\n"
 
@@ -27,15 +28,18 @@ def test_cpu_meter_reads_zero_for_an_idle_block():
 
 
 def test_run_cost_is_per_hour_of_the_input_video():
+    def marker(stage: str, seconds: float, cost: dict) -> StageMarker:
+        return StageMarker(stage, "", "", "", 0, {}, seconds=seconds, cost=cost)
+
     markers = [
-        {"stage": "probe", "seconds": 2.0, **cost_fields(2.0, 4.0, 0.0, 1800.0, False)},
-        {"stage": "split", "seconds": 8.0, **cost_fields(8.0, 16.0, 0.0, 1800.0, False)},
-        {"stage": "caption", "seconds": 10.0, **cost_fields(10.0, 5.0, 10.0, 1200.0, False)},
+        marker("probe", 2.0, cost_fields(2.0, 4.0, 0.0, 1800.0, False)),
+        marker("split", 8.0, cost_fields(8.0, 16.0, 0.0, 1800.0, False)),
+        marker("caption", 10.0, cost_fields(10.0, 5.0, 10.0, 1200.0, False)),
     ]
-    cost = run_cost(markers)
+    cost = run_cost(markers, "probe")
     assert cost["cpu_s"] == 25.0 and cost["cpu_s_per_video_h"] == 50.0  # 25 CPU-s for half an hour
     assert cost["gpu_s_per_video_h"] == 20.0 and cost["video_s_per_s"] == 90.0
-    assert markers[2]["video_s_per_s"] == 120.0 and markers[2]["cpu_s_per_video_h"] == 15.0
+    assert markers[2].cost["video_s_per_s"] == 120.0 and markers[2].cost["cpu_s_per_video_h"] == 15.0
 
 
 def test_the_driver_starts_without_torch():

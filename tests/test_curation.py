@@ -18,7 +18,7 @@ from vidcurate.pipelines.config import load_config
 from vidcurate.pipelines.export import FORMATS, parse_times
 from planted import decoded
 from vidcurate.schemas.readers import open_shards
-from vidcurate.schemas.outcomes import known
+from vidcurate.pipelines.ledger import known
 from vidcurate.schemas.sample import validate_sample
 
 def _run(inputs, run_dir, history) -> dict:
@@ -182,7 +182,7 @@ def test_load_dataset_on_the_folder_alone_yields_the_cards_counts(curated, tmp_p
     from datasets import Video, load_dataset
 
     from vidcurate.schemas.readers import signed_shard_urls
-    from vidcurate.stages.publish import publish
+    from vidcurate.pipelines.publish import publish
 
     root, stats = curated
     dataset = root / "run" / "shard" / "dataset"

@@ -29,7 +29,8 @@ from vidcurate.schemas.readers import open_shards
 from vidcurate.stages.caption import CaptionConfig
 from vidcurate.stages.captioners import BackendError
 from vidcurate.stages.failures import is_transient
-from vidcurate.stages.publish import PublishError, dataset_version, publish
+from vidcurate.pipelines.publish import PublishError, dataset_version, publish
+from vidcurate.pipelines.store import StageStore
 
 CAPTION = CaptionConfig(frames=4, frame_height=112, max_events=3, max_tokens=1024, temperature=1.0)
 TRAINER_FILES = (".tar", ".parquet", "index.json")  # what a trainer reads; stats and card also count retries
@@ -132,15 +133,15 @@ def test_a_rerun_retries_exactly_the_transient_failures(tmp_path, inputs, tiny, 
         assert failed and len(failed) < ref_stats["clips"]["kept"]  # one batch failed, the others were captioned
         assert all(r["stage"] == "caption" and r["transient"] and r["tries"] == 1 for r in failed)
         assert all(r["reason"].startswith("backend: BackendError: HTTP 503") for r in failed)
-        split_marker = (run_dir / "split" / "_SUCCESS.json").read_text()
+        split_marker = StageStore.marker(run_dir / "split")
         asked = len(server.requests)
 
         stats = Runner(cfg).run_all()
 
         assert len(server.requests) - asked == len(failed)  # exactly the failed clips were asked again
-    assert (run_dir / "split" / "_SUCCESS.json").read_text() == split_marker  # upstream untouched
-    marker = json.loads((run_dir / "caption" / "_SUCCESS.json").read_text())
-    assert marker["rows_done"] == len(failed) and marker["rows"] == ref_stats["clips"]["total"] - ref_stats["clips"]["rejected"]
+    assert StageStore.marker(run_dir / "split") == split_marker  # upstream untouched
+    marker = StageStore.marker(run_dir / "caption")
+    assert marker.rows_done == len(failed) and marker.rows == ref_stats["clips"]["total"] - ref_stats["clips"]["rejected"]
     retried = {r["id"]: r for r in _ledger(run_dir) if r["id"] in {f["id"] for f in failed}}
     assert all(r["status"] == "kept" and r["tries"] == 2 for r in retried.values())
     assert stats["samples"] == ref_stats["samples"] and stats["clips"]["retried"] == len(failed)

@@ -57,3 +57,19 @@ def test_s3_prefix_is_probed_through_ray(tmp_path, s3_endpoint, ray_local):
     local = tmp_path / "counter.mp4"
     shutil.copy(SHARED_VIDEOS / "psd_counter.mp4", local)
     assert rows["s3://videos-in/raw/counter.mp4"]["video_id"] == fingerprint(str(local))
+
+
+def test_a_link_to_nothing_and_a_folder_named_like_a_video_end_in_the_ledger(tree):
+    """Every entry of an input folder that could be meant as a video is listed, and probe says what it is."""
+    from vidcurate.stages.probe import ProbeConfig, probe_video
+
+    (tree / "gone.mp4").symlink_to(tree / "deleted.mp4")
+    (tree / "season.mkv").mkdir()
+    (tree / "season.mkv" / "episode.mkv").write_bytes(b"x")
+    (tree / "plain folder").mkdir()
+    listed = list_inputs(str(tree))
+    assert {str(tree / n) for n in ("gone.mp4", "season.mkv", "season.mkv/episode.mkv")} <= set(listed)
+    assert str(tree / "plain folder") not in listed  # searched, not an input
+    gone, folder = (probe_video(str(tree / n), ProbeConfig(), str(tree)) for n in ("gone.mp4", "season.mkv"))
+    assert (gone["status"], gone["reason"]) == ("rejected", f"unreadable: a link to nothing ({tree / 'deleted.mp4'})")
+    assert (folder["status"], folder["reason"]) == ("rejected", "unreadable: a folder, not a video file")

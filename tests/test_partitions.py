@@ -19,10 +19,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from vidcurate.pipelines.config import load_config
-from vidcurate.pipelines.runner import Runner, describe_marker, read_marker, read_stage_table
+from vidcurate.pipelines.publish import partition_of, publish
+from vidcurate.pipelines.runner import Runner
+from vidcurate.pipelines.store import StageStore
 from vidcurate.schemas.readers import open_shards
-from vidcurate.stages.publish import publish
-from vidcurate.stages.shard import partition_of
 
 STAGES = ["embed", "quality", "dedup"]
 
@@ -92,21 +92,22 @@ def test_a_near_copy_in_a_later_partition_is_rejected_as_already_shipped(runs):
     probe = {r["video_id"]: r["uri"] for r in pq.read_table(root / "parted" / "probe").to_pylist()}
     rejected = [r for r in dedup if r["status"] == "rejected"]
     assert rejected and all(probe[r["video_id"]].endswith("d_reencoded.mp4") for r in rejected)
-    shipped = {r["clip_id"] for r in read_stage_table(root / "parted" / "shard", "shard").to_pylist() if r["status"] == "kept"}
+    shipped = {r["clip_id"] for r in StageStore(root / "parted").table(root / "parted" / "shard").to_pylist() if r["status"] == "kept"}
     assert all(r["dup_kind"] == "shipped" and r["duplicate_of"] in shipped for r in rejected)
 
 
 def test_each_stage_takes_the_partitions_in_order_while_the_next_partition_overlaps(runs):
-    marker = read_marker(runs["root"] / "parted" / "shard")
-    timeline = marker["timeline"]
+    marker = StageStore(runs["root"] / "parted").completed("shard")
+    timeline = marker.fields["timeline"]
     for stage in {t["stage"] for t in timeline}:
         spans = sorted((t["partition"], t["start_s"], t["end_s"]) for t in timeline if t["stage"] == stage)
         assert [s[0] for s in spans] == ["p00000", "p00001", "p00002"]
         assert all(later[1] >= earlier[2] for earlier, later in zip(spans, spans[1:]))  # one partition at a time
     first_done = max(t["end_s"] for t in timeline if t["partition"] == "p00000")
     assert min(t["start_s"] for t in timeline if t["partition"] == "p00001") < first_done  # streaming: not one after the other
-    assert marker["first_shard_s"] <= first_done + 5 < marker["wall_s"] + 5 and marker["partitions"] == 3
-    assert f"3 partitions, first shards after {marker['first_shard_s']} s" in describe_marker(marker)  # inspect and the log say it
+    fields = marker.fields
+    assert fields["first_shard_s"] <= first_done + 5 < fields["wall_s"] + 5 and fields["partitions"] == 3
+    assert f"3 partitions, first shards after {fields['first_shard_s']} s" in marker.describe()  # inspect and the log say it
 
 
 def test_the_dataset_loads_by_its_card_and_each_partition_was_published_once(runs):
@@ -161,10 +162,10 @@ def test_a_killed_run_resumes_at_the_partition_it_was_in(runs, corpus, tmp_path,
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert shipped.is_file() and not (run_dir / "ledger.parquet").exists()  # killed mid-run, after p00000 shipped
-    first = {s: read_marker(run_dir / "partitions" / "p00000" / s) for s in ("split", *STAGES, "shard")}
+    first = {s: StageStore(run_dir / "partitions" / "p00000").completed(s) for s in ("split", *STAGES, "shard")}
     with caplog.at_level(logging.INFO, logger="vidcurate"):
         Runner(cfg).run_all()
-    assert {s: read_marker(run_dir / "partitions" / "p00000" / s) for s in first} == first
+    assert {s: StageStore(run_dir / "partitions" / "p00000").completed(s) for s in first} == first
     skipped = [r for r in caplog.records if r.threadName.startswith("partition") and "complete, skipped" in r.getMessage()]
     assert len(skipped) >= len(first)  # p00000's stages, at least, were not redone
     assert _tars(run_dir) == _tars(runs["root"] / "parted")

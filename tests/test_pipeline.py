@@ -15,8 +15,8 @@ from conftest import dataset_digests
 from vidcurate.flows.corpus import corpus_flow
 from vidcurate.pipelines.cli import main as cli_main
 from vidcurate.pipelines.config import load_config
-from vidcurate.pipelines.runner import read_marker, read_stage_table
-from vidcurate.schemas.outcomes import known
+from vidcurate.pipelines.store import StageStore
+from vidcurate.pipelines.ledger import known
 from vidcurate.schemas.sample import validate_sample
 from vidcurate.schemas.tables import clip_id
 
@@ -63,9 +63,10 @@ def test_every_stage_reports_its_cost_per_video_hour(full_run, capsys):
     """Markers, the log line and `vidcurate inspect` carry video covered, its rate and CPU-seconds
     per video-hour; the video a stage covered is what its rows span in probe and split."""
     run_dir, _ = full_run
-    probe, split, shard = (read_marker(run_dir / s) for s in ("probe", "split", "shard"))
-    clips = [c for c in read_stage_table(run_dir / "split", "split").to_pylist() if c["status"] == "kept"]
-    probed = read_stage_table(run_dir / "probe", "probe").to_pylist()
+    store = StageStore(run_dir)
+    probe, split, shard = (store.completed(s).cost | {"seconds": store.completed(s).seconds} for s in ("probe", "split", "shard"))
+    clips = [c for c in store.table(run_dir / "split").to_pylist() if c["status"] == "kept"]
+    probed = store.table(run_dir / "probe").to_pylist()
     assert probe["video_s"] > 0 and probe["video_s"] == pytest.approx(sum(v["duration_s"] or 0 for v in probed), abs=0.01)
     assert shard["video_s"] > 0 and shard["video_s"] == pytest.approx(sum(c["end_s"] - c["start_s"] for c in clips), abs=0.01)
     assert split["cpu_s"] > 0  # it decodes and encodes every frame; probe and shard may take under the 0.1 s stored
@@ -108,10 +109,10 @@ def test_every_input_ends_in_the_ledger_once_with_a_reason(full_run, mixed_input
 
 def test_rerun_skips_completed_stages_and_gives_identical_shards(full_run, mixed_inputs):
     run_dir, _ = full_run
-    before = {s: read_marker(run_dir / s) for s in ("probe", "split", "shard")}
+    before = {s: StageStore(run_dir).completed(s) for s in ("probe", "split", "shard")}
     digests = dataset_digests(run_dir)
     _run(mixed_inputs, run_dir, **{"split.max_clip_s": 8.0, "shard.maxcount": 4})
-    after = {s: read_marker(run_dir / s) for s in ("probe", "split", "shard")}
+    after = {s: StageStore(run_dir).completed(s) for s in ("probe", "split", "shard")}
     assert after == before  # markers untouched: nothing was recomputed
     assert dataset_digests(run_dir) == digests
 
@@ -119,13 +120,13 @@ def test_rerun_skips_completed_stages_and_gives_identical_shards(full_run, mixed
 def test_changed_setting_reruns_that_stage_and_later_ones(tmp_path, synthetic_videos, ray_local, prefect_server):
     videos, _ = synthetic_videos
     _run(videos, tmp_path, **{"shard.maxcount": 100})
-    first = {s: read_marker(tmp_path / s) for s in ("probe", "split", "shard")}
+    first = {s: StageStore(tmp_path).completed(s) for s in ("probe", "split", "shard")}
     _run(videos, tmp_path, **{"shard.maxcount": 100, "split.max_clip_s": 3.0})
-    second = {s: read_marker(tmp_path / s) for s in ("probe", "split", "shard")}
+    second = {s: StageStore(tmp_path).completed(s) for s in ("probe", "split", "shard")}
     assert second["probe"] == first["probe"]
-    assert second["split"]["fingerprint"] != first["split"]["fingerprint"]
-    assert second["shard"]["fingerprint"] != first["shard"]["fingerprint"]
-    assert second["split"]["rows"] > first["split"]["rows"]
+    assert second["split"].fingerprint != first["split"].fingerprint
+    assert second["shard"].fingerprint != first["shard"].fingerprint
+    assert second["split"].rows > first["split"].rows
 
 
 def test_independent_runs_give_byte_identical_shards(tmp_path, synthetic_videos, ray_local, prefect_server):
@@ -141,7 +142,7 @@ def test_stages_run_alone_from_the_cli(tmp_path, synthetic_videos, ray_local, ca
     assert cli_main(["stage", "probe", "--input", str(videos), "--output", str(run / "probe")]) == 0
     assert cli_main(["stage", "split", "--input", str(run / "probe"), "--output", str(run / "split")]) == 0
     assert cli_main(["stage", "shard", "--input", str(run / "split"), "--output", str(run / "shard")]) == 0
-    assert read_marker(run / "shard")["counts"]["kept"] == read_marker(run / "split")["counts"]["kept"]
+    assert StageStore.marker(run / "shard").counts["kept"] == StageStore.marker(run / "split").counts["kept"]
     capsys.readouterr()
     assert cli_main(["inspect", str(run / "shard" / "dataset"), "-n", "1"]) == 0
     assert '"schema_version": "1.2.0"' in capsys.readouterr().out

@@ -15,9 +15,11 @@ import pytest
 
 from conftest import dataset_digests
 from vidcurate.pipelines.config import load_config
-from vidcurate.pipelines.executors import actor_cpus, decode_apart, map_on_ray
-from vidcurate.pipelines.runner import Runner, read_marker
-from vidcurate.stages.contract import Place, Stage
+from vidcurate.pipelines.executors import InProcessExecutor, RayExecutor, actor_cpus, decode_apart, map_on_ray
+from vidcurate.pipelines.runner import Runner
+from vidcurate.pipelines.store import StageStore, read_parts
+from vidcurate.stages.contract import RunFacts, Stage, StageContext, StageView
+from vidcurate.stages.probe import ProbeConfig
 from vidcurate.stages.registry import STAGES as STAGE_SPECS
 from vidcurate.stages.settings import StageResources
 
@@ -29,7 +31,12 @@ def _runner(videos, run_dir, stages=STAGES, **overrides) -> Runner:
 
 
 def _markers(run_dir) -> dict:
-    return {s: read_marker(run_dir / s) for s in ("probe", "split", "quality", "shard")}
+    return {s: StageStore(run_dir).completed(s) for s in ("probe", "split", "quality", "shard")}
+
+
+def _context(spec: Stage, config, folder) -> StageContext:
+    folder.mkdir(parents=True, exist_ok=True)
+    return StageContext(spec.name, config, run=RunFacts(folder), store=StageView(folder, folder / "media", lambda name: None))
 
 
 def test_a_rerun_skips_every_completed_stage(tmp_path, synthetic_videos, caplog):
@@ -65,7 +72,7 @@ def test_a_changed_setting_redoes_that_stage_and_the_ones_after(tmp_path, synthe
     second = _markers(tmp_path)
     assert second["probe"] == first["probe"] and second["split"] == first["split"]
     for stage in ("quality", "shard"):
-        assert second[stage]["fingerprint"] != first[stage]["fingerprint"]
+        assert second[stage].fingerprint != first[stage].fingerprint
 
 
 def test_in_process_and_on_ray_give_identical_shards(tmp_path, synthetic_videos, ray_local):
@@ -92,7 +99,7 @@ def test_actors_that_cannot_all_start_are_an_error_not_a_hang(tmp_path, ray_loca
     forever, as would decode tasks with no CPU left beside GPU actors."""
     run = load_config(None, profile="tiny", run_dir=str(tmp_path), **{f"caption.resources.{k}": v for k, v in resources.items()})
     with pytest.raises(ValueError, match=re.escape(message) + ".*would wait forever"):
-        map_on_ray(STAGE_SPECS["caption"], [{"clip_id": "c"}], run, Place(run_dir=tmp_path, output=tmp_path))
+        map_on_ray(STAGE_SPECS["caption"], [{"clip_id": "c"}], _context(STAGE_SPECS["caption"], run.caption, tmp_path))
 
 
 def test_a_failed_batch_stops_the_stages_other_batches(tmp_path, ray_local):
@@ -107,10 +114,9 @@ def test_a_failed_batch_stops_the_stages_other_batches(tmp_path, ray_local):
         wrote.mkdir()  # what a batch left running would do after the stage failed
         return table
 
-    spec = Stage(name="probe", table=pa.schema([("n", pa.int64())]), core=core)
-    run = load_config(None, profile="tiny", run_dir=str(tmp_path))
+    spec = Stage(name="probe", config_model=ProbeConfig, table=pa.schema([("n", pa.int64())]), core=core)
     with pytest.raises(ValueError, match="batch 0 failed"):
-        map_on_ray(spec, [{"n": 0}, {"n": 1}], run, Place(run_dir=tmp_path, output=tmp_path))
+        map_on_ray(spec, [{"n": 0}, {"n": 1}], _context(spec, ProbeConfig(), tmp_path))
     time.sleep(5)
     assert not wrote.exists()
 
@@ -161,3 +167,23 @@ def test_a_decode_step_streams_apart_only_ahead_of_gpu_actors():
     assert decode_apart(caption, StageResources(num_gpus=1))
     assert not decode_apart(caption, StageResources())  # on CPU the actor decodes its own batches
     assert not decode_apart(STAGE_SPECS["quality"], StageResources(num_gpus=1))  # no decode step
+
+
+def _numbered(table, **_):
+    """A test stage's core: each batch's rows with the batch's size beside them."""
+    return pa.table({"n": table.column("n"), "batch_rows": pa.array([table.num_rows] * table.num_rows, pa.int64())})
+
+
+def test_both_executors_cut_a_stage_into_the_same_batches(tmp_path, ray_local):
+    """`resources.batch_size` rows a batch, each batch its own part, in the same order, on Ray and in
+    this process alike (in process once ran every row as one batch)."""
+    spec = Stage(name="probe", config_model=ProbeConfig, table=pa.schema([("n", pa.int64()), ("batch_rows", pa.int64())]), core=_numbered)
+    config = ProbeConfig(resources=StageResources(batch_size=2))
+    rows = [{"n": n} for n in range(5)]
+    here, there = _context(spec, config, tmp_path / "here"), _context(spec, config, tmp_path / "ray")
+    InProcessExecutor().run(spec, rows, here)
+    RayExecutor(load_config(None, run_dir=str(tmp_path))).run(spec, rows, there)
+    parts = [sorted(p.name for p in ctx.store.output.glob("*.parquet")) for ctx in (here, there)]
+    assert parts[0] == parts[1] == ["part-000000.parquet", "part-000001.parquet", "part-000002.parquet"]
+    tables = [read_parts(ctx.store.output, spec.table).to_pylist() for ctx in (here, there)]
+    assert tables[0] == tables[1] and [r["batch_rows"] for r in tables[0]] == [2, 2, 2, 2, 1]

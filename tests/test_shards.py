@@ -22,7 +22,7 @@ from vidcurate.pipelines.config import load_config
 from vidcurate.pipelines.runner import Runner
 from vidcurate.schemas.readers import clip_frames, open_shards, shard_urls, signed_shard_urls, training_samples
 from vidcurate.schemas.sample import validate_sample
-from vidcurate.stages.publish import publish
+from vidcurate.pipelines.publish import publish
 from vidcurate.stages.shard import sample_order
 
 DEST = "s3://published/dataset"

@@ -117,6 +117,17 @@ def publish(local_dir: Path, url: str, retries: int = 4, backoff_s: float = 1.0,
     return f"{url.rstrip('/')}/{INDEX}"
 
 
+def partition_name(index: int) -> str:
+    """A partition's name, which its shards carry (`<prefix>-p00000-000000.tar`): its publish group."""
+    return f"p{index:05d}"
+
+
+def partition_of(shard_name: str) -> str:
+    """The partition a shard file belongs to ('' outside a partitioned run): its publish group."""
+    parts = reversed(shard_name.split("-"))  # from the end: a prefix may hold a segment that looks like one
+    return next((part for part in parts if len(part) == 6 and part[0] == "p" and part[1:].isdigit()), "")
+
+
 def _read_or_none(fs, path: str) -> bytes | None:
     try:
         return fs.cat_file(path)
