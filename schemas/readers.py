@@ -53,7 +53,11 @@ def shard_urls(location: str) -> list[str]:
     protocol = "" if "://" not in base else base.split("://", 1)[0] + "://"
     if fs.exists(f"{root}/{INDEX}"):
         with fs.open(f"{root}/{INDEX}") as f:
-            return [f"{base}/{_inside_dataset(s['url'])}" for s in json.load(f)["shardlist"]]
+            index = json.load(f)
+        try:
+            return [f"{base}/{_inside_dataset(s['url'])}" for s in index["shardlist"]]
+        except (KeyError, TypeError):
+            raise ValueError(f"{INDEX} at {location} is not a shard index (a `shardlist` of {{url: ...}})") from None
     urls = sorted(protocol + p for p in fs.glob(f"{root}/*.tar"))
     if not urls:
         raise FileNotFoundError(f"no {INDEX} and no .tar shards at {location}")

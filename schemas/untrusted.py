@@ -31,15 +31,15 @@ REQUIRED = ("json", "mp4")
 SPAN_REF = re.compile(r"\{span(\d+)\}")  # how QA text names its spans (stages/ground.py, pipelines/export.py)
 VALIDATORS: dict[str, Callable[[dict], None]] = {SCHEMA_VERSION: validate_sample}
 
-REASONS = {
+REASONS = {  # README's table under "Reading the shards" is generated from this (python -m vidcurate.schemas.untrusted)
     "truncated": "the tar ends inside a member or a header, or without its end-of-archive blocks",
-    "bad_tar": "a member header that is not a tar header (bad checksum, oversized extended header)",
+    "bad_tar": "a member header that is not a tar header (bad checksum, an extended header over 1 MiB): the rest of the shard",
     "unsafe_path": "a member name that is absolute or has a `..` component",
     "link": "a symlink or hard link member",
     "special": "a device, FIFO or other member that is not a regular file",
     "bad_key": f"a key that is not the project's (`<video_id>_[w]<start_ms>_<end_ms>`, at most {MAX_KEY_CHARS} characters)",
     "too_large": "a `json` over the json limit, or a sample's members together over the sample limit",
-    "duplicate_key": "a key an earlier sample of the same shard had (export: of any shard)",
+    "duplicate_key": "a key an earlier sample of the same shard had (`export`: of any shard)",
     "missing_member": "no `json` or no `mp4` member",
     "not_utf8": "the `json` member is not UTF-8",
     "bad_json": "the `json` member is not one JSON object (syntax, a field twice, NaN, nested too deep)",
@@ -47,7 +47,7 @@ REASONS = {
     "schema": "the annotation violates the sample schema of its version, or its QA text names a span it lacks",
     "key_mismatch": "the annotation's `clip_id` is not the sample's key",
     "undecodable": "`training_samples`: the `mp4` does not decode",
-    "outside_output": "`export`: the media path would resolve outside the export folder",
+    "outside_output": "`export`: the media path would resolve outside the export folder (a link planted there)",
 }
 
 log = logging.getLogger("vidcurate")
@@ -295,3 +295,12 @@ def checked_samples(
             break
         finally:
             source["stream"].close()
+
+
+def reasons_table() -> str:
+    """The Markdown table README's "Reading the shards" holds."""
+    return "\n".join(["| code | the sample left out |", "|---|---|", *(f"| `{code}` | {meaning} |" for code, meaning in REASONS.items())])
+
+
+if __name__ == "__main__":
+    print(reasons_table())
