@@ -186,7 +186,7 @@ def _read_all(location: str, on_skip) -> list[dict]:
 def test_every_reader_reads_the_good_samples_and_reports_every_bad_one(corpus, monkeypatch):
     clean, hostile, expected, around = corpus
     assert _skips(clean, _read_all) == []
-    good = _read_all(str(clean), None)
+    good = _read_all(str(clean), lambda skipped: pytest.fail(f"a clean sample was skipped: {skipped}"))
     got: list[dict] = []
     assert _skips(hostile, lambda loc, skip: got.extend(_read_all(loc, skip))) == expected
     drop = ("__url__", "__local_path__")
