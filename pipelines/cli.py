@@ -11,6 +11,7 @@ from pathlib import Path
 
 from vidcurate.pipelines.config import load_config
 from vidcurate.pipelines.export import FORMATS
+from vidcurate.schemas.untrusted import Limits
 from vidcurate.stages.registry import STAGES
 
 EPILOG = """examples:
@@ -107,10 +108,14 @@ def cmd_stage(args: argparse.Namespace) -> int:
     return 0
 
 
+def _limits(args: argparse.Namespace) -> Limits:
+    return Limits(sample_bytes=args.max_sample_mb << 20, json_bytes=args.max_json_mb << 20)
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     from vidcurate.pipelines.inspect import describe
 
-    describe(args.path, args.n, sys.stdout)
+    describe(args.path, args.n, sys.stdout, _limits(args))
     return 0
 
 
@@ -125,8 +130,15 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from vidcurate.pipelines.export import export
 
-    print(json.dumps(export(args.source, args.format, args.out, absolute_media=args.absolute_media), indent=2))
+    print(json.dumps(export(args.source, args.format, args.out, absolute_media=args.absolute_media, limits=_limits(args)), indent=2))
     return 0
+
+
+def _shard_limits(parser: argparse.ArgumentParser) -> None:
+    """Shards are untrusted: the most a reader holds of one sample (larger ones are skipped, too_large)."""
+    default = Limits()
+    parser.add_argument("--max-sample-mb", type=int, default=default.sample_bytes >> 20, help="MiB one sample's members may hold together (default %(default)s)")
+    parser.add_argument("--max-json-mb", type=int, default=default.json_bytes >> 20, help="MiB a sample's json member may hold (default %(default)s)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -171,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     inspect = sub.add_parser("inspect", help="summarise a run directory, or print samples of shards")
     inspect.add_argument("path", help="run directory, or shards: a folder, .tar or URL such as s3://bucket/dataset/")
     inspect.add_argument("-n", type=int, default=3, help="samples to print")
+    _shard_limits(inspect)
     inspect.set_defaults(func=cmd_inspect)
 
     report = sub.add_parser("report", help="write a self-contained HTML report of a run")
@@ -183,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--format", required=True, choices=FORMATS)
     export.add_argument("--out", required=True, help="folder for <format>.json and media/ (the trainer's media root)")
     export.add_argument("--absolute-media", action="store_true", help="name media by absolute path instead of relative to the JSON")
+    _shard_limits(export)
     export.set_defaults(func=cmd_export)
     return parser
 

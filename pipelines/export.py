@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 from vidcurate.schemas.readers import open_shards
+from vidcurate.schemas.untrusted import SPAN_REF, Limits, Skipped, inside, log_skipped
 
 INSTRUCTIONS = {
     "temporal_grounding": "Find the time span the query describes.",
@@ -70,7 +72,7 @@ def render(text: str, spans: list[list[float]], fmt: str, first_token: int = 0) 
         k = int(match.group(1))
         return style.format(a=spans[k][0], b=spans[k][1], k=first_token + k)
 
-    out = re.sub(r"\{span(\d+)\}", one, text)
+    out = SPAN_REF.sub(one, text)
     return out[:1].upper() + out[1:] if text.startswith("{span") else out
 
 
@@ -122,26 +124,48 @@ def dataset_info(json_name: str) -> dict:
     }
 
 
-def export(location: str, fmt: str, out_dir: str | Path, absolute_media: bool = False) -> dict:
-    """Write `<out>/<fmt>.json` and `<out>/media/` from the clip and window samples at `location`."""
+def export(location: str, fmt: str, out_dir: str | Path, absolute_media: bool = False, limits: Limits = Limits()) -> dict:
+    """Write `<out>/<fmt>.json` and `<out>/media/` from the clip and window samples at `location`.
+
+    Samples the readers' checks leave out, a key already exported from another shard, and
+    media whose path would resolve outside `<out>/media` are not written; the summary counts
+    them by reason (`skipped`), and each is logged."""
     if fmt not in TRAINERS:
         raise ValueError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
     out = Path(out_dir).resolve()
-    (out / "media").mkdir(parents=True, exist_ok=True)
-    written, counts = [], {"clip": 0, "window": 0, "without_qa": 0}
-    for sample in open_shards(location):
-        meta = json.loads(sample["json"])
+    media_dir = out / "media"
+    if not inside(media_dir, out):
+        raise ValueError(f"{media_dir} is a link to {media_dir.resolve()}, outside the export folder")
+    media_dir.mkdir(parents=True, exist_ok=True)
+    written, counts, skipped, exported = [], {"clip": 0, "window": 0, "without_qa": 0}, Counter(), {}
+
+    def skip(sample: Skipped) -> None:
+        skipped[sample.code] += 1
+        log_skipped(sample)
+
+    for sample in open_shards(location, limits=limits, on_skip=skip, empty_check=False):
+        key, meta = sample["__key__"], json.loads(sample["json"])  # key and json checked by the reader
         qa = (meta.get("grounding") or {}).get("qa") or []
         if not qa:
             counts["without_qa"] += 1
             continue
-        media = out / "media" / f"{sample['__key__']}.mp4"
+        media = media_dir / f"{key}.mp4"
+        if key in exported:
+            skip(Skipped(sample["__url__"], key, "duplicate_key", f"already exported from {exported[key]}"))
+            continue
+        if not inside(media, media_dir):
+            skip(Skipped(sample["__url__"], key, "outside_output", f"media/{key}.mp4 resolves to {media.resolve()}"))
+            continue
         media.write_bytes(sample["mp4"])
+        exported[key] = sample["__url__"]
         video = str(media) if absolute_media else media.relative_to(out).as_posix()
-        written += records(video, sample["__key__"], meta["duration_s"], qa, fmt)
-        counts[meta.get("kind", "clip")] += 1
+        written += records(video, key, meta["duration_s"], qa, fmt)
+        counts[meta["kind"]] += 1
     path = out / f"{fmt}.json"
     path.write_text(json.dumps(written, indent=1, ensure_ascii=False))
     if fmt == "llamafactory":
         (out / "dataset_info.json").write_text(json.dumps(dataset_info(path.name), indent=1))
-    return {"path": str(path), "records": len(written), "clips": counts["clip"], "windows": counts["window"], "samples_without_qa": counts["without_qa"]}
+    return {
+        "path": str(path), "records": len(written), "clips": counts["clip"], "windows": counts["window"],
+        "samples_without_qa": counts["without_qa"], "skipped": dict(sorted(skipped.items())),
+    }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from itertools import islice
 from pathlib import Path
 from typing import TextIO
 
@@ -14,14 +15,15 @@ from vidcurate.pipelines.ledger import summarize, transient_failures
 from vidcurate.pipelines.store import StageStore
 from vidcurate.stages.registry import SHIPPER, STAGES, VIDEO_SOURCE
 from vidcurate.schemas.readers import open_shards
+from vidcurate.schemas.untrusted import Limits, Skipped, printable
 
 
-def describe(location: str, n: int, out: TextIO) -> None:
+def describe(location: str, n: int, out: TextIO, limits: Limits = Limits()) -> None:
     """A run directory gets its ledger summary; a shard folder, .tar or URL gets samples."""
     if (Path(location) / "ledger.parquet").is_file():
         _describe_run(Path(location), out)
     else:
-        _describe_shards(location, n, out)
+        _describe_shards(location, n, out, limits)
 
 
 def _describe_run(run_dir: Path, out: TextIO) -> None:
@@ -48,11 +50,20 @@ def _describe_run(run_dir: Path, out: TextIO) -> None:
         print("transient failures by tries so far: " + ", ".join(f"{n} after {t}" for t, n in sorted(tries.items())), file=out)
 
 
-def _describe_shards(location: str, n: int, out: TextIO) -> None:
-    for i, sample in enumerate(open_shards(location)):
-        if i >= n:
-            break
+def _describe_shards(location: str, n: int, out: TextIO, limits: Limits) -> None:
+    """The first `n` samples that pass the readers' checks, and a line for each one left out on
+    the way. Everything from a shard is printed escaped (`printable`): its text never reaches
+    the terminal raw."""
+    skipped: Counter[str] = Counter()
+
+    def skip(sample: Skipped) -> None:
+        skipped[sample.code] += 1
+        print(f"skipped {sample}", file=out)
+
+    for sample in islice(open_shards(location, limits=limits, on_skip=skip, empty_check=False), n):
         meta = json.loads(sample["json"])
         sizes = {k: len(v) for k, v in sample.items() if not k.startswith("__")}
-        print(f"== {sample['__key__']}  members: {sizes}", file=out)
-        print(json.dumps(meta, indent=2, sort_keys=True), file=out)
+        print(printable(f"== {sample['__key__']}  members: {sizes}"), file=out)
+        print(printable(json.dumps(meta, indent=2, sort_keys=True), keep="\n"), file=out)
+    if skipped:
+        print(f"skipped {sum(skipped.values())} sample(s): " + ", ".join(f"{code} {count}" for code, count in sorted(skipped.items())), file=out)

@@ -3,6 +3,9 @@
     from vidcurate.schemas.readers import open_shards, clip_frames
     for sample in open_shards("s3://bucket/dataset/"):
         meta = json.loads(sample["json"]); frames, times_s = clip_frames(sample["mp4"], 8)
+
+Shards are untrusted: every sample passes `schemas.untrusted`'s checks before a reader yields
+it; one that fails is left out and reported to `on_skip` (default: a warning line each).
 """
 
 from __future__ import annotations
@@ -10,13 +13,15 @@ from __future__ import annotations
 import io
 import json
 import sys
-from collections.abc import Iterator
-
+from collections.abc import Callable, Iterator
+from pathlib import PurePosixPath
 from typing import TYPE_CHECKING
 
 import av
 import fsspec
 import numpy as np
+
+from vidcurate.schemas.untrusted import Limits, Skipped, checked_samples, log_skipped
 
 if TYPE_CHECKING:  # webdataset imports torch (1.5-2 s): only code that reads shards pays for it
     import webdataset as wds
@@ -48,11 +53,24 @@ def shard_urls(location: str) -> list[str]:
     protocol = "" if "://" not in base else base.split("://", 1)[0] + "://"
     if fs.exists(f"{root}/{INDEX}"):
         with fs.open(f"{root}/{INDEX}") as f:
-            return [f"{base}/{s['url']}" for s in json.load(f)["shardlist"]]
+            index = json.load(f)
+        try:
+            return [f"{base}/{_inside_dataset(s['url'])}" for s in index["shardlist"]]
+        except (KeyError, TypeError):
+            raise ValueError(f"{INDEX} at {location} is not a shard index (a `shardlist` of {{url: ...}})") from None
     urls = sorted(protocol + p for p in fs.glob(f"{root}/*.tar"))
     if not urls:
         raise FileNotFoundError(f"no {INDEX} and no .tar shards at {location}")
     return urls
+
+
+def _inside_dataset(url: object) -> str:
+    """An index entry's shard path, refused unless it stays inside the dataset folder (the index
+    is as untrusted as the shards it names)."""
+    path = PurePosixPath(url) if isinstance(url, str) else None
+    if path is None or path.is_absolute() or ".." in path.parts or "://" in url or "\\" in url or not path.parts:
+        raise ValueError(f"{INDEX} names a shard outside its dataset: {url!r}")
+    return url
 
 
 def signed_shard_urls(location: str, expires_s: int = 24 * 3600) -> list[str]:
@@ -68,13 +86,26 @@ def signed_shard_urls(location: str, expires_s: int = 24 * 3600) -> list[str]:
     return urls
 
 
-def open_shards(location: str, **kwargs) -> wds.WebDataset:
-    """A WebDataset over every shard at `location`, in index order unless kwargs say otherwise."""
+def open_shards(location: str, *, limits: Limits = Limits(), on_skip: Callable[[Skipped], None] = log_skipped, **kwargs) -> wds.WebDataset:
+    """A WebDataset over every shard at `location`, in index order unless kwargs say otherwise
+    (webdataset's own: shardshuffle, workersplitter, resampled, handler, ...), whose samples
+    passed every check of `schemas.untrusted`; each one left out goes to `on_skip`."""
     import webdataset as wds
+    from webdataset.tariterators import group_by_keys, tar_file_expander
 
+    if {"select_files", "rename_files"} & kwargs.keys():
+        raise TypeError("open_shards reads every member through its checks: select_files/rename_files are not taken")
     register_fsspec_schemes()
     kwargs.setdefault("shardshuffle", False)
-    return wds.WebDataset(shard_urls(location), **kwargs)
+    dataset = wds.WebDataset(shard_urls(location), **kwargs)
+    # webdataset's tar expander and grouper read members unchecked: one checked stage replaces both
+    stages = [getattr(stage, "f", None) for stage in dataset.pipeline]
+    at = stages.index(tar_file_expander) if tar_file_expander in stages else -1
+    if at < 0 or stages[at + 1 : at + 2] != [group_by_keys]:
+        raise RuntimeError(f"webdataset {wds.__version__} builds its pipeline differently: open_shards cannot check its samples")
+    checked = wds.filters.pipelinefilter(checked_samples)
+    dataset.pipeline[at : at + 2] = [checked(limits=limits, on_skip=on_skip, handler=kwargs.get("handler", wds.reraise_exception))]
+    return dataset
 
 
 def decode_pts(container, stream, wanted: set[int]) -> Iterator[av.VideoFrame]:
@@ -136,9 +167,16 @@ def clip_frames(mp4: bytes, count: int, short_side: int | None = None) -> tuple[
     return np.stack(frames), np.asarray(times)
 
 
-def training_samples(location: str, frames: int = 8, **kwargs) -> Iterator[dict]:
+def training_samples(
+    location: str, frames: int = 8, *, limits: Limits = Limits(), on_skip: Callable[[Skipped], None] = log_skipped, **kwargs
+) -> Iterator[dict]:
     """What a trainer consumes: per sample its key, `frames` RGB frames, their times (seconds
-    from the clip start, the clock of every span in the annotation) and the annotation."""
-    for sample in open_shards(location, **kwargs):
-        pixels, times_s = clip_frames(sample["mp4"], frames)
+    from the clip start, the clock of every span in the annotation) and the annotation. Samples
+    `open_shards` leaves out, and those whose mp4 does not decode, go to `on_skip`."""
+    for sample in open_shards(location, limits=limits, on_skip=on_skip, **kwargs):
+        try:
+            pixels, times_s = clip_frames(sample["mp4"], frames)
+        except (av.FFmpegError, ValueError, IndexError) as exc:  # no video stream, no frame, bad data
+            on_skip(Skipped(sample["__url__"], sample["__key__"], "undecodable", f"{type(exc).__name__}: {exc}"[:300]))
+            continue
         yield {"key": sample["__key__"], "frames": pixels, "times_s": times_s, "meta": json.loads(sample["json"])}
