@@ -56,11 +56,13 @@ def _jpeg(rgb: np.ndarray) -> bytes:
 
 
 class FrameKeeper:
-    """The frames of one clip being encoded that its stages will sample."""
+    """The frames of one clip being encoded that its stages will sample, and every frame's change
+    score from the analysis pass (`changes`; None: not kept)."""
 
-    def __init__(self, frame_count: int, duration_s: float, needs: tuple[FrameNeed, ...]):
+    def __init__(self, frame_count: int, duration_s: float, needs: tuple[FrameNeed, ...], changes: np.ndarray | None = None):
         self.frame_count = frame_count
         self.wanted = wanted_positions(frame_count, duration_s, needs)
+        self.changes = changes
         self.jpegs: dict[int, bytes] = {}
 
     def offer(self, position: int, frame: av.VideoFrame) -> None:
@@ -69,10 +71,11 @@ class FrameKeeper:
             self.jpegs[position] = _jpeg(frame.to_ndarray(format="rgb24"))
 
     def write(self, path: Path, encoded: int, time_base: Fraction) -> str | None:
-        """Store the kept frames; None (nothing stored) unless the clip came out with the frame
-        count the positions were chosen for and every wanted frame came."""
-        if not self.wanted or encoded != self.frame_count or self.jpegs.keys() != self.wanted:
+        """Store the kept frames and change scores; None (nothing stored) unless the clip came out
+        with the frame count the positions were chosen for and every wanted frame came."""
+        if (not self.wanted and self.changes is None) or encoded != self.frame_count or self.jpegs.keys() != self.wanted:
             return None
+        changes = np.zeros(0, np.float32) if self.changes is None else np.asarray(self.changes, np.float32)
         positions = np.asarray(sorted(self.jpegs), dtype=np.int64)
         blobs = [self.jpegs[p] for p in positions]
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -85,9 +88,26 @@ class FrameKeeper:
                 positions=positions,
                 times_s=np.asarray([float(p * time_base) for p in positions]),
                 frame_count=np.int64(encoded),
+                changes=changes,
+                frame_s=np.float64(time_base),
             )
         os.replace(tmp, path)
         return str(path)
+
+
+def read_changes(frames_uri: str | None) -> tuple[np.ndarray, np.ndarray] | None:
+    """Each frame of the clip's time (on its clock) and its change score from split's analysis
+    pass: how much the picture changed from the frame before. None where split kept none."""
+    if not frames_uri:
+        return None
+    try:
+        with fsspec.open(frames_uri, "rb") as f, np.load(f, allow_pickle=False) as store:
+            if "changes" not in store.files or not len(store["changes"]):
+                return None
+            changes, frame_s = store["changes"].astype(np.float64), float(store["frame_s"])
+    except FileNotFoundError:
+        return None
+    return np.arange(len(changes)) * frame_s, changes
 
 
 def _stored(frames_uri: str | None, count: int) -> tuple[list[np.ndarray], np.ndarray] | None:

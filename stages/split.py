@@ -23,7 +23,7 @@ from vidcurate.schemas.tables import CLIPS, FAILED, KEPT, REJECTED, clip_id, to_
 from vidcurate.stages.contract import Stage
 from vidcurate.stages.failures import failed
 from vidcurate.stages.decoding import decode_threads
-from vidcurate.stages.detect import Cut, detect_cuts, frozen_run_end
+from vidcurate.stages.detect import Cut, detect_cuts, frame_differences, frozen_run_end
 from vidcurate.stages.frame_store import FrameKeeper, FrameNeed
 from vidcurate.stages.media import file_sha256, local_copy, private_part, read_small_frames, thread_scaler
 from vidcurate.stages.settings import StageResources, StrictModel
@@ -219,10 +219,11 @@ class ClipEncoder:
 
 
 def extract_clips(
-    path: str, spans: list[dict], media: ClipMedia, video: dict, cfg: SplitConfig, pts: np.ndarray
+    path: str, spans: list[dict], media: ClipMedia, video: dict, cfg: SplitConfig, pts: np.ndarray, changes: np.ndarray
 ) -> None:
     """Cut every kept span of one video in a single decode pass, keeping the frames later stages
-    sample; fills clip_uri/sha (and frames_uri) or failure.
+    sample and each frame's change score (`changes`, one per analysis frame: what ground refines
+    event boundaries by); fills clip_uri/sha (and frames_uri) or failure.
 
     Frame i of the spans is the frame whose pts is pts[i] (the analysis pass's frames), so a
     frame either pass could not decode shifts nothing.
@@ -260,7 +261,8 @@ def extract_clips(
                     continue
                 if encoder is None:
                     encoder = ClipEncoder(media.clips / f"{span['clip_id']}.mp4", size, video["fps"], cfg)
-                    keeper = FrameKeeper(span["end_frame"] - span["start_frame"], span["end_s"] - span["start_s"], media.needs)
+                    span_changes = changes[span["start_frame"] : span["end_frame"]]
+                    keeper = FrameKeeper(span["end_frame"] - span["start_frame"], span["end_s"] - span["start_s"], media.needs, span_changes)
                 keeper.offer(encoder.count, encoder.add(_upright(frame, rotation)))
                 if index + 1 >= span["end_frame"]:
                     _finish(span, encoder, keeper, media)
@@ -317,7 +319,7 @@ def split_video(video: dict, media_dir: Path, cfg: SplitConfig, needs: tuple[Fra
             spans = plan_spans(cuts, black, frames.times_s, ends, cfg)
             for span in spans:
                 span.update(base, clip_id=clip_id(video["video_id"], span["start_s"], span["end_s"]))
-            extract_clips(path, spans, media, video, cfg, frames.pts)
+            extract_clips(path, spans, media, video, cfg, frames.pts, frame_differences(frames.yuv))
         return spans
     except Exception as exc:  # noqa: BLE001 - recorded in the ledger, the run goes on
         end_s = float(video.get("duration_s") or 0.0)

@@ -28,7 +28,9 @@ DURATION_S = 24.0
 EVENT_TEXT = "a red square is shown"
 
 
-def make_planted_video(path: Path) -> Path:
+def make_planted_video(path: Path, barcode: bool = True) -> Path:
+    """The planted video; without the barcode, only the shots and the square change the picture
+    (what a boundary search by picture change should find)."""
     with av.open(str(path), mode="w") as out:
         stream = out.add_stream("libx264", rate=Fraction(FPS))
         stream.width, stream.height = SIZE
@@ -40,7 +42,7 @@ def make_planted_video(path: Path) -> Path:
             rgb[:] = [colour for start, colour in SHOTS if start <= t][-1]
             if any(a <= t < b for a, b in EVENTS):
                 rgb[SQUARE] = (230, 20, 20)
-            for bit in range(BITS):
+            for bit in range(BITS if barcode else 0):
                 rgb[:BLOCK, bit * BLOCK : (bit + 1) * BLOCK] = 255 if (i >> bit) & 1 else 0
             frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
             frame.pts = i

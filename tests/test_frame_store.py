@@ -105,3 +105,26 @@ def test_a_real_files_clips_keep_their_clock(tmp_path):
         _, stored_times = read_frames(clip, 8)
         np.testing.assert_array_equal(stored_times, clip_frames(_mp4(clip), 8)[1])
     assert Path(rows[0]["frames_uri"]).parent.name == "frames"
+
+
+def test_each_clip_keeps_every_frames_change_score_and_the_planted_events_stand_out(tmp_path):
+    """The change score split computed while it decoded (ground refines event boundaries by it):
+    one per frame of the clip, on its clock, largest where the planted square comes or goes."""
+    from planted import EVENTS, FPS
+
+    from vidcurate.stages.frame_store import read_changes
+
+    video = probe_video(str(make_planted_video(tmp_path / "planted.mp4", barcode=False)), ProbeConfig(), None)
+    clips = [r for r in split_video(video, tmp_path / "media", SplitConfig(max_clip_s=4.0, clip_max_height=120), NEEDS) if r["status"] == "kept"]
+    edges = [t for event in EVENTS for t in event]
+    checked = 0
+    for clip in clips:
+        times, changes = read_changes(clip["frames_uri"])
+        assert len(times) == clip["end_frame"] - clip["start_frame"] and times[1] == pytest.approx(1 / FPS)
+        inside = [t - clip["start_s"] for t in edges if clip["start_s"] < t < clip["end_s"] - 1 / FPS]
+        for edge in inside:
+            near = np.abs(times - edge) < 0.5
+            assert times[near][np.argmax(changes[near])] == pytest.approx(edge, abs=1e-6)
+            assert changes[near].max() > 3 * np.median(changes)
+            checked += 1
+    assert checked >= 4
