@@ -15,40 +15,36 @@ from __future__ import annotations
 
 import numpy as np
 
-ON_GRID_S = 2e-3  # a boundary within this of a sampled time was put there by the captioner
+ON_GRID_S = 6e-3  # a boundary this close to a sampled time was put there (the prompt states times to 0.01 s)
 STANDS_OUT = 3.0  # a change counts as the boundary when it is this many times the clip's median change
 
 
 def refine_events(events: list[dict], sampled_s: list[float], duration_s: float, change_times_s: np.ndarray, changes: np.ndarray) -> list[dict]:
-    """`events` ({start_s, end_s, text}) with each boundary that sits on a sampled time moved to the
-    frame of largest change between the neighbouring sampled times, and `coarse_start_s` /
-    `coarse_end_s` recording where the captioner put them."""
+    """`events` ({start_s, end_s, text}) with each boundary that sits on a sampled time moved to a
+    frame of large change between the neighbouring sampled times, and `coarse_start_s` /
+    `coarse_end_s` recording where the captioner put them. An event's two boundaries are placed
+    together: the pair of standing-out changes (or coarse times) with the most change whose start
+    comes before its end, so a short event whose boundaries share an interval gets both."""
     grid = sorted({0.0, *(float(t) for t in sampled_s), float(duration_s)})
     typical = float(np.median(changes)) if len(changes) else 0.0
     out = []
     for event in events:
-        start = _refined(event["start_s"], grid, change_times_s, changes, typical)
-        end = _refined(event["end_s"], grid, change_times_s, changes, typical)
-        if not start < end:
-            start, end = event["start_s"], event["end_s"]
+        starts = _candidates(event["start_s"], grid, change_times_s, changes, typical)
+        ends = _candidates(event["end_s"], grid, change_times_s, changes, typical)
+        pairs = [(a_score + b_score, a, b) for a, a_score in starts for b, b_score in ends if a < b]
+        _, start, end = max(pairs, default=(0.0, event["start_s"], event["end_s"]), key=lambda p: p[0])
         out.append({**event, "start_s": start, "end_s": end, "coarse_start_s": event["start_s"], "coarse_end_s": event["end_s"]})
     return out
 
 
-def _refined(boundary: float, grid: list[float], times: np.ndarray, changes: np.ndarray, typical: float) -> float:
-    """The frame time of the largest change strictly between the grid points around `boundary`
-    (itself a grid point), if it stands out; else the boundary as it was."""
+def _candidates(boundary: float, grid: list[float], times: np.ndarray, changes: np.ndarray, typical: float) -> list[tuple[float, float]]:
+    """(time, change) of each frame strictly between the grid points around `boundary` (itself a
+    grid point) whose change stands out, and the boundary itself as it was (change 0)."""
     k = min(range(len(grid)), key=lambda i: abs(grid[i] - boundary))
     if abs(grid[k] - boundary) > ON_GRID_S or k in (0, len(grid) - 1):
-        return boundary  # not on the grid, or the clip's own start or end
-    inside = (times > grid[k - 1] + ON_GRID_S) & (times < grid[k + 1] - ON_GRID_S)
-    if not inside.any():
-        return boundary
-    candidates = np.flatnonzero(inside)
-    best = candidates[int(np.argmax(changes[candidates]))]
-    if changes[best] <= STANDS_OUT * typical or changes[best] <= 0:
-        return boundary
-    return round(float(times[best]), 3)
+        return [(boundary, 0.0)]  # not on the grid, or the clip's own start or end
+    inside = (times > grid[k - 1] + ON_GRID_S) & (times < grid[k + 1] - ON_GRID_S) & (changes > STANDS_OUT * typical) & (changes > 0)
+    return [(round(float(times[i]), 3), float(changes[i])) for i in np.flatnonzero(inside)] + [(boundary, 0.0)]
 
 
 def span_verification(text_emb: np.ndarray | None, frame_embs: np.ndarray | None, frame_times_s: np.ndarray | None, spans: list[list[float]]) -> float | None:

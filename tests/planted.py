@@ -28,19 +28,20 @@ DURATION_S = 24.0
 EVENT_TEXT = "a red square is shown"
 
 
-def make_planted_video(path: Path, barcode: bool = True) -> Path:
+def make_planted_video(path: Path, barcode: bool = True, events=EVENTS, shots=SHOTS, duration_s: float = DURATION_S, background=None) -> Path:
     """The planted video; without the barcode, only the shots and the square change the picture
-    (what a boundary search by picture change should find)."""
+    (what a boundary search by picture change should find). `background(i)`: frame i's picture
+    (RGB at SIZE) instead of the shots' colours, e.g. real footage."""
     with av.open(str(path), mode="w") as out:
         stream = out.add_stream("libx264", rate=Fraction(FPS))
         stream.width, stream.height = SIZE
         stream.pix_fmt = "yuv420p"
         stream.options = {"crf": "18", "preset": "veryfast"}
-        for i in range(round(DURATION_S * FPS)):
+        for i in range(round(duration_s * FPS)):
             t = i / FPS
             rgb = np.empty((SIZE[1], SIZE[0], 3), np.uint8)
-            rgb[:] = [colour for start, colour in SHOTS if start <= t][-1]
-            if any(a <= t < b for a, b in EVENTS):
+            rgb[:] = [colour for start, colour in shots if start <= t][-1] if background is None else background(i)
+            if any(a <= t < b for a, b in events):
                 rgb[SQUARE] = (230, 20, 20)
             for bit in range(BITS if barcode else 0):
                 rgb[:BLOCK, bit * BLOCK : (bit + 1) * BLOCK] = 255 if (i >> bit) & 1 else 0
@@ -85,6 +86,32 @@ class PlantedEventCaptioner:
             start, end = max(a - offset, 0.0), min(b - offset, duration)
             if end - start > 0.2:
                 events.append({"start_s": round(start, 3), "end_s": round(end, 3), "text": EVENT_TEXT})
+        return json.dumps({"caption": "Coloured shots; a red square comes and goes.", "events": events})
+
+
+class SampledFrameCaptioner:
+    """A test double at the captioning backend interface that answers as a model that saw only
+    the sampled frames would: an event starts at the first sampled frame showing the square and
+    ends at the first one after it that does not (or the clip's end), so its times sit on the
+    sampled grid (what boundary refinement has to improve on)."""
+
+    name = "sampled-frames"
+
+    def generate(self, prompts) -> list[str]:
+        return [self._answer(p) for p in prompts]
+
+    def _answer(self, prompt) -> str:
+        texts = [v for kind, v in prompt.parts if kind == "text"]
+        times = [float(m) for t in texts for m in re.findall(r"^Frame at ([\d.]+) s:", t)]
+        shown = [square_visible(v) for kind, v in prompt.parts if kind == "image"]
+        duration = float(re.search(r"lasting ([\d.]+) seconds", texts[-1]).group(1))
+        events, start = [], None
+        for t, on in zip([*times, duration], [*shown, False]):
+            if on and start is None:
+                start = t
+            elif not on and start is not None:
+                events.append({"start_s": start, "end_s": t, "text": EVENT_TEXT})
+                start = None
         return json.dumps({"caption": "Coloured shots; a red square comes and goes.", "events": events})
 
 
