@@ -198,6 +198,7 @@ def dataset_card(stats: dict, cfg: PipelineConfig) -> str:
         "",
         *([f"- {kind}: {d['groups']} groups, {d['clips_dropped']} clips dropped" for kind, d in content["dedup_groups"].items()] or ["- none"]),
         "",
+        *_audit_lines(stats.get("audit")),
         "## Reading",
         "",
         "`index.json` (wids format) lists every shard; each `<shard>.parquet` has one row per sample with the",
@@ -220,6 +221,27 @@ def dataset_card(stats: dict, cfg: PipelineConfig) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _audit_lines(audit: dict | None) -> list[str]:
+    """`vidcurate audit`'s needle figures: how well the captioner that made this data grounds."""
+    if not audit:
+        return []
+    rows = [
+        f"| {kind} | {k['needles']} | {k['recall']} | {k['boundary_error_s']['coarse']} | {k['boundary_error_s']['refined']} |"
+        for kind, k in sorted(audit["kinds"].items())
+    ]
+    return [
+        "## Needle audit of the captioner",
+        "",
+        f"`vidcurate audit` put needles (a still image, a text banner; 1-3 s) into {audit['clips']} of these clips and asked "
+        f"the run's captioner ({audit['model']}, {audit['frames']} frames a clip) where they are:",
+        "",
+        "| needle | needles | recall | boundary error, coarse (s) | boundary error, refined (s) |",
+        "|---|---|---|---|---|",
+        *rows,
+        "",
+    ]
 
 
 def _spread_text(spread: dict) -> str:

@@ -127,6 +127,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_audit(args: argparse.Namespace) -> int:
+    from vidcurate.pipelines.audit import audit
+
+    print(json.dumps(audit(Path(args.run_dir), clips=args.clips, seed=args.seed), indent=2))
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from vidcurate.pipelines.export import export
 
@@ -191,6 +198,11 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", help="HTML file (default: RUN/report.html)")
     report.add_argument("--max-thumbnails", type=int, default=60, help="per status (kept, rejected, failed)")
     report.set_defaults(func=cmd_report)
+    audit = sub.add_parser("audit", help="needle audit: how well the run's captioner finds needles put into its clips")
+    audit.add_argument("run_dir")
+    audit.add_argument("--clips", type=int, default=8, help="clips of the run to put needles into")
+    audit.add_argument("--seed", type=int, default=0)
+    audit.set_defaults(func=cmd_audit)
     export = sub.add_parser("export", help="write a trainer's JSON (+ media of every clip and window) from shards")
     export.add_argument("source", help="shards: a dataset folder or URL (the run's shard/dataset)")
     export.add_argument("--format", required=True, choices=FORMATS)

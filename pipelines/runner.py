@@ -265,9 +265,12 @@ class Runner:
         tables = {s: self.store.table(self.store.path(s), s) for s in self.cfg.pipeline() if self.store.completed(s)}
         ledger = build_ledger(tables)
         write_atomically(self.run_dir / "ledger.parquet", ledger)
+        write_atomically(self.run_dir / RUN_CONFIG, self.cfg.model_dump_json(indent=1))  # what made it: for `vidcurate audit`
         shipped = self.store.completed(SHIPPER)
         stats = summarize(ledger, shipped.fields.get("shards", []) if shipped else [])
         stats["failure_budget"] = over_budget(tables, stats, self.cfg.failures)
+        if (self.run_dir / AUDIT).is_file():
+            stats["audit"] = json.loads((self.run_dir / AUDIT).read_text())
         if shipped:
             dataset = self.dataset()
             stats["content"] = content_stats(dataset, tables, self.cfg)
@@ -307,6 +310,8 @@ class Runner:
         return self.finish()
 
 
+RUN_CONFIG = "config.json"
+AUDIT = "audit.json"  # `vidcurate audit`'s figures (pipelines/audit.py)
 PARTITIONS = "partitions"  # the step that runs every stage after the inputs' in partitions
 
 

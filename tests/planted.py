@@ -115,6 +115,33 @@ class SampledFrameCaptioner:
         return json.dumps({"caption": "Coloured shots; a red square comes and goes.", "events": events})
 
 
+class NeedleCaptioner(SampledFrameCaptioner):
+    """The needle audit's test double at the captioning backend interface: it sees the needles of
+    `pipelines.audit` in the sampled frames (a white picture with a red disc; a white banner across
+    the lower third) and answers each where a model that saw only those frames would."""
+
+    name = "needle-reader"
+    SIGHTS = {"a red circle is shown": lambda rgb: _white(rgb[: rgb.shape[0] // 8]) and rgb[rgb.shape[0] // 2, rgb.shape[1] // 2, 0] > 180 > rgb[rgb.shape[0] // 2, rgb.shape[1] // 2, 1] + 100,
+              "the word NEEDLE appears": lambda rgb: _white(rgb[int(rgb.shape[0] * 0.64) : int(rgb.shape[0] * 0.67)]) and not _white(rgb[: rgb.shape[0] // 8])}  # fmt: skip
+
+    def _answer(self, prompt) -> str:
+        texts = [v for kind, v in prompt.parts if kind == "text"]
+        times = [float(m) for t in texts for m in re.findall(r"^Frame at ([\d.]+) s:", t)]
+        images = [v for kind, v in prompt.parts if kind == "image"]
+        duration = float(re.search(r"lasting ([\d.]+) seconds", texts[-1]).group(1))
+        events = []
+        for text, sees in self.SIGHTS.items():
+            shown = [i for i, rgb in enumerate(images) if sees(rgb)]
+            if shown:
+                end = times[shown[-1] + 1] if shown[-1] + 1 < len(times) else duration
+                events.append({"start_s": times[shown[0]], "end_s": end, "text": text})
+        return json.dumps({"caption": "A clip with something put into it.", "events": sorted(events, key=lambda e: e["start_s"])})
+
+
+def _white(rgb: np.ndarray) -> bool:
+    return float(rgb.mean()) > 235
+
+
 def decoded(media: bytes | Path) -> tuple[list[np.ndarray], list[float]]:
     """Every frame of a file with its presentation time in seconds."""
     import io
