@@ -98,10 +98,11 @@ def _mean(values: np.ndarray) -> float:
 def run_clips(run_dir: Path, frames: int) -> list[tuple[str, np.ndarray]]:
     """The kept clips of a run's split stage, framed as the quality stage frames them (8 decoded
     frames, `frames` of them evenly spaced); their text is unknown, so each is labelled `run`."""
-    from vidcurate.pipelines.runner import read_stage_table
+    from vidcurate.pipelines.store import read_parts
+    from vidcurate.stages.registry import STAGES
     from vidcurate.schemas.readers import clip_frames
 
-    split = read_stage_table(run_dir / "split", "split").to_pylist()
+    split = read_parts(run_dir / "split", STAGES["split"].table).to_pylist()
     out = []
     for clip in sorted((c for c in split if c["status"] == "kept"), key=lambda c: c["clip_id"]):
         decoded, _ = clip_frames(Path(clip["clip_uri"]).read_bytes(), 8)

@@ -49,7 +49,8 @@ import make_moving  # noqa: E402
 from make_synthetic import FPS as TRUTH_FPS  # noqa: E402
 from make_synthetic import write_video  # noqa: E402
 
-from vidcurate.pipelines.runner import read_marker, read_stage_table  # noqa: E402
+from vidcurate.pipelines.store import StageStore, read_parts  # noqa: E402
+from vidcurate.stages.registry import STAGES  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data" / "videos"
 BENCH = (REPO / ".bench").resolve()  # a worktree links .bench to the main checkout's: listings name real paths
@@ -393,22 +394,22 @@ def first_shards_s(result: dict, run_dir: Path) -> float:
 
 def stage_seconds(run_dir: Path) -> dict:
     stages = ("probe", "split", "caption", "ground", "embed", "quality", "dedup", "shard")
-    return {stage: marker["seconds"] for stage in stages if (marker := read_marker(run_dir / stage))}
+    return {stage: marker.seconds for stage in stages if (marker := StageStore.marker(run_dir / stage))}
 
 
 def kept_and_scores(run_dir: Path) -> tuple[dict[str, set], dict[str, dict]]:
     """Kept clip ids of split and of shard, and each scored clip's quality scores."""
     kept = {}
     for stage in ("split", "shard"):
-        kept[stage] = {r["clip_id"] for r in read_stage_table(run_dir / stage, stage).to_pylist() if r["status"] == "kept"}
-    quality = read_stage_table(run_dir / "quality", "quality").to_pylist()
+        kept[stage] = {r["clip_id"] for r in read_parts(run_dir / stage, STAGES[stage].table).to_pylist() if r["status"] == "kept"}
+    quality = read_parts(run_dir / "quality", STAGES["quality"].table).to_pylist()
     return kept, {r["clip_id"]: json.loads(r["scores"]) for r in quality if r["scores"]}
 
 
 def kept_spans(run_dir: Path) -> dict[str, list[tuple[float, float]]]:
     """Each video's clips split kept, as (start_s, end_s), by the source file's stem."""
     spans: dict[str, list] = {}
-    for r in read_stage_table(run_dir / "split", "split").to_pylist():
+    for r in read_parts(run_dir / "split", STAGES["split"].table).to_pylist():
         if r["status"] == "kept":
             spans.setdefault(Path(r["source_uri"]).stem, []).append((r["start_s"], r["end_s"]))
     return {video: sorted(found) for video, found in spans.items()}
@@ -424,7 +425,7 @@ def truth_seconds(listing: Path, run_dir: Path) -> dict[str, list[tuple[float, f
     """True transitions (and the shared truth's don't-care ranges) in seconds, with 2 frames of
     slack, by file stem: the synthetic videos' own truth, and benchmarks/truth/shared.json at
     each shared video's probed frame rate."""
-    fps = {Path(r["uri"]).stem: r["fps"] for r in read_stage_table(run_dir / "probe", "probe").to_pylist() if r.get("fps")}
+    fps = {Path(r["uri"]).stem: r["fps"] for r in read_parts(run_dir / "probe", STAGES["probe"].table).to_pylist() if r.get("fps")}
     frames = {stem: (spans, TRUTH_FPS) for stem, spans in load_truth(listing).items()}
     shared = json.loads((REPO / "benchmarks" / "truth" / "shared.json").read_text())["videos"]
     for name, t in shared.items():

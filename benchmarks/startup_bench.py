@@ -25,7 +25,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from vidcurate.pipelines.runner import MARKER  # noqa: E402
+from vidcurate.pipelines.store import MARKER  # noqa: E402
 
 SNIPPETS = {
     "import the flow": "import vidcurate.flows.corpus",
