@@ -404,7 +404,7 @@ SPEC = Stage(
     config_model=DedupConfig,
     table=DEDUPED,
     needs=("embed",),
-    reasons={"dedup": (REJECTED, "`duplicate_of=<clip_id> (exact|near|semantic|shipped)`: a copy is kept, or an earlier run shipped it")},
+    reasons={"dedup": (REJECTED, "`duplicate_of=<clip_id> (<kind>, <figure>)`, e.g. `(near, cosine 0.9812)`: a kept clip (or one an earlier run or partition shipped) it directly duplicates; kind exact, near, semantic or shipped; figure `same bytes`, `hamming <bits>` or `cosine <value>`")},
     # random embeddings are all alike (cosine ~0.97): only near-identical clips count as duplicates
     tiny_defaults={"near_cosine": 0.9995, "semantic_eps": 0.0002},
     whole=dedup_run,
