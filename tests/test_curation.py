@@ -108,7 +108,7 @@ def test_a_scheduled_rerun_ships_nothing_twice(curated, mixed_inputs):
     ledger = pq.read_table(root / "next-run" / "ledger.parquet").to_pylist()
     shipped_before = [r for r in ledger if r["entity"] == "clip" and r["stage"] == "dedup"]
     assert len(shipped_before) == first["samples"]
-    assert all("(shipped)" in r["reason"] for r in shipped_before)
+    assert all("(shipped, " in r["reason"] for r in shipped_before)
 
 
 def _card(dataset) -> tuple[str, dict]:
