@@ -13,12 +13,13 @@ profile's random embeddings are alike by construction. Per size:
   * distinct: every clip different; the rejection rate should be 0 at every size;
   * planted: a share `--planted` of the clips are copies of other clips, scaled to 192x108 and
     re-encoded at crf 32; the rate should stay at that share, and the recall is the share of
-    planted copies whose pair was decided (one of the two rejected, naming the other);
+    planted (original, copy) pairs of which at most one clip is kept;
   * the anchor: the transitive closure the stage used before (#41): one clip kept per
     connected component of the same links.
 Part 2, `--n` embeddings (clustered, with planted near-duplicate groups):
   * ours: `clustered_pairs` (k-means, soft-assigned clusters, per-cluster range search), then
-    the rule over its links: time and peak memory;
+    the rule over its links: time, and the peak resident memory of the search alone (the
+    high-water mark is reset after the corpus is built; the embeddings stay resident in it);
   * recall: exact FAISS range search from every planted member over all N gives the true
     pairs; recall = share of them ours found;
   * anchor: brute-force numpy (blocked matmul, all pairs) on `--subset` vectors vs ours on
@@ -31,7 +32,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import resource
 import sys
 import time
 from fractions import Fraction
@@ -46,17 +46,23 @@ sys.path.insert(0, str(ROOT / "sample_data"))
 
 from make_synthetic import FPS, Shot  # noqa: E402
 
-from vidcurate.stages.dedup import clustered_pairs, keep_first, near_clusters, phash_pairs, unique_pairs  # noqa: E402
+from vidcurate.stages.dedup import DedupConfig, clustered_pairs, keep_first, near_clusters, phash_pairs, unique_pairs  # noqa: E402
 from vidcurate.stages.embed import phash  # noqa: E402
 
 THRESHOLD = 0.95  # cosine, part 2
-MAX_HAMMING = 6  # the stage's default
 SHOTS = 5
 CHUNK = 256  # keyframes per encoded stream
 
 
-def rss_gib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+def reset_peak() -> None:
+    """Start the process' resident-memory high-water mark again from now (Linux)."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+def peak_gib() -> float:
+    """The high-water mark of resident memory since the last reset_peak."""
+    status = Path("/proc/self/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1]) / 2**20
 
 
 def timed(fn, *args, **kwargs):
@@ -120,15 +126,15 @@ def random_rank(n: int, rng: np.random.Generator) -> np.ndarray:
     return rank
 
 
-def decide(codes: np.ndarray, rng: np.random.Generator) -> tuple[list, np.ndarray]:
+def decide(codes: np.ndarray, rng: np.random.Generator, max_hamming: int) -> tuple[list, np.ndarray]:
     """The rule over pHash links: per clip None (kept) or the index of the kept clip it
     duplicates; and the links."""
-    links = phash_pairs(codes, MAX_HAMMING)
+    links = phash_pairs(codes, max_hamming)
     decided = keep_first(random_rank(len(codes), rng), {("near", "hamming"): links})
     return [None if d is None else d[0] for d in decided], links[0]
 
 
-def corpus_rates(videos: int, planted_share: float, seed: int = 0) -> dict:
+def corpus_rates(videos: int, planted_share: float, max_hamming: int, seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
     frames = keyframes(videos)
     originals = hashes(reencoded(frames, crf=20))
@@ -137,13 +143,16 @@ def corpus_rates(videos: int, planted_share: float, seed: int = 0) -> dict:
     of = np.sort(rng.choice(n, size=copies, replace=False))  # a clip is copied at most once
     copied = hashes(reencoded([frames[i] for i in of], crf=32, size=(108, 192)))
 
-    distinct, distinct_links = decide(originals, rng)
-    planted, planted_links = decide(np.concatenate([originals, copied]), rng)
-    decided_pairs = sum(planted[n + k] == i or planted[i] == n + k for k, i in enumerate(of.tolist()))
+    distinct, distinct_links = decide(originals, rng, max_hamming)
+    planted, planted_links = decide(np.concatenate([originals, copied]), rng, max_hamming)
+    caught = sum(planted[i] is not None or planted[n + k] is not None for k, i in enumerate(of.tolist()))
     rejected = sum(d is not None for d in planted)
     return {
         "videos": videos,
+        "max_hamming": max_hamming,
         "clips": n,
+        "distinct_links": len(distinct_links),
+        "distinct_links_per_million_pairs": round(len(distinct_links) / (n * (n - 1) / 2) * 1e6, 2),
         "distinct_rejected": sum(d is not None for d in distinct),
         "distinct_rate": round(sum(d is not None for d in distinct) / n, 4),
         "distinct_closure_rejected": closure_rejections(n, distinct_links),
@@ -152,9 +161,9 @@ def corpus_rates(videos: int, planted_share: float, seed: int = 0) -> dict:
         "planted_share": round(copies / (n + copies), 4),
         "planted_rejected": rejected,
         "planted_rate": round(rejected / (n + copies), 4),
-        "planted_recall": round(decided_pairs / max(1, copies), 4),
+        "planted_recall": round(caught / max(1, copies), 4),
         "planted_closure_rejected": closure_rejections(n + copies, planted_links),
-        "copy_hamming": np.bincount([bin((int(originals[i]) ^ int(c)) & (2**64 - 1)).count("1") for i, c in zip(of, copied)], minlength=MAX_HAMMING + 2).tolist(),
+        "copy_hamming": np.bincount([bin((int(originals[i]) ^ int(c)) & (2**64 - 1)).count("1") for i, c in zip(of, copied)], minlength=max_hamming + 2).tolist(),
     }
 
 
@@ -219,9 +228,10 @@ def decisions(links, n: int, seed: int = 3) -> list:
 
 def search_at_scale(n: int, dim: int, groups: int, subset: int) -> dict:
     emb, planted = corpus(n, dim, groups)
-    base_rss = rss_gib()
+    corpus_peak = peak_gib()
+    reset_peak()
     ours, ours_s = timed(clustered_pairs, emb, THRESHOLD, n_clusters=near_clusters(len(emb)), soft=2)
-    ours_rss = rss_gib()
+    search_peak = peak_gib()
     decided, rule_s = timed(decisions, ours, n)
     members = np.unique(np.concatenate(planted))
     truth, exact_s = timed(exact_pairs_from, emb, members, THRESHOLD)
@@ -243,9 +253,9 @@ def search_at_scale(n: int, dim: int, groups: int, subset: int) -> dict:
         "ours_pairs": len(ours[0]),
         "rule_s": round(rule_s, 2),
         "rule_rejected": sum(d is not None for d in decided),
-        "peak_rss_gib": round(ours_rss, 2),
+        "search_peak_rss_gib": round(search_peak, 2),
         "embeddings_gib": round(emb.nbytes / 2**30, 2),
-        "rss_before_search_gib": round(base_rss, 2),
+        "corpus_building_peak_rss_gib": round(corpus_peak, 2),
         "true_pairs_of_planted_members": len(truth),
         "recall_vs_exact": round(recall, 4),
         "exact_search_from_planted_s": round(exact_s, 2),
@@ -262,9 +272,10 @@ def search_at_scale(n: int, dim: int, groups: int, subset: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--videos", default="16,128,1024", help="corpus sizes for part 1, comma-separated")
+    parser.add_argument("--videos", default="16,128,1024", help="corpus sizes for part 1, comma-separated (empty: part 2 only)")
     parser.add_argument("--planted", type=float, default=0.1, help="share of clips that are planted copies")
-    parser.add_argument("--n", type=int, default=200_000, help="embeddings for part 2 (recorded: 1000000)")
+    parser.add_argument("--max-hamming", type=int, default=DedupConfig().max_hamming, help="pHash bits for part 1 (the stage's default)")
+    parser.add_argument("--n", type=int, default=200_000, help="embeddings for part 2 (recorded: 1000000; 0: part 1 only)")
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--groups", type=int, default=2000)
     parser.add_argument("--subset", type=int, default=50_000)
@@ -274,9 +285,10 @@ def main() -> None:
         args.videos, args.n, args.groups, args.subset = "16,128", 20_000, 200, 10_000
 
     # the search first: its peak memory is then its own, not the keyframes' of part 1
-    print(json.dumps(search_at_scale(args.n, args.dim, args.groups, min(args.subset, args.n)), indent=2), flush=True)
-    for videos in map(int, args.videos.split(",")):
-        print(json.dumps(corpus_rates(videos, args.planted)), flush=True)
+    if args.n:
+        print(json.dumps(search_at_scale(args.n, args.dim, args.groups, min(args.subset, args.n)), indent=2), flush=True)
+    for videos in [int(v) for v in args.videos.split(",") if v]:
+        print(json.dumps(corpus_rates(videos, args.planted, args.max_hamming)), flush=True)
 
 
 if __name__ == "__main__":

@@ -256,8 +256,8 @@ def keep_first(rank: np.ndarray, links: dict[tuple[str, str], Links]) -> list[tu
         signal.append(np.full(len(pairs), s))
         closeness.append(-figures if name[1] == "cosine" else np.nan_to_num(figures))
         figure.append(figures)
-    lo, hi, signal, closeness, figure = (np.concatenate(x) if x else np.empty(0) for x in (lo, hi, signal, closeness, figure))
-    order = np.lexsort((rank[hi.astype(np.int64)], closeness, signal, rank[lo.astype(np.int64)]))
+    lo, hi, signal, closeness, figure = map(np.concatenate, (lo, hi, signal, closeness, figure))
+    order = np.lexsort((rank[hi], closeness, signal, rank[lo]))
     kept = [True] * len(rank)
     decided: list[tuple | None] = [None] * len(rank)
     for a, b, s, f in zip(lo[order].tolist(), hi[order].tolist(), signal[order].tolist(), figure[order].tolist()):
