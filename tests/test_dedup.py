@@ -248,9 +248,10 @@ def test_every_rejection_of_a_run_names_a_kept_clip_it_directly_duplicates(real_
     """By the embed table's embeddings and pHashes and the split table's bytes: the named clip
     was kept (in this partition or an earlier one) and the link holds at the stage's thresholds,
     with the figure the reason states."""
-    from vidcurate.pipelines.runner import read_stage_table
+    from vidcurate.pipelines.store import StageStore
 
-    tables = {s: {r["clip_id"]: r for r in read_stage_table(real_run / s, s).to_pylist()} for s in ("split", "embed", "dedup")}
+    store = StageStore(real_run)
+    tables = {s: {r["clip_id"]: r for r in store.table(store.path(s), s).to_pylist()} for s in ("split", "embed", "dedup")}
     decided = tables["dedup"]
     rejected = [r for r in decided.values() if r["status"] == "rejected"]
     kinds = {r["dup_kind"] for r in rejected}
@@ -277,9 +278,9 @@ def test_the_card_counts_rejections_by_kind_with_the_deciding_figures(real_run):
     """The dataset card (rendered from stats.json) against the run's own dedup table."""
     import json
 
-    from vidcurate.pipelines.runner import read_stage_table
+    from vidcurate.pipelines.store import StageStore
 
-    rejected = [r for r in read_stage_table(real_run / "dedup", "dedup").to_pylist() if r["status"] == "rejected"]
+    rejected = [r for r in StageStore(real_run).table(real_run / "dedup", "dedup").to_pylist() if r["status"] == "rejected"]
     dataset = real_run / "shard" / "dataset"
     stats = json.loads((dataset / "stats.json").read_text())["content"]["duplicates"]
     card = (dataset / "README.md").read_text()
