@@ -47,7 +47,7 @@ def content_stats(dataset_dir: Path, tables: dict[str, pa.Table], cfg: PipelineC
         "models": _models(clips, tables, cfg),
         "scores": {name: _spread(v) for name, v in sorted(_scores(clips).items())},
         "rejections": _rejections(tables),
-        "dedup_groups": _dedup_groups(tables.get("dedup")),
+        "duplicates": _duplicates(tables.get("dedup")),
     }
 
 
@@ -103,16 +103,46 @@ def _rejections(tables: dict[str, pa.Table]) -> dict[str, dict[str, int]]:
     return out
 
 
-def _dedup_groups(table: pa.Table | None) -> dict[str, dict[str, int]]:
+def _duplicates(table: pa.Table | None) -> dict[str, dict[str, dict]]:
+    """Dedup's rejections by kind, then by what decided them (same bytes, pHash Hamming bits,
+    embedding cosine): the clips, the kept clips they name, and the deciding figures' spread."""
     if table is None:
         return {}
-    groups: dict[str, set] = {}
-    dropped: Counter = Counter()
-    for row in table.select(["status", "duplicate_of", "dup_kind"]).to_pylist():
+    found: dict[str, dict[str, dict]] = {}
+    for row in table.select(["status", "duplicate_of", "dup_kind", "dup_measure", "dup_figure"]).to_pylist():
         if row["status"] == "rejected" and row["dup_kind"]:
-            groups.setdefault(row["dup_kind"], set()).add(row["duplicate_of"])
-            dropped[row["dup_kind"]] += 1
-    return {kind: {"groups": len(groups[kind]), "clips_dropped": dropped[kind]} for kind in sorted(groups)}
+            entry = found.setdefault(row["dup_kind"], {}).setdefault(row["dup_measure"] or "unrecorded", {"clips": 0, "named": set(), "figures": []})
+            entry["clips"] += 1
+            entry["named"].add(row["duplicate_of"])
+            if row["dup_figure"] is not None:
+                entry["figures"].append(row["dup_figure"])
+    return {
+        kind: {m: {"clips": e["clips"], "kept_named": len(e["named"]), "figure": _spread(e["figures"])} for m, e in sorted(measures.items())}
+        for kind, measures in sorted(found.items())
+    }
+
+
+DECIDED_BY = {"bytes": "same bytes", "hamming": "pHash Hamming bits", "cosine": "embedding cosine"}
+
+
+def _duplicate_lines(duplicates: dict[str, dict[str, dict]]) -> list[str]:
+    """The card's duplicate section: rejections by kind, then the deciding figures' spread."""
+    if not duplicates:
+        return ["- none"]
+    lines = [f"- {kind}: {sum(e['clips'] for e in measures.values())} clips rejected" for kind, measures in duplicates.items()]
+    lines += [
+        "",
+        "Each names a kept clip it directly duplicates; the figure that decided it (cosine: higher is closer; Hamming bits: lower is closer):",
+        "",
+        "| kind | decided by | clips rejected | kept clips named | min | p10 | median | p90 | max |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for kind, measures in duplicates.items():
+        for measure, e in measures.items():
+            f = e["figure"]
+            spread = [f"{f[f'p{p}']:g}" for p in PERCENTILES] if f["count"] else ["-"] * len(PERCENTILES)
+            lines.append(f"| {kind} | {DECIDED_BY.get(measure, measure)} | {e['clips']} | {e['kept_named']} | {' | '.join(spread)} |")
+    return lines
 
 
 def front_matter(stats: dict, cfg: PipelineConfig) -> dict:
@@ -194,9 +224,9 @@ def dataset_card(stats: dict, cfg: PipelineConfig) -> str:
         "",
         *([f"- {stage} / {rule}: {n}" for stage, rules in content["rejections"].items() for rule, n in rules.items()] or ["- none"]),
         "",
-        "Duplicate groups by kind:",
+        "Duplicates rejected by dedup, by kind:",
         "",
-        *([f"- {kind}: {d['groups']} groups, {d['clips_dropped']} clips dropped" for kind, d in content["dedup_groups"].items()] or ["- none"]),
+        *_duplicate_lines(content["duplicates"]),
         "",
         *_audit_lines(stats.get("audit")),
         "## Reading",

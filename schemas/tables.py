@@ -116,6 +116,8 @@ SCORED = _clip_table(
 DEDUPED = _clip_table(
     pa.field("duplicate_of", pa.string()),
     pa.field("dup_kind", pa.string()),  # exact | near | semantic | shipped (seen in an earlier run)
+    pa.field("dup_measure", pa.string()),  # what decided it: bytes (equal) | hamming (pHash bits) | cosine (embeddings)
+    pa.field("dup_figure", pa.float64()),  # the deciding figure: Hamming bits or cosine (null for bytes)
 )
 
 

@@ -1,17 +1,24 @@
-"""Dedup stage: exact, near and semantic duplicates, keeping the best copy of each group.
+"""Dedup stage: exact, near and semantic duplicates, each rejection naming a kept clip it
+directly duplicates.
 
+Links between two clips (the figure that decided each, strongest kind first):
 - exact: identical clip bytes (extraction is deterministic, so same content -> same sha256);
-- near: middle-keyframe pHash within `max_hamming` bits, or embedding cosine >= `near_cosine`;
-- semantic (SemDeDup): k-means clusters of the embeddings, then pairs with cosine >= 1 - eps
-  inside a cluster.
-Pairs join into groups (union-find); each group keeps its highest `quality` clip (ties: the
-smallest clip id) and the rest are rejected with `duplicate_of`. A persisted history of
-shipped clips makes scheduled runs reject clips an earlier run already shipped.
+- near: middle-keyframe pHash within `max_hamming` bits (Hamming distance), or embedding
+  cosine >= `near_cosine`;
+- semantic (SemDeDup): k-means clusters of the embeddings, then cosine >= 1 - eps inside a cluster.
+The rule: clips are taken best `quality` first (ties: the smaller clip id); a clip is rejected
+only when it is linked to a clip already kept, and its reason names that clip, the kind and the
+figure (`duplicate_of=<id> (near, cosine 0.9812)`). Of several kept clips it links to, the
+strongest link wins (kind, then figure, then the better-ranked clip). Nothing is transitive: a
+clip linked only to rejected clips is kept, so chains (A~B, B~C) never reject C for A. Clips a
+persisted history of shipped clips already holds (earlier runs, earlier partitions) count as
+kept before every clip of this run.
 
-Cosine pairs use exact FAISS range search up to `flat_max` vectors; beyond, vectors are
+Cosine links use exact FAISS range search up to `flat_max` vectors; beyond, vectors are
 clustered and each cluster searched alone (soft-assigned to its 2 nearest centroids so pairs
 across a boundary are still found) - on Ray, one task per cluster group, so no machine
-holds more than its clusters.
+holds more than its clusters. Every search returns its figures with its pairs; the rule runs
+once, over all of them, in this process.
 """
 
 from __future__ import annotations
@@ -40,7 +47,10 @@ class DedupConfig(StrictModel):
 
 
 STAGE = "dedup"
-KINDS = ("exact", "near", "semantic", "shipped")  # strongest first
+KINDS = ("exact", "near", "semantic", "shipped")
+# What a link's figure measures, strongest link first: same bytes (no figure), then pHash Hamming
+# bits (pixel evidence, lower is closer), then embedding cosine (higher is closer).
+MEASURES = ("bytes", "hamming", "cosine")
 HISTORY_SCHEMA = pa.schema(
     [
         pa.field("clip_id", pa.string()),
@@ -50,6 +60,7 @@ HISTORY_SCHEMA = pa.schema(
         pa.field("image_emb", pa.binary()),
     ]
 )
+Links = tuple[np.ndarray, np.ndarray]  # pairs (m, 2) i < j, and each pair's figure (m,)
 
 
 def _faiss():
@@ -63,22 +74,32 @@ QUERY_BLOCK = 65_536  # queries per GPU k-NN call (bounds the k-NN result arrays
 ASSIGN_BLOCK = 50_000  # vectors per centroid-assignment task
 
 
-def flat_pairs(emb: np.ndarray, threshold: float) -> np.ndarray:
-    """All pairs i < j with cosine >= threshold: exact FAISS range search, on every GPU when faiss
-    has GPUs (FAISS has no GPU range search, so k-NN there plus CPU range search for the rows
-    whose k-th neighbour still passes)."""
+def no_links() -> Links:
+    return np.empty((0, 2), np.int64), np.empty(0, np.float32)
+
+
+def joined(found: list[Links]) -> Links:
+    found = [f for f in found if len(f[0])]
+    if not found:
+        return no_links()
+    return np.concatenate([p for p, _ in found]), np.concatenate([f for _, f in found])
+
+
+def flat_pairs(emb: np.ndarray, threshold: float) -> Links:
+    """All pairs i < j with cosine >= threshold, with their cosines: exact FAISS range search, on
+    every GPU when faiss has GPUs (FAISS has no GPU range search, so k-NN there plus CPU range
+    search for the rows whose k-th neighbour still passes)."""
     faiss = _faiss()
     index = faiss.IndexFlatIP(emb.shape[1])
     index.add(emb)
     if faiss.get_num_gpus() == 0:
-        lims, _, ids = index.range_search(emb, threshold)
-        return _pairs_from_ranges(lims, ids)
+        return _pairs_from_ranges(*index.range_search(emb, threshold))
     options = faiss.GpuMultipleClonerOptions()
     options.shard, options.useFloat16 = True, True
     return knn_range_pairs(emb, threshold, faiss.index_cpu_to_all_gpus(index, options), index, GPU_K)
 
 
-def knn_range_pairs(emb: np.ndarray, threshold: float, knn_index, exact_index, k: int) -> np.ndarray:
+def knn_range_pairs(emb: np.ndarray, threshold: float, knn_index, exact_index, k: int) -> Links:
     """flat_pairs through k-NN (`knn_index`, e.g. on GPUs) and exact range search (`exact_index`)
     for the queries whose k nearest all pass the threshold, block by block of queries."""
     from faiss.contrib.exhaustive_search import range_search_gpu
@@ -86,16 +107,16 @@ def knn_range_pairs(emb: np.ndarray, threshold: float, knn_index, exact_index, k
     found = []
     for start in range(0, len(emb), QUERY_BLOCK):
         block = np.ascontiguousarray(emb[start : start + QUERY_BLOCK])
-        lims, _, ids = range_search_gpu(block, threshold, knn_index, exact_index, gpu_k=k)
-        found.append(_pairs_from_ranges(lims, ids, offset=start))
-    return np.concatenate(found) if found else np.empty((0, 2), np.int64)
+        found.append(_pairs_from_ranges(*range_search_gpu(block, threshold, knn_index, exact_index, gpu_k=k), offset=start))
+    return joined(found)
 
 
-def _pairs_from_ranges(lims: np.ndarray, ids: np.ndarray, offset: int = 0) -> np.ndarray:
-    """Range-search results (query i's hits are ids[lims[i]:lims[i+1]]) -> pairs i < j."""
+def _pairs_from_ranges(lims: np.ndarray, figures: np.ndarray, ids: np.ndarray, offset: int = 0) -> Links:
+    """Range-search results (query i's hits are ids[lims[i]:lims[i+1]], with their figures) ->
+    pairs i < j and their figures."""
     rows = np.repeat(np.arange(len(lims) - 1) + offset, np.diff(lims).astype(np.int64))
     keep = rows < ids
-    return np.stack([rows[keep], ids[keep]], axis=1).astype(np.int64)
+    return np.stack([rows[keep], ids[keep]], axis=1).astype(np.int64), np.asarray(figures)[keep]
 
 
 def train_centroids(emb: np.ndarray, n_clusters: int, seed: int = 1) -> np.ndarray:
@@ -116,10 +137,10 @@ def assign(emb: np.ndarray, centroids: np.ndarray, soft: int) -> np.ndarray:
     return index.search(emb, soft)[1]
 
 
-def cluster_pairs(members: np.ndarray, emb: np.ndarray, threshold: float) -> np.ndarray:
-    """Pairs inside one cluster, as global indices."""
-    local = flat_pairs(np.ascontiguousarray(emb[members]), threshold)
-    return members[local] if len(local) else np.empty((0, 2), np.int64)
+def cluster_pairs(members: np.ndarray, emb: np.ndarray, threshold: float) -> Links:
+    """Pairs inside one cluster, as global indices, with their cosines."""
+    local, sims = flat_pairs(np.ascontiguousarray(emb[members]), threshold)
+    return members[local].reshape(-1, 2), sims
 
 
 def near_clusters(n: int) -> int:
@@ -133,10 +154,11 @@ def assign_block(rows: np.ndarray, emb: np.ndarray, centroids: np.ndarray, soft:
     return assign(np.ascontiguousarray(emb[rows]), centroids, soft)
 
 
-def clustered_pairs(emb: np.ndarray, threshold: float, n_clusters: int, soft: int, map_each=map_here) -> np.ndarray:
-    """Pairs within clusters (`soft` = 1: SemDeDup; 2: near-dup search at scale). Assigning
-    vectors to centroids (in blocks) and searching each cluster go through `map_each`: this
-    process by default, the executor's parallel map at scale (the vectors travel once)."""
+def clustered_pairs(emb: np.ndarray, threshold: float, n_clusters: int, soft: int, map_each=map_here) -> Links:
+    """Pairs within clusters, with their cosines (`soft` = 1: SemDeDup; 2: near-dup search at
+    scale). Assigning vectors to centroids (in blocks) and searching each cluster go through
+    `map_each`: this process by default, the executor's parallel map at scale (the vectors
+    travel once)."""
     centroids = train_centroids(emb, n_clusters)
     blocks = [np.arange(i, min(i + ASSIGN_BLOCK, len(emb))) for i in range(0, len(emb), ASSIGN_BLOCK)]
     labels = np.concatenate(map_each(assign_block, blocks, emb=emb, centroids=centroids, soft=soft))
@@ -145,14 +167,16 @@ def clustered_pairs(emb: np.ndarray, threshold: float, n_clusters: int, soft: in
     owners = order // soft  # increasing within each cluster: the stable sort keeps index order
     bounds = np.flatnonzero(np.diff(flat)) + 1
     groups = [group for group in np.split(owners, bounds) if len(group) > 1]
-    found = map_each(cluster_pairs, groups, emb=emb, threshold=threshold)
-    return unique_pairs(np.concatenate(found) if found else np.empty((0, 2), np.int64))
+    return unique_pairs(joined(map_each(cluster_pairs, groups, emb=emb, threshold=threshold)))
 
 
-def unique_pairs(pairs: np.ndarray) -> np.ndarray:
+def unique_pairs(links: Links) -> Links:
+    """Each pair once (soft assignment finds a pair in every cluster both ends share)."""
+    pairs, figures = links
     if not len(pairs):
-        return pairs.reshape(0, 2)
-    return np.unique(np.sort(pairs, axis=1), axis=0)
+        return no_links()
+    pairs, first = np.unique(np.sort(pairs, axis=1), axis=0, return_index=True)
+    return pairs, figures[first]
 
 
 def _codes(hashes) -> np.ndarray:
@@ -160,45 +184,32 @@ def _codes(hashes) -> np.ndarray:
     return np.asarray(hashes, np.int64).astype(">i8").view(np.uint8).reshape(-1, 8)
 
 
-def phash_pairs(hashes: np.ndarray, max_hamming: int) -> np.ndarray:
-    """Pairs of 64-bit hashes within `max_hamming` bits (FAISS binary range search)."""
+def phash_pairs(hashes: np.ndarray, max_hamming: int) -> Links:
+    """Pairs of 64-bit hashes within `max_hamming` bits, with their Hamming distances (FAISS
+    binary range search)."""
     faiss = _faiss()
     codes = _codes(hashes)
     index = faiss.IndexBinaryFlat(64)
     index.add(codes)
-    lims, _, ids = index.range_search(codes, max_hamming + 1)  # strict: distance < radius
-    rows = np.repeat(np.arange(len(codes)), np.diff(lims).astype(np.int64))
-    keep = rows < ids
-    return np.stack([rows[keep], ids[keep]], axis=1).astype(np.int64)
+    return _pairs_from_ranges(*index.range_search(codes, max_hamming + 1))  # strict: distance < radius
 
 
-def exact_pairs(keys: list[str | None]) -> np.ndarray:
-    first: dict[str, int] = {}
-    pairs = []
+def rank_order(rows: list[dict]) -> np.ndarray:
+    """Each row's place in the keep order: best `quality` first, then the smaller clip id."""
+    order = sorted(range(len(rows)), key=lambda i: (-(rows[i].get("quality") or 0.0), rows[i]["clip_id"]))
+    rank = np.empty(len(rows), np.int64)
+    rank[order] = np.arange(len(rows))
+    return rank
+
+
+def exact_links(keys: list[str | None], rank: np.ndarray) -> Links:
+    """Each clip's link to the best-ranked clip with the same bytes (no figure: NaN)."""
+    best: dict[str, int] = {}
     for i, key in enumerate(keys):
-        if key is None:
-            continue
-        if key in first:
-            pairs.append((first[key], i))
-        else:
-            first[key] = i
-    return np.asarray(pairs, np.int64).reshape(-1, 2)
-
-
-class UnionFind:
-    def __init__(self, n: int):
-        self.parent = list(range(n))
-
-    def find(self, i: int) -> int:
-        while self.parent[i] != i:
-            self.parent[i] = self.parent[self.parent[i]]
-            i = self.parent[i]
-        return i
-
-    def union(self, a: int, b: int) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            self.parent[max(ra, rb)] = min(ra, rb)
+        if key is not None and (key not in best or rank[i] < rank[best[key]]):
+            best[key] = i
+    pairs = [(best[key], i) for i, key in enumerate(keys) if key is not None and best[key] != i]
+    return np.asarray(pairs, np.int64).reshape(-1, 2), np.full(len(pairs), np.nan, np.float32)
 
 
 def embeddings(rows: list[dict]) -> np.ndarray:
@@ -206,50 +217,54 @@ def embeddings(rows: list[dict]) -> np.ndarray:
     return emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
 
 
-def find_pairs(rows: list[dict], cfg, map_each=map_here) -> dict[str, np.ndarray]:
-    """Duplicate pairs by kind among `rows` (clip_sha256, phash, image_emb); `map_each` runs the
-    clustered searches' parts (`clustered_pairs`)."""
-    pairs = {"exact": exact_pairs([r.get("clip_sha256") for r in rows])}
+def find_links(rows: list[dict], cfg, rank: np.ndarray, map_each=map_here) -> dict[tuple[str, str], Links]:
+    """Links by (kind, measure) among `rows` (clip_sha256, phash, image_emb), each with its
+    figures; `map_each` runs the clustered searches' parts (`clustered_pairs`)."""
+    links = {("exact", "bytes"): exact_links([r.get("clip_sha256") for r in rows], rank)}
     if len(rows) < 2:
-        return pairs
+        return links
+    if cfg.max_hamming is not None:
+        links["near", "hamming"] = phash_pairs(np.asarray([r["phash"] for r in rows], np.int64), cfg.max_hamming)
     emb = embeddings(rows)
     if len(emb) <= cfg.flat_max:
-        near = [flat_pairs(emb, cfg.near_cosine)]
+        links["near", "cosine"] = flat_pairs(emb, cfg.near_cosine)
     else:
-        near = [clustered_pairs(emb, cfg.near_cosine, n_clusters=near_clusters(len(emb)), soft=2, map_each=map_each)]
-    if cfg.max_hamming is not None:
-        near.append(phash_pairs(np.asarray([r["phash"] for r in rows], np.int64), cfg.max_hamming))
-    pairs["near"] = unique_pairs(np.concatenate(near))
+        links["near", "cosine"] = clustered_pairs(emb, cfg.near_cosine, n_clusters=near_clusters(len(emb)), soft=2, map_each=map_each)
     if cfg.semantic_eps is not None:
         k = cfg.n_clusters or max(1, int(np.sqrt(len(rows))))
-        pairs["semantic"] = clustered_pairs(emb, 1 - cfg.semantic_eps, n_clusters=min(k, len(rows)), soft=1, map_each=map_each)
-    return pairs
+        links["semantic", "cosine"] = clustered_pairs(emb, 1 - cfg.semantic_eps, n_clusters=min(k, len(rows)), soft=1, map_each=map_each)
+    return links
 
 
-def resolve(rows: list[dict], pairs: dict[str, np.ndarray]) -> list[dict]:
-    """Groups from pairs; the best `quality` (then smallest clip id) of each group is kept."""
-    uf = UnionFind(len(rows))
-    kind_of: dict[int, str] = {}
-    for kind in KINDS:
-        for a, b in pairs.get(kind, ()):
-            uf.union(int(a), int(b))
-            for i in (int(a), int(b)):
-                kind_of.setdefault(i, kind)
-    groups: dict[int, list[int]] = {}
-    for i in range(len(rows)):
-        groups.setdefault(uf.find(i), []).append(i)
-    out = [None] * len(rows)
-    for members in groups.values():
-        best = min(members, key=lambda i: (-(rows[i].get("quality") or 0.0), rows[i]["clip_id"]))
-        for i in members:
-            base = {"clip_id": rows[i]["clip_id"], "video_id": rows[i]["video_id"], "stage": STAGE}
-            if i == best:
-                out[i] = {**base, "status": KEPT, "reason": None}
-            else:
-                kind = kind_of.get(i, "near")
-                reason = f"dedup: duplicate_of={rows[best]['clip_id']} ({kind})"
-                out[i] = {**base, "status": REJECTED, "reason": reason, "duplicate_of": rows[best]["clip_id"], "dup_kind": kind}
-    return out
+def strength(kind: str, measure: str) -> int:
+    """0 for the strongest link (exact bytes), then near by pHash, near by cosine, semantic."""
+    return KINDS.index(kind) * len(MEASURES) + MEASURES.index(measure)
+
+
+def keep_first(rank: np.ndarray, links: dict[tuple[str, str], Links]) -> list[tuple | None]:
+    """The rule, per row: None (kept), or (index of the kept row it duplicates, kind, measure,
+    figure). Rows are decided in `rank` order; a row is rejected for its strongest link to a row
+    already kept, and a link to a rejected row rejects nothing."""
+    names = sorted(links, key=lambda km: strength(*km))
+    lo, hi, signal, closeness, figure = [], [], [], [], []
+    for s, name in enumerate(names):
+        pairs, figures = links[name]
+        a, b = pairs[:, 0], pairs[:, 1]
+        later = rank[a] > rank[b]
+        lo.append(np.where(later, a, b))
+        hi.append(np.where(later, b, a))
+        signal.append(np.full(len(pairs), s))
+        closeness.append(-figures if name[1] == "cosine" else np.nan_to_num(figures))
+        figure.append(figures)
+    lo, hi, signal, closeness, figure = map(np.concatenate, (lo, hi, signal, closeness, figure))
+    order = np.lexsort((rank[hi], closeness, signal, rank[lo]))
+    kept = [True] * len(rank)
+    decided: list[tuple | None] = [None] * len(rank)
+    for a, b, s, f in zip(lo[order].tolist(), hi[order].tolist(), signal[order].tolist(), figure[order].tolist()):
+        if kept[a] and kept[b]:  # b ranks before a, so b's own fate is already final
+            kept[a] = False
+            decided[a] = (b, *names[s], None if np.isnan(f) else f)
+    return decided
 
 
 def run_id(run_dir: str | Path) -> str:
@@ -265,47 +280,62 @@ def load_history(path: str | None, exclude_run: str) -> list[dict]:
     return [r for r in rows if r["run_id"] != exclude_run]
 
 
-def against_history(rows: list[dict], history: list[dict], cfg) -> dict[int, str]:
-    """Index of each new row that duplicates a shipped clip -> that clip's id. The same tests
-    as within a run: equal bytes, close pHash, or cosine at the near (or semantic) threshold."""
+def against_history(rows: list[dict], history: list[dict], cfg) -> dict[int, tuple]:
+    """Index of each new row that duplicates a shipped clip -> (that clip's id, measure, figure).
+    The same tests as within a run (equal bytes, close pHash, cosine at the near or semantic
+    threshold), and the strongest link wins: the shipped clips are all kept already."""
     if not history or not rows:
         return {}
     faiss = _faiss()
-    found: dict[int, str] = {}
+    found: dict[int, tuple] = {}
     sha = {h["clip_sha256"]: h["clip_id"] for h in history}
     for i, r in enumerate(rows):
         if r.get("clip_sha256") in sha:
-            found[i] = sha[r["clip_sha256"]]
-    threshold = min(cfg.near_cosine, 1 - cfg.semantic_eps) if cfg.semantic_eps is not None else cfg.near_cosine
-    index = faiss.IndexFlatIP(len(history[0]["image_emb"]) // 2)
-    index.add(embeddings(history))
-    sims, ids = index.search(embeddings(rows), 1)
-    for i, (s, j) in enumerate(zip(sims[:, 0], ids[:, 0])):
-        if s >= threshold:
-            found.setdefault(i, history[j]["clip_id"])
+            found[i] = (sha[r["clip_sha256"]], "bytes", None)
     if cfg.max_hamming is not None:
         binary = faiss.IndexBinaryFlat(64)
         binary.add(_codes([h["phash"] for h in history]))
         dist, ids = binary.search(_codes([r["phash"] for r in rows]), 1)
-        for i, (d, j) in enumerate(zip(dist[:, 0], ids[:, 0])):
+        for i, (d, j) in enumerate(zip(dist[:, 0].tolist(), ids[:, 0].tolist())):
             if d <= cfg.max_hamming:
-                found.setdefault(i, history[j]["clip_id"])
+                found.setdefault(i, (history[j]["clip_id"], "hamming", float(d)))
+    threshold = min(cfg.near_cosine, 1 - cfg.semantic_eps) if cfg.semantic_eps is not None else cfg.near_cosine
+    index = faiss.IndexFlatIP(len(history[0]["image_emb"]) // 2)
+    index.add(embeddings(history))
+    sims, ids = index.search(embeddings(rows), 1)
+    for i, (s, j) in enumerate(zip(sims[:, 0].tolist(), ids[:, 0].tolist())):
+        if s >= threshold:
+            found.setdefault(i, (history[j]["clip_id"], "cosine", s))
     return found
 
 
+def figure_text(measure: str, figure: float | None) -> str:
+    if measure == "bytes":
+        return "same bytes"
+    return f"hamming {int(figure)}" if measure == "hamming" else f"cosine {figure:.4f}"
+
+
+def rejected(row: dict, of: str, kind: str, measure: str, figure: float | None) -> dict:
+    return {"clip_id": row["clip_id"], "video_id": row["video_id"], "stage": STAGE, "status": REJECTED,
+            "reason": f"dedup: duplicate_of={of} ({kind}, {figure_text(measure, figure)})",
+            "duplicate_of": of, "dup_kind": kind, "dup_measure": measure, "dup_figure": None if figure is None else round(figure, 6)}
+
+
 def dedup(rows: list[dict], cfg, history: list[dict], map_each=map_here) -> list[dict]:
-    """DEDUPED rows for clips (merged stage rows), in input order."""
+    """DEDUPED rows for clips (merged stage rows), in input order: first against the shipped
+    history, then the rule over the rest."""
     shipped = against_history(rows, history, cfg)
     fresh = [r for i, r in enumerate(rows) if i not in shipped]
-    decided = {d["clip_id"]: d for d in resolve(fresh, find_pairs(fresh, cfg, map_each))}
+    rank = rank_order(fresh)
+    decided = dict(zip((r["clip_id"] for r in fresh), keep_first(rank, find_links(fresh, cfg, rank, map_each))))
     out = []
     for i, r in enumerate(rows):
         if i in shipped:
-            reason = f"dedup: duplicate_of={shipped[i]} (shipped)"
-            out.append({"clip_id": r["clip_id"], "video_id": r["video_id"], "stage": STAGE, "status": REJECTED,
-                        "reason": reason, "duplicate_of": shipped[i], "dup_kind": "shipped"})
+            out.append(rejected(r, shipped[i][0], "shipped", *shipped[i][1:]))
+        elif (match := decided[r["clip_id"]]) is not None:
+            out.append(rejected(r, fresh[match[0]]["clip_id"], *match[1:]))
         else:
-            out.append(decided[r["clip_id"]])
+            out.append({"clip_id": r["clip_id"], "video_id": r["video_id"], "stage": STAGE, "status": KEPT, "reason": None})
     return out
 
 
@@ -374,7 +404,7 @@ SPEC = Stage(
     config_model=DedupConfig,
     table=DEDUPED,
     needs=("embed",),
-    reasons={"dedup": (REJECTED, "`duplicate_of=<clip_id> (exact|near|semantic|shipped)`: a copy is kept, or an earlier run shipped it")},
+    reasons={"dedup": (REJECTED, "`duplicate_of=<clip_id> (<kind>, <figure>)`, e.g. `(near, cosine 0.9812)`: a kept clip (or one an earlier run or partition shipped) it directly duplicates; kind exact, near, semantic or shipped; figure `same bytes`, `hamming <bits>` or `cosine <value>`")},
     # random embeddings are all alike (cosine ~0.97): only near-identical clips count as duplicates
     tiny_defaults={"near_cosine": 0.9995, "semantic_eps": 0.0002},
     whole=dedup_run,

@@ -55,7 +55,7 @@ def test_increments_take_only_new_inputs_and_never_reship(corpus, ray_local, pre
     assert fourth["samples"] == second["samples"]
     (again,) = fourth["increments_run"]
     dedup = pq.read_table(root / "increments" / again / "dedup").to_pylist()
-    assert dedup and all(r["status"] == "rejected" and r["reason"].endswith("(shipped)") for r in dedup)
+    assert dedup and all(r["status"] == "rejected" and "(shipped, " in r["reason"] for r in dedup)
 
 
 def test_an_interrupted_increment_is_finished_first(corpus, ray_local, prefect_server):
