@@ -1,7 +1,7 @@
 """The shape the stage contract promises, checked on the source: the runner, the partitions, the
 config and the flows name no stage; only the store names the marker file and renames a stage
 folder into place; no module imports one that imports it back; imports point down
-(flows -> pipelines -> stages -> schemas)."""
+(flows -> pipelines -> stages -> schemas; the command line, which starts the flows, above all)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from conftest import REPO
 from vidcurate.stages.registry import STAGES
 
 PACKAGES = ("flows", "pipelines", "stages", "schemas")  # top to bottom
+ENTRY_POINT = "pipelines.cli"  # the command line starts the flows: the one module above them all
 GENERIC = [REPO / "pipelines" / "runner.py", REPO / "pipelines" / "partitions.py", REPO / "pipelines" / "config.py", *sorted((REPO / "flows").glob("*.py"))]
 
 
@@ -59,7 +60,12 @@ def test_only_the_store_names_the_marker_and_renames_stage_folders():
 
 def test_no_import_cycle_and_imports_point_down():
     graph = {name: {m for m in _imports(path) if m in _modules() and m != name} for name, path in _modules().items()}
-    upward = [(a, b) for a, deps in graph.items() for b in deps if PACKAGES.index(b.split(".")[0]) < PACKAGES.index(a.split(".")[0])]
+    upward = [
+        (a, b)
+        for a, deps in graph.items()
+        for b in deps
+        if PACKAGES.index(b.split(".")[0]) < PACKAGES.index(a.split(".")[0]) and a != ENTRY_POINT
+    ]
     assert upward == []
     state: dict[str, str] = {}
 
