@@ -169,14 +169,13 @@ def test_a_decode_step_streams_apart_only_ahead_of_gpu_actors():
     assert not decode_apart(STAGE_SPECS["quality"], StageResources(num_gpus=1))  # no decode step
 
 
-def _numbered(table, **_):
-    """A test stage's core: each batch's rows with the batch's size beside them."""
-    return pa.table({"n": table.column("n"), "batch_rows": pa.array([table.num_rows] * table.num_rows, pa.int64())})
-
-
 def test_both_executors_cut_a_stage_into_the_same_batches(tmp_path, ray_local):
     """`resources.batch_size` rows a batch, each batch its own part, in the same order, on Ray and in
     this process alike (in process once ran every row as one batch)."""
+
+    def _numbered(table, **_):  # defined here: Ray workers cannot import this test module
+        return pa.table({"n": table.column("n"), "batch_rows": pa.array([table.num_rows] * table.num_rows, pa.int64())})
+
     spec = Stage(name="probe", config_model=ProbeConfig, table=pa.schema([("n", pa.int64()), ("batch_rows", pa.int64())]), core=_numbered)
     config = ProbeConfig(resources=StageResources(batch_size=2))
     rows = [{"n": n} for n in range(5)]
