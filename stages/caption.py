@@ -25,7 +25,7 @@ from vidcurate.stages.contract import Stage
 from vidcurate.stages.frame_store import FrameNeed, read_frames
 from vidcurate.stages.media import pack_frames, unpack_frames
 from vidcurate.stages.models import DEFAULT_CAPTION_MODEL, tiny_qwen2vl
-from vidcurate.stages.settings import StageResources, StrictModel
+from vidcurate.stages.settings import StageResources, StrictModel, real_model_by_default
 
 
 class OpenAIEndpoint(StrictModel):
@@ -241,14 +241,6 @@ def decode_batch(batch: pa.Table, cfg: CaptionConfig) -> pa.Table:
     return pa.Table.from_pylist(decode_clips(batch.to_pylist(), cfg))
 
 
-def real_model(cfg: CaptionConfig, profile: str) -> CaptionConfig:
-    """Under profile `default` an unnamed model is the real one; under `tiny` it stays unnamed:
-    the random toy model, built locally."""
-    if profile == "default" and cfg.model is None:
-        return cfg.model_copy(update={"model": DEFAULT_CAPTION_MODEL})
-    return cfg
-
-
 REASONS = {
     "invalid_output": (FAILED, "no answer passed the grammar in `caption.max_attempts` tries (raw answer kept)"),
     "backend": (FAILED, "the model or server failed (unreachable, 5xx, out of memory: transient)"),
@@ -265,7 +257,7 @@ SPEC = Stage(
     reasons=REASONS,
     # a random model's greedy answer repeats one token to the length limit: sample, short answers
     tiny_defaults={"temperature": 1.0, "frames": 4, "frame_height": 112, "max_events": 4, "max_tokens": 1024},
-    resolve_profile=real_model,
+    resolve_profile=real_model_by_default(DEFAULT_CAPTION_MODEL),
     core=CaptionWorker,
     arguments=lambda ctx: {"cfg": ctx.config},
     decode=decode_batch,

@@ -23,7 +23,7 @@ from vidcurate.stages.failures import failed, is_transient
 from vidcurate.stages.frame_store import FrameNeed, read_frames
 from vidcurate.stages.media import pack_frames, unpack_frames
 from vidcurate.stages.models import DEFAULT_CLIP_MODEL, TINY_CLIP_MODEL, cache_dir, tiny_clip_config
-from vidcurate.stages.settings import StageResources, StrictModel
+from vidcurate.stages.settings import StageResources, StrictModel, real_model_by_default
 
 
 class EmbedConfig(StrictModel):
@@ -306,13 +306,6 @@ def unpack(blob: bytes | None) -> np.ndarray | None:
     return None if blob is None else np.frombuffer(blob, dtype=np.float16).astype(np.float32)
 
 
-def real_model(cfg: EmbedConfig, profile: str) -> EmbedConfig:
-    """Under profile `default` an unnamed model is the real one; under `tiny` the random toy ViT."""
-    if profile == "default" and cfg.model is None:
-        return cfg.model_copy(update={"model": DEFAULT_CLIP_MODEL})
-    return cfg
-
-
 REASONS = {
     "frames": (FAILED, "the clip's keyframes could not be read (split's stored frames, else the clip decoded)"),
     "embed": (FAILED, "the encoder failed"),
@@ -326,7 +319,7 @@ SPEC = Stage(
     optional=("caption", "frames_uri"),
     run_fields=("profile",),
     reasons=REASONS,
-    resolve_profile=real_model,
+    resolve_profile=real_model_by_default(DEFAULT_CLIP_MODEL),
     core=EmbedWorker,
     arguments=lambda ctx: {"cfg": ctx.config},
     decode=decode_batch,

@@ -19,3 +19,16 @@ class StageResources(StrictModel):
     num_gpus: float = Field(0.0, ge=0)
     concurrency: int | None = Field(None, ge=1, description="tasks at a time, or a model stage's actors; None: as many tasks as CPUs allow, one actor")
     batch_size: int = Field(1, ge=1, description="rows (videos or clips) per task or actor call")
+
+
+def real_model_by_default(model_id: str):
+    """A stage's `resolve_profile` for a config with a `model` field: under profile `default` an
+    unnamed model is `model_id`, the real one; under `tiny` it stays unnamed, which the stage reads
+    as its random toy model, built locally."""
+
+    def resolve(cfg, profile: str):
+        if profile == "default" and cfg.model is None:
+            return cfg.model_copy(update={"model": model_id})
+        return cfg
+
+    return resolve
