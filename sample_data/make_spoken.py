@@ -82,9 +82,29 @@ def frames(duration_s: float, cuts_s: list[float]) -> list[np.ndarray]:
     return out
 
 
-def write(path: Path, video: list[np.ndarray], audio: np.ndarray | None, corrupt_audio: bool = False) -> Path:
-    """An mp4 of H.264 frames and, where given, an AAC track of `audio`; `corrupt_audio` writes
-    the track's packets as random bytes (the container is whole, the audio does not decode)."""
+BEEPS_S = [0.5, 2.2, 3.1, 4.9, 7.3]  # tone onsets for audio tests that need no speech
+
+
+def onsets(samples: np.ndarray, rate: int) -> list[float]:
+    """Where each tone of (channels, n) samples starts: its first loud sample after a silence."""
+    loud = np.abs(samples[0]) > 0.05
+    starts = np.flatnonzero(loud & ~np.concatenate([[False], loud[:-1]]))
+    return [round(s / rate, 3) for i, s in enumerate(starts) if i == 0 or s - starts[i - 1] > rate * 0.1]
+
+
+def beeps(duration_s: float, at_s: list[float], length_s: float = 0.2) -> np.ndarray:
+    """Silence with a 440 Hz tone of `length_s` from each of `at_s`: audio whose every onset is known."""
+    track = np.zeros(round(duration_s * RATE), np.float32)
+    tone = 0.5 * np.sin(2 * np.pi * 440 * np.arange(round(length_s * RATE)) / RATE).astype(np.float32)
+    for t in at_s:
+        track[round(t * RATE) : round(t * RATE) + len(tone)] = tone[: len(track) - round(t * RATE)]
+    return track
+
+
+def write(path: Path, video: list[np.ndarray], audio: np.ndarray | None, corrupt_audio: bool = False, audio_start_s: float = 0.0) -> Path:
+    """An mp4 of H.264 frames and, where given, an AAC track of `audio` starting `audio_start_s`
+    after the first frame; `corrupt_audio` writes the track's packets as random bytes (the
+    container is whole, the audio does not decode)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), mode="w", format="mp4") as out:
         stream = out.add_stream("libx264", rate=Fraction(FPS))
@@ -95,7 +115,7 @@ def write(path: Path, video: list[np.ndarray], audio: np.ndarray | None, corrupt
         out.mux(stream.encode(None))
         if track is not None:
             frame = av.AudioFrame.from_ndarray(audio[None, :], format="flt", layout="mono")
-            frame.sample_rate, frame.pts, frame.time_base = RATE, 0, Fraction(1, RATE)
+            frame.sample_rate, frame.pts, frame.time_base = RATE, round(audio_start_s * RATE), Fraction(1, RATE)
             packets = track.encode(frame) + track.encode(None)
             rng = np.random.default_rng(0)
             for packet in packets:

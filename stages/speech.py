@@ -17,6 +17,7 @@ transiently (`backend`), for the next run to retry.
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import re
@@ -216,7 +217,7 @@ class FasterWhisper:
         options = {"max_new_tokens": self.cfg.max_new_tokens} if self.cfg.max_new_tokens else {}
         found, info = self.model.transcribe(
             samples, language=language, beam_size=self.cfg.beam_size, word_timestamps=True, vad_filter=False,
-            condition_on_previous_text=False, **options,
+            condition_on_previous_text=False, temperature=0.0, **options,  # no sampled fallback: re-runs hear the same
         )  # fmt: skip
         segments, words = [], []
         for segment in found:
@@ -381,6 +382,16 @@ def speech_seconds(done: pa.Table) -> dict:
     return {"voiced_s": round(voiced, 3)}
 
 
+MODULES = {"faster-whisper": "faster_whisper", "transformers": "transformers", "openai": "httpx", "pocketsphinx": "pocketsphinx"}
+
+
+def installed(ctx) -> None:
+    """Fail before any work starts when the voice-activity detector or the recogniser is missing."""
+    for module in ("silero_vad", MODULES[ctx.config.backend]):
+        if importlib.util.find_spec(module) is None:
+            raise RuntimeError(f"speech (backend {ctx.config.backend}) needs the module {module}: pip install 'vidcurate[speech]'")
+
+
 def real_model(cfg: SpeechConfig, profile: str) -> SpeechConfig:
     """Under profile `default` an unnamed Whisper is large-v3-turbo (each backend's name for it);
     under `tiny` it stays unnamed: the random toy Whisper, built locally."""
@@ -412,4 +423,5 @@ SPEC = Stage(
     arguments=lambda ctx: {"cfg": ctx.config},
     decode=decode_batch,
     decode_arguments=lambda ctx: {"cfg": ctx.config},
+    check=installed,
 )
