@@ -18,6 +18,7 @@ import fsspec
 import numpy as np
 
 SPEECH_RATE = 16000  # what every recogniser and the voice-activity detector take (mono float32)
+AAC_OPTIONS = {"aac_coder": "fast"}  # FFmpeg's default coder took 1.8x as long for the same bytes (30 s stereo noise: 0.55 s vs 0.31 s)
 AAC_RATES = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000)
 
 
@@ -65,7 +66,7 @@ class SourceAudio:
         self._resampler = av.AudioResampler(format="fltp", layout=self.format.layout, rate=self.format.rate)
         self._frames = self._decoded(stream)
         self._buffer = np.zeros((self.format.channels, 0), np.float32)
-        self._start = None  # sample index (video clock) of the buffer's first sample
+        self._start = None  # sample index (video clock) of the buffer's first sample (None: no sample yet)
         self._error: str | None = None
 
     def _decoded(self, stream):
@@ -87,11 +88,14 @@ class SourceAudio:
         """(channels, samples) of the span: exactly its length, silence where the track has none."""
         rate = self.format.rate
         first, last = samples_at(start_s, rate), samples_at(end_s, rate)
-        while (self._start is None or self._start + self._buffer.shape[1] < last) and self._error is None:
+        blocks, held = [self._buffer], self._buffer.shape[1]
+        while (self._start is None or self._start + held < last) and self._error is None:
             block = next(self._frames, None)
             if block is None:
                 break
-            self._buffer = np.concatenate([self._buffer, block.astype(np.float32)], axis=1)
+            blocks.append(block.astype(np.float32))
+            held += block.shape[1]
+        self._buffer = np.concatenate(blocks, axis=1)
         if self._error is not None:
             raise AudioUndecodable(self._error)
         out = np.zeros((self.format.channels, last - first), np.float32)

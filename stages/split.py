@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 from pydantic import Field, model_validator
 
 from vidcurate.schemas.tables import CLIPS, FAILED, KEPT, REJECTED, clip_id, to_table
-from vidcurate.stages.audio import AudioFormat, AudioUndecodable, SourceAudio, audio_frame
+from vidcurate.stages.audio import AAC_OPTIONS, AudioFormat, AudioUndecodable, SourceAudio, audio_frame
 from vidcurate.stages.contract import Stage
 from vidcurate.stages.failures import failed
 from vidcurate.stages.decoding import decode_threads
@@ -204,7 +204,7 @@ class ClipEncoder:
         self.count = 0
         self.audio = None
         if audio is not None:
-            self.audio = self.out.add_stream("aac", rate=audio.rate, layout=audio.layout)
+            self.audio = self.out.add_stream("aac", rate=audio.rate, layout=audio.layout, options=AAC_OPTIONS)
             self.audio.bit_rate = cfg.audio_bitrate
         self.audio_format = audio
 

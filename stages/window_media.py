@@ -27,7 +27,7 @@ import fsspec
 
 import numpy as np
 
-from vidcurate.stages.audio import AudioFormat, audio_frame, read_track
+from vidcurate.stages.audio import AAC_OPTIONS, AudioFormat, audio_frame, read_track
 from vidcurate.stages.failures import failed
 from vidcurate.stages.media import file_sha256, private_part
 from vidcurate.stages.split import ClipEncoder
@@ -89,7 +89,7 @@ def _copy_packets(path: Path, clip_uris: list[str], frames: int, fps: float, aud
                     if target is None:
                         target, signature = out.add_stream_from_template(stream), _stream_signature(stream)
                         if audio is not None:  # the muxer holds it until the video's packets come
-                            track = out.add_stream("aac", rate=audio[1].rate, layout=audio[1].layout)
+                            track = out.add_stream("aac", rate=audio[1].rate, layout=audio[1].layout, options=AAC_OPTIONS)
                             track.bit_rate = cfg.audio_bitrate
                             out.mux(track.encode(audio_frame(*audio)) + track.encode(None))
                     elif _stream_signature(stream) != signature:
