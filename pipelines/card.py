@@ -48,6 +48,21 @@ def content_stats(dataset_dir: Path, tables: dict[str, pa.Table], cfg: PipelineC
         "scores": {name: _spread(v) for name, v in sorted(_scores(clips).items())},
         "rejections": _rejections(tables),
         "duplicates": _duplicates(tables.get("dedup")),
+        "speech": _speech(clips),
+    }
+
+
+def _speech(clips: list[dict]) -> dict:
+    """What the shipped clips say (the speech stage's transcripts): how many speak, for how long,
+    in which languages."""
+    heard = [m["speech"] for m in clips if "speech" in m]
+    voiced = sum(s["end_s"] - s["start_s"] for spoken in heard for s in spoken.get("voice_activity", []))
+    return {
+        "clips": len(heard),
+        "clips_with_speech": sum(not spoken["no_speech"] for spoken in heard),
+        "speech_hours": round(voiced / 3600, 4),
+        "words": sum(len(spoken["words"]) for spoken in heard),
+        "languages": dict(sorted(Counter(spoken["language"] for spoken in heard if spoken["language"]).items())),
     }
 
 
@@ -77,6 +92,10 @@ def _models(clips: list[dict], tables: dict[str, pa.Table], cfg: PipelineConfig)
     if "caption" in tables:
         tiny = cfg.caption.model is None
         models["caption"] = {"id": caption_ids, "backend": cfg.caption.backend, "profile": cfg.profile, "random_weights": tiny}
+    if "speech" in tables:
+        ids = sorted(set(tables["speech"].column("speech_model").drop_null().to_pylist()))
+        tiny = cfg.speech.model is None and cfg.speech.backend != "pocketsphinx"  # pocketsphinx's bundled model is real
+        models["speech"] = {"id": ids, "backend": cfg.speech.backend, "profile": cfg.profile, "random_weights": tiny}
     if "embed" in tables:
         ids = sorted(set(tables["embed"].column("embed_model").drop_null().to_pylist()))
         tiny = cfg.embed.model is None
@@ -214,6 +233,7 @@ def dataset_card(stats: dict, cfg: PipelineConfig) -> str:
         "|---|---|---|---|---|---|---|---|",
         *[f"| {name} | {d['count']} | {d['mean']} | {d['p0']} | {d['p10']} | {d['p50']} | {d['p90']} | {d['p100']} |" for name, d in content["scores"].items()],
         "",
+        *_speech_lines(content["speech"]),
         "## What was left out",
         "",
         "Ledger reason codes (entity status(stage, failure class): code):",
@@ -251,6 +271,23 @@ def dataset_card(stats: dict, cfg: PipelineConfig) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _speech_lines(speech: dict) -> list[str]:
+    """The speech stage's figures over the shipped clips (nothing where it did not run)."""
+    if not speech["clips"]:
+        return []
+    return [
+        "## Speech",
+        "",
+        f"{speech['clips_with_speech']} of {speech['clips']} clip samples have speech: {speech['speech_hours']} hours of voice, "
+        f"{speech['words']} words with their times (`speech` in each sample's json; the `mp4` carries the audio track).",
+        "",
+        "| language | clip samples |",
+        "|---|---|",
+        *([f"| {language} | {n} |" for language, n in speech["languages"].items()] or ["| - | 0 |"]),
+        "",
+    ]
 
 
 def _audit_lines(audit: dict | None) -> list[str]:

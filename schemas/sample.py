@@ -21,6 +21,24 @@ _EVENT = {
     "required": ["start_s", "end_s", "text"],
     "properties": {"start_s": _SPAN_S, "end_s": _SPAN_S, "text": {"type": "string", "minLength": 1}},
 }
+_WORD = {
+    "type": "object",
+    "required": ["start_s", "end_s", "word"],
+    "properties": {"start_s": _SPAN_S, "end_s": _SPAN_S, "word": {"type": "string", "minLength": 1}},
+}
+SPEECH = {
+    "type": "object",
+    "description": "what is said in the sample's audio track, times in its mp4 (the speech stage)",
+    "required": ["segments", "words", "language", "no_speech"],
+    "properties": {
+        "segments": {"type": "array", "items": _EVENT},
+        "words": {"type": "array", "items": _WORD},
+        "language": {"type": ["string", "null"], "description": "the spoken language's code (en, de, ...); null: no speech"},
+        "no_speech": {"type": "boolean", "description": "true: no track, no voice, or no word recognised"},
+        "voice_activity": {"type": "array", "items": {"type": "object", "required": ["start_s", "end_s"], "properties": {"start_s": _SPAN_S, "end_s": _SPAN_S}}},
+        "model": {"type": "string"},
+    },
+}
 QA_ITEM = {
     "type": "object",
     "required": ["task", "question", "answer", "spans", "verification"],
@@ -92,6 +110,7 @@ SAMPLE_SCHEMA = {
             "properties": {"qa": {"type": "array", "items": QA_ITEM}, "interleaved": {"type": "array"}},
         },
         "scores": {"type": "object", "additionalProperties": {"type": ["number", "boolean"]}},
+        "speech": SPEECH,
         "ledger": {
             "type": "array",
             "description": "each stage's decision on this clip, in order",
@@ -145,6 +164,8 @@ def build_sample(clip: dict, video: dict, stages: list[str] | tuple[str, ...] = 
         sample["grounding"] = {"qa": json.loads(clip["qa"]), "interleaved": json.loads(clip["interleaved"])}
     if clip.get("scores") is not None:
         sample["scores"] = json.loads(clip["scores"])
+    if clip.get("speech") is not None:
+        sample["speech"] = json.loads(clip["speech"])
     validate_sample(sample)
     return sample
 

@@ -57,6 +57,8 @@ CLIPS = pa.schema(
         pa.field("clip_height", pa.int32()),
         pa.field("clip_sha256", pa.string()),
         pa.field("frames_uri", pa.string()),  # the frames later stages sample, kept by extraction
+        pa.field("clip_audio", pa.string()),  # the codec of the clip's audio track (aac); null: it has none
+        pa.field("audio_error", pa.string()),  # why the source's audio could not be kept (it did not decode)
         *_STATUS_FIELDS,
     ]
 )
@@ -95,6 +97,13 @@ CAPTIONS = _clip_table(
     pa.field("raw_answer", pa.string()),  # the model's last answer, kept for debugging failures
 )
 
+SPEECH = _clip_table(
+    # JSON {"segments": [{start_s, end_s, text}], "words": [{start_s, end_s, word}], "language": str | null,
+    # "no_speech": bool, "voice_activity": [{start_s, end_s}], "model": str}, seconds from the clip start
+    pa.field("speech", pa.string()),
+    pa.field("speech_model", pa.string()),
+)
+
 GROUNDED = _clip_table(
     pa.field("qa", pa.string()),  # JSON list of QA items, spans relative to the clip start
     pa.field("interleaved", pa.string()),  # JSON list of {"frame": t} / {"text": ...} parts
@@ -111,6 +120,7 @@ EMBEDDED = _clip_table(
 SCORED = _clip_table(
     pa.field("scores", pa.string()),  # JSON {score name: value}
     pa.field("quality", pa.float64()),  # the combined score dedup uses to pick the copy to keep
+    pa.field("speech_language", pa.string()),  # the language spoken in the clip (the speech stage's), for quality.languages
 )
 
 DEDUPED = _clip_table(

@@ -28,13 +28,18 @@ from vidcurate.stages.models import DEFAULT_CAPTION_MODEL, tiny_qwen2vl
 from vidcurate.stages.settings import StageResources, StrictModel, real_model_by_default
 
 
-class OpenAIEndpoint(StrictModel):
+class EndpointConfig(StrictModel):
+    """Where an OpenAI-compatible server is and how hard to try it (captions; speech's transcriptions)."""
+
     base_url: str = Field("http://localhost:8000/v1", description="an OpenAI-compatible server, e.g. `vllm serve`")
     api_key_env: str = Field("OPENAI_API_KEY", description="environment variable holding the key (never logged)")
     concurrency: int = Field(8, ge=1, description="requests in flight per worker")
     max_retries: int = Field(5, ge=0)
     backoff_s: float = Field(1.0, ge=0, description="first retry delay; doubles each retry")
     timeout_s: float = Field(300.0, gt=0)
+
+
+class OpenAIEndpoint(EndpointConfig):
     structured: Literal["vllm", "json_schema", "off"] = Field(
         "vllm", description="how the answer grammar is sent: vLLM's structured_outputs regex, the standard "
         "response_format JSON schema (hosted APIs, llama.cpp, SGLang), or not at all; caption.structured: off wins"
@@ -70,6 +75,10 @@ class CaptionConfig(StrictModel):
     batch_size: int = Field(
         8, ge=1, description="transformers backend: prompts per generate call (at most the clips of one "
         "resources.batch_size batch)"
+    )
+    use_speech: bool = Field(
+        False, description="put what is said in the clip, with its times, in the prompt (the speech stage's transcript, "
+        "as HowToCaption prompts with timed speech)"
     )
     vllm: dict = Field(default_factory=dict, description="extra vllm.LLM arguments (tensor_parallel_size, ...)")
     openai: OpenAIEndpoint = OpenAIEndpoint()
@@ -118,7 +127,17 @@ def seed_for(clip_id: str, attempt: int) -> int:
     return stable_int(f"{clip_id}/{attempt}")
 
 
-def build_prompt(clip_id: str, frames, times, duration_s: float, cfg: CaptionConfig, attempt: int) -> Prompt:
+def spoken_text(speech: dict) -> str:
+    """A clip's transcript as the prompt gives it: each segment after its times."""
+    if speech["no_speech"]:
+        return "Nobody speaks in the clip. "
+    said = " ".join(f"[{s['start_s']:.2f}-{s['end_s']:.2f} s] {s['text']}" for s in speech["segments"])
+    return f"Speech heard in the clip, with its times in seconds from the clip start: {said} "
+
+
+def build_prompt(clip_id: str, frames, times, duration_s: float, cfg: CaptionConfig, attempt: int, speech: dict | None = None) -> Prompt:
+    """The frames (or the video) with their times, what is said in the clip where `speech` (its
+    transcript) is given, and the answer's instruction."""
     parts: list[tuple[str, object]] = []
     if cfg.frames_as == "video":
         parts.append(("video", (list(frames), list(times), duration_s)))
@@ -127,7 +146,8 @@ def build_prompt(clip_id: str, frames, times, duration_s: float, cfg: CaptionCon
             parts += [("text", f"Frame at {t:.2f} s:"), ("image", frame)]
     choices = ", ".join(time_choices(times, duration_s))
     opening = OPENING[cfg.frames_as].format(duration=duration_s, frame_times=", ".join(f"{t:.2f}" for t in times))
-    parts.append(("text", opening + INSTRUCTION.format(max_events=cfg.max_events, times=choices)))
+    heard = spoken_text(speech) if speech is not None else ""
+    parts.append(("text", opening + heard + INSTRUCTION.format(max_events=cfg.max_events, times=choices)))
     return Prompt(
         parts=parts,
         regex=answer_regex(times, duration_s, cfg.max_events),
@@ -144,6 +164,7 @@ def decode_clips(clips: list[dict], cfg: CaptionConfig) -> list[dict]:
     out = []
     for clip in clips:
         item = {k: clip[k] for k in ("clip_id", "video_id", "start_s", "end_s")}
+        item["speech"] = clip.get("speech") if cfg.use_speech else None
         try:
             frames, times = sample_frames(clip, cfg)
             item.update(frames=pack_frames(frames), frame_times=times, error=None)
@@ -168,12 +189,14 @@ def caption_decoded(decoded: list[dict], captioner, cfg: CaptionConfig) -> list[
             continue
         frames = list(unpack_frames(clip["frames"]))
         duration = clip["end_s"] - clip["start_s"]
-        pending[clip["clip_id"]] = {**base, "duration": duration, "frames": frames, "frame_times": list(clip["frame_times"])}
+        speech = json.loads(clip["speech"]) if clip.get("speech") else None
+        pending[clip["clip_id"]] = {**base, "duration": duration, "frames": frames, "frame_times": list(clip["frame_times"]), "speech": speech}
     for attempt in range(cfg.max_attempts):
         if not pending:
             break
         ids = sorted(pending)
-        prompts = [build_prompt(i, pending[i]["frames"], pending[i]["frame_times"], pending[i]["duration"], cfg, attempt) for i in ids]
+        asked = [pending[i] for i in ids]
+        prompts = [build_prompt(i, p["frames"], p["frame_times"], p["duration"], cfg, attempt, p["speech"]) for i, p in zip(ids, asked)]
         try:
             answers = captioner.generate(prompts)
         except Exception as exc:
@@ -247,12 +270,18 @@ REASONS = {
     "frames": (FAILED, "the clip's frames could not be read (split's stored frames, else the clip decoded)"),
 }
 
+def speech_before(ctx) -> None:
+    """`use_speech` needs the transcripts: the speech stage runs before caption."""
+    if ctx.config.use_speech and "speech" not in ctx.run.passed:
+        raise ValueError("caption.use_speech needs the speech stage: add speech to `stages:`")
+
+
 SPEC = Stage(
     name=STAGE,
     config_model=CaptionConfig,
     table=CAPTIONS,
     columns=("clip_id", "video_id", "clip_uri", "start_s", "end_s"),
-    optional=("frames_uri",),
+    optional=("frames_uri", "speech"),
     run_fields=("profile",),
     reasons=REASONS,
     # a random model's greedy answer repeats one token to the length limit: sample, short answers
@@ -263,4 +292,5 @@ SPEC = Stage(
     decode=decode_batch,
     decode_arguments=lambda ctx: {"cfg": ctx.config},
     frames=lambda cfg: (frame_need(cfg),),
+    check=speech_before,
 )

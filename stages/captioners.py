@@ -281,13 +281,9 @@ class OpenAICaptioner:
         timeout_s: float = 300.0,
         structured: str = "vllm",
     ):
-        import httpx
-
         self.name = model
         self.url = base_url.rstrip("/") + "/chat/completions"
-        key = os.environ.get(api_key_env, "")
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
-        self.client = httpx.Client(headers=headers, timeout=timeout_s)
+        self.client = http_client(api_key_env, timeout_s)
         self.concurrency, self.max_retries, self.backoff_s = concurrency, max_retries, backoff_s
         self.structured = structured
 
@@ -310,24 +306,39 @@ class OpenAICaptioner:
         return body
 
     def _one(self, prompt: Prompt) -> str:
-        import httpx
+        response = post_retrying(self.client, self.url, self.max_retries, self.backoff_s, json=self.request_body(prompt))
+        return response.json()["choices"][0]["message"]["content"] or ""
 
-        body = self.request_body(prompt)
-        for attempt in range(self.max_retries + 1):
-            delay = self.backoff_s * 2**attempt * (0.5 + random.random())
-            try:
-                response = self.client.post(self.url, json=body)
-            except httpx.TransportError as exc:
-                problem = f"{type(exc).__name__}: {exc}"
-            else:
-                if response.status_code == 200:
-                    return response.json()["choices"][0]["message"]["content"] or ""
-                problem = f"HTTP {response.status_code}"
-                if response.status_code not in RETRY_STATUS:
-                    transient = response.status_code not in REQUEST_REFUSED
-                    raise BackendError(f"{problem}: {response.text[:200]}", transient)
-                delay = float(response.headers.get("retry-after") or delay)
-            if attempt < self.max_retries:
-                log.warning("openai backend: %s, retry %d/%d in %.1f s", problem, attempt + 1, self.max_retries, delay)
-                time.sleep(delay)
-        raise BackendError(f"{problem} after {self.max_retries} retries", transient=True)
+
+def http_client(api_key_env: str, timeout_s: float):
+    """An httpx client sending the key held in `api_key_env` (none where it is unset)."""
+    import httpx
+
+    key = os.environ.get(api_key_env, "")
+    return httpx.Client(headers={"Authorization": f"Bearer {key}"} if key else {}, timeout=timeout_s)
+
+
+def post_retrying(client, url: str, max_retries: int, backoff_s: float, **request):
+    """POST `request` (httpx's arguments) until the server answers 200, backing off exponentially
+    (honouring Retry-After) on transport errors and RETRY_STATUS; every other answer, and the
+    last failure, raise BackendError (transient unless the server refused the request itself)."""
+    import httpx
+
+    for attempt in range(max_retries + 1):
+        delay = backoff_s * 2**attempt * (0.5 + random.random())
+        try:
+            response = client.post(url, **request)
+        except httpx.TransportError as exc:
+            problem = f"{type(exc).__name__}: {exc}"
+        else:
+            if response.status_code == 200:
+                return response
+            problem = f"HTTP {response.status_code}"
+            if response.status_code not in RETRY_STATUS:
+                transient = response.status_code not in REQUEST_REFUSED
+                raise BackendError(f"{problem}: {response.text[:200]}", transient)
+            delay = float(response.headers.get("retry-after") or delay)
+        if attempt < max_retries:
+            log.warning("openai backend: %s, retry %d/%d in %.1f s", problem, attempt + 1, max_retries, delay)
+            time.sleep(delay)
+    raise BackendError(f"{problem} after {max_retries} retries", transient=True)

@@ -15,6 +15,9 @@ DEFAULT_CAPTION_MODEL = "Qwen/Qwen2.5-VL-7B-Instruct"
 DEFAULT_CLIP_MODEL = "ViT-B-32"  # open_clip, with embed.pretrained's weights
 TINY_CAPTION_MODEL = "tiny-qwen2-vl"
 TINY_CLIP_MODEL = "tiny-clip"
+# speech: each Whisper backend's name for large-v3-turbo (faster-whisper's alias; hub ids)
+DEFAULT_SPEECH_MODELS = {"faster-whisper": "large-v3-turbo", "transformers": "openai/whisper-large-v3-turbo", "openai": "openai/whisper-large-v3-turbo"}
+TINY_WHISPER_MODEL = "tiny-whisper"
 
 # Qwen's chat template, reduced to what captioning sends: text and image parts.
 CHAT_TEMPLATE = (
@@ -139,3 +142,69 @@ def tiny_clip_config() -> dict:
         "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "head_width": 32, "patch_size": 16},
         "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
     }
+
+
+# Whisper large-v3's special tokens, in its order after the 50257 text tokens (then 1501 timestamps).
+_WHISPER_TEXT_TOKENS = 50257
+_WHISPER_TIMESTAMPS = 1501  # <|0.00|> .. <|30.00|>, 20 ms apart
+
+
+def tiny_whisper(root: Path | None = None) -> Path:
+    """A random-initialised Whisper (2 + 2 layers, 64 wide) with large-v3's token layout (51866
+    ids: text, <|endoftext|>, <|startoftranscript|>, 100 languages, tasks, <|notimestamps|>,
+    timestamps) and 128 mel bins, saved with its processor: the real generate, language detection,
+    timestamp and word-alignment code at toy size. The text tokens are bytes and byte pairs (no
+    merges): noise decodes to bytes, as any noise would."""
+    path = (root or cache_dir()) / TINY_WHISPER_MODEL
+    if (path / "config.json").is_file():
+        return path
+    import torch
+    import transformers as tf
+    from tokenizers import pre_tokenizers
+    from transformers.models.whisper.tokenization_whisper import LANGUAGES
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    pairs = (a + b for a in alphabet for b in alphabet)
+    vocab = {ch: i for i, ch in enumerate(alphabet)}
+    while len(vocab) < _WHISPER_TEXT_TOKENS:
+        vocab.setdefault(next(pairs), len(vocab))
+    tokenizer = tf.WhisperTokenizer(vocab=vocab, merges=[])
+    tasks = ["<|translate|>", "<|transcribe|>", "<|startoflm|>", "<|startofprev|>", "<|nospeech|>", "<|notimestamps|>"]
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|startoftranscript|>", *[f"<|{code}|>" for code in LANGUAGES], *tasks]})
+    tokenizer.add_tokens([f"<|{i * 0.02:.2f}|>" for i in range(_WHISPER_TIMESTAMPS)])
+    ids = tokenizer.convert_tokens_to_ids
+    end, start = ids("<|endoftext|>"), ids("<|startoftranscript|>")
+    config = tf.WhisperConfig(
+        vocab_size=len(tokenizer), num_mel_bins=128, d_model=64, encoder_layers=2, decoder_layers=2,
+        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=128, decoder_ffn_dim=128,
+        pad_token_id=end, bos_token_id=end, eos_token_id=end, decoder_start_token_id=start,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = tf.WhisperForConditionalGeneration(config).eval()
+    model.generation_config = tf.GenerationConfig(
+        decoder_start_token_id=start, eos_token_id=end, pad_token_id=end, bos_token_id=end, max_length=448,
+        lang_to_id={f"<|{code}|>": ids(f"<|{code}|>") for code in LANGUAGES},
+        task_to_id={"transcribe": ids("<|transcribe|>"), "translate": ids("<|translate|>")},
+        no_timestamps_token_id=ids("<|notimestamps|>"), prev_sot_token_id=ids("<|startofprev|>"), is_multilingual=True,
+        alignment_heads=[[1, 0], [1, 1]], max_initial_timestamp_index=50, begin_suppress_tokens=[220, end], suppress_tokens=[],
+    )  # fmt: skip
+    features = tf.WhisperFeatureExtractor(feature_size=128)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    model.save_pretrained(tmp)
+    tf.WhisperProcessor(feature_extractor=features, tokenizer=tokenizer).save_pretrained(tmp)
+    features.save_pretrained(tmp)  # preprocessor_config.json: what faster-whisper reads the mel settings from
+    os.replace(tmp, path)
+    return path
+
+
+def tiny_whisper_ct2(root: Path | None = None) -> Path:
+    """`tiny_whisper` converted by CTranslate2's own converter, as faster-whisper loads it."""
+    path = (root or cache_dir()) / f"{TINY_WHISPER_MODEL}-ct2"
+    if (path / "model.bin").is_file():
+        return path
+    from ctranslate2.converters import TransformersConverter
+
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    TransformersConverter(str(tiny_whisper(root)), copy_files=["tokenizer.json", "preprocessor_config.json"]).convert(str(tmp), force=True)
+    os.replace(tmp, path)
+    return path

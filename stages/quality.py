@@ -62,6 +62,10 @@ class QualityConfig(StrictModel):
         OCR_GATE_SIDE, ge=32, description="first look for text with frames scaled down to this short side; only a "
         "clip where it finds some is measured at ocr_side (on its frame with the most text); null: every frame at ocr_side"
     )
+    languages: list[str] | None = Field(
+        None, description="spoken languages a clip may have (codes: en, de, ...); a clip whose speech is in another "
+        "is rejected (`language`); a clip nobody speaks in passes. Needs the speech stage"
+    )
     rank_scores: list[str] = Field(
         default_factory=lambda: ["sharpness", "aesthetic", "clip_score", "resolution"],
         description="their mean percentile rank is the `quality` dedup keeps the best copy by",
@@ -163,7 +167,20 @@ def score_clip(clip: dict, frames_per_clip: int, aesthetic: AestheticHead | None
         scores["clip_score"] = clip["clip_score"]
     if aesthetic is not None and clip.get("image_emb") is not None:
         scores["aesthetic"] = aesthetic(np.frombuffer(clip["image_emb"], dtype=np.float16).astype(np.float32))
+    if clip.get("speech") is not None:
+        scores["speech_fraction"] = speech_fraction(json.loads(clip["speech"]), clip["end_s"] - clip["start_s"])
     return scores
+
+
+def speech_fraction(speech: dict, duration_s: float) -> float:
+    """The share of the clip someone speaks in (the speech stage's voice activity)."""
+    voiced = sum(s["end_s"] - s["start_s"] for s in speech["voice_activity"])
+    return round(min(1.0, voiced / duration_s), 4) if duration_s > 0 else 0.0
+
+
+def spoken_language(clip: dict) -> str | None:
+    """The language spoken in the clip; None where nobody speaks (or speech did not run)."""
+    return json.loads(clip["speech"])["language"] if clip.get("speech") else None
 
 
 def score_batch(
@@ -173,7 +190,7 @@ def score_batch(
     rows = []
     head = None
     for clip in batch.to_pylist():
-        row = {"clip_id": clip["clip_id"], "video_id": clip["video_id"], "stage": STAGE}
+        row = {"clip_id": clip["clip_id"], "video_id": clip["video_id"], "stage": STAGE, "speech_language": spoken_language(clip)}
         try:
             if with_aesthetic and head is None and clip.get("image_emb") is not None:
                 head = AestheticHead(aesthetic_path, len(clip["image_emb"]) // 2)
@@ -202,10 +219,11 @@ def thresholds(rules: list, rows: list[dict]) -> list[tuple]:
     return out
 
 
-def decide(rows: list[dict], rules: list, rank_scores: list[str]) -> list[dict]:
+def decide(rows: list[dict], rules: list, rank_scores: list[str], languages: list[str] | None = None) -> list[dict]:
     """Keep/reject each scored row; every failing rule is named in the reason, and the reason's
-    code is the failing scores' names (`motion`, `ocr_coverage+nsfw`). Also sets
-    `quality`: the mean percentile rank over `rank_scores`, used to pick a duplicate to keep."""
+    code is the failing scores' names (`motion`, `ocr_coverage+nsfw`), with `language` where its
+    speech is in none of `languages`. Also sets `quality`: the mean percentile rank over
+    `rank_scores`, used to pick a duplicate to keep."""
     scored = [r for r in rows if r["status"] == KEPT]
     limits = thresholds(rules, scored)
     ranks = {}
@@ -224,6 +242,9 @@ def decide(rows: list[dict], rules: list, rank_scores: list[str]) -> list[dict]:
             value = scores.get(name)
             if value is not None and ((op == "min" and value < bound) or (op == "max" and value > bound)):
                 failing.append((name, f"{name}={value:.4g} ({label})"))
+        spoken = row.get("speech_language")
+        if languages is not None and spoken is not None and spoken not in languages:
+            failing.append(("language", f"language={spoken} (not {', '.join(languages)})"))
         pct = [np.searchsorted(v, scores[n], side="right") / n_ for n, (v, n_) in ranks.items() if n in scores]
         quality = round(float(np.mean(pct)), 6) if pct else 0.0
         if failing:
@@ -245,7 +266,14 @@ def decide_all(rows: list[dict], ctx) -> list[dict]:
     """Whole-run step after the map, over old and new rows alike: the rules' percentiles are the
     corpus's, so every row is decided again."""
     undecided = [{**r, "status": KEPT, "reason": None, "quality": None} if r["status"] == REJECTED else r for r in rows]
-    return decide(undecided, ctx.config.rules, ctx.config.rank_scores)
+    return decide(undecided, ctx.config.rules, ctx.config.rank_scores, ctx.config.languages)
+
+
+def checked(ctx) -> None:
+    """The optional detectors are installed; a language rule has the speech stage before it."""
+    require(ctx.config.ocr, ctx.config.nsfw)
+    if ctx.config.languages is not None and "speech" not in ctx.run.passed:
+        raise ValueError("quality.languages needs the speech stage: add speech to `stages:`")
 
 
 SPEC = Stage(
@@ -253,7 +281,7 @@ SPEC = Stage(
     config_model=QualityConfig,
     table=SCORED,
     columns=("clip_id", "video_id", "clip_uri", "start_s", "end_s", "clip_width", "clip_height"),
-    optional=("caption", "clip_score", "image_emb", "frames_uri"),
+    optional=("caption", "clip_score", "image_emb", "frames_uri", "speech"),
     run_fields=("profile",),  # the aesthetic head of profile tiny is a seeded random one
     reasons={"score": (FAILED, "a score could not be computed")},
     rule_codes=r"^[a-z][a-z0-9_]*(\+[a-z][a-z0-9_]*)*$",  # a rejection's code: its failing scores, joined by +
@@ -261,5 +289,5 @@ SPEC = Stage(
     arguments=arguments,
     finalize=decide_all,
     frames=lambda cfg: (FrameNeed(cfg.frames),),
-    check=lambda ctx: require(ctx.config.ocr, ctx.config.nsfw),
+    check=checked,
 )

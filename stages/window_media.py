@@ -9,6 +9,11 @@ The clips' encoded packets are copied one after another, their times shifted by 
 before them: every clip starts with a keyframe and split encodes them all alike, so the window
 decodes to exactly the clips' own frames, with no second lossy encode, in milliseconds. Clips
 whose streams differ (codec parameters, time base) are decoded and encoded again instead.
+
+Audio cannot be copied so: AAC packets hold 1024 samples and each clip's track starts with the
+encoder's priming, so clip edges do not fall on packet edges. The clips' tracks are decoded, laid
+end to end (silence for a clip without one) and encoded once for the window: a second AAC
+generation, at split's bit rate.
 """
 
 from __future__ import annotations
@@ -20,6 +25,9 @@ from typing import TYPE_CHECKING
 import av
 import fsspec
 
+import numpy as np
+
+from vidcurate.stages.audio import AAC_OPTIONS, AudioFormat, audio_frame, read_track
 from vidcurate.stages.failures import failed
 from vidcurate.stages.media import file_sha256, private_part
 from vidcurate.stages.split import ClipEncoder
@@ -32,8 +40,31 @@ def cut_window(window_id: str, clip_uris: list[str], frames: int, fps: float, ou
     """Write `<out_dir>/<window_id>.mp4`; returns its uri, sha256 and size."""
     path = Path(out_dir) / f"{window_id}.mp4"
     path.parent.mkdir(parents=True, exist_ok=True)
-    copied = _copy_packets(path, clip_uris, frames, fps) if clip_uris else None
-    return copied if copied is not None else _encode_frames(path, clip_uris, frames, fps, cfg)
+    audio = window_audio(clip_uris)
+    copied = _copy_packets(path, clip_uris, frames, fps, audio, cfg) if clip_uris else None
+    return copied if copied is not None else _encode_frames(path, clip_uris, frames, fps, cfg, audio)
+
+
+def window_audio(clip_uris: list[str]) -> tuple[np.ndarray, AudioFormat] | None:
+    """The clips' audio tracks end to end, silence for a clip without one (as long as its video);
+    None where no clip has a track."""
+    tracks = [read_track(uri) for uri in clip_uris]
+    fmt = next((t[1] for t in tracks if t is not None), None)
+    if fmt is None:
+        return None
+    parts = []
+    for uri, track in zip(clip_uris, tracks):
+        if track is None:
+            parts.append(np.zeros((fmt.channels, round(_video_seconds(uri) * fmt.rate)), np.float32))
+        else:
+            parts.append(track[0] if track[1] == fmt else read_track(uri, fmt.layout, fmt.rate)[0])
+    return np.concatenate(parts, axis=1), fmt
+
+
+def _video_seconds(uri: str) -> float:
+    with fsspec.open(uri, "rb") as f, av.open(f) as container:
+        stream = container.streams.video[0]
+        return float(stream.duration * stream.time_base)
 
 
 def _stream_signature(stream) -> tuple:
@@ -43,20 +74,24 @@ def _stream_signature(stream) -> tuple:
     return ctx.name, ctx.width, ctx.height, ctx.pix_fmt, bytes(ctx.extradata or b""), stream.time_base
 
 
-def _copy_packets(path: Path, clip_uris: list[str], frames: int, fps: float) -> dict | None:
-    """The window by packet copy; None (nothing written) where a clip's stream differs from the
-    first clip's, or the copied stream's length is not its frames at `fps` within half a frame
-    (the times would not be the window's)."""
+def _copy_packets(path: Path, clip_uris: list[str], frames: int, fps: float, audio, cfg: SplitConfig) -> dict | None:
+    """The window by packet copy, with `audio` (samples, format) encoded beside it; None (nothing
+    written) where a clip's stream differs from the first clip's, or the copied stream's length
+    is not its frames at `fps` within half a frame (the times would not be the window's)."""
     tmp = private_part(path)
     count, offset = 0, 0
     try:
-        with av.open(str(tmp), mode="w", format="mp4") as out:
+        with av.open(str(tmp), mode="w", format="mp4", options={"max_interleave_delta": "0"}) as out:
             target, signature, matched = None, None, True
             for uri in clip_uris:
                 with fsspec.open(uri, "rb") as f, av.open(f) as container:
                     stream = container.streams.video[0]
                     if target is None:
                         target, signature = out.add_stream_from_template(stream), _stream_signature(stream)
+                        if audio is not None:  # the muxer holds it until the video's packets come
+                            track = out.add_stream("aac", rate=audio[1].rate, layout=audio[1].layout, options=AAC_OPTIONS)
+                            track.bit_rate = cfg.audio_bitrate
+                            out.mux(track.encode(audio_frame(*audio)) + track.encode(None))
                     elif _stream_signature(stream) != signature:
                         matched = False
                         break
@@ -85,14 +120,16 @@ def _copy_packets(path: Path, clip_uris: list[str], frames: int, fps: float) -> 
     return {"media_uri": str(path), "sha256": sha, "width": size[0], "height": size[1]}
 
 
-def _encode_frames(path: Path, clip_uris: list[str], frames: int, fps: float, cfg: SplitConfig) -> dict:
+def _encode_frames(path: Path, clip_uris: list[str], frames: int, fps: float, cfg: SplitConfig, audio) -> dict:
     encoder = None
     try:
         for uri in clip_uris:
             with fsspec.open(uri, "rb") as f, av.open(f) as container:
                 for frame in container.decode(video=0):
                     if encoder is None:
-                        encoder = ClipEncoder(path, (frame.width, frame.height), fps, cfg)
+                        encoder = ClipEncoder(path, (frame.width, frame.height), fps, cfg, audio and audio[1])
+                        if audio is not None:
+                            encoder.add_audio(audio[0])
                     encoder.add(frame)
         if encoder is None or encoder.count != frames:
             got = 0 if encoder is None else encoder.count

@@ -13,10 +13,12 @@ import numpy as np
 import pytest
 
 import make_moving
+import make_spoken
 from make_synthetic import Shot, encode
 
 from conftest import SHARED_VIDEOS
 from vidcurate.schemas.tables import clip_id
+from vidcurate.stages.audio import AudioFormat, read_track
 from vidcurate.stages.detect import Cut
 from vidcurate.stages.probe import ProbeConfig, probe_video
 from vidcurate.stages.split import ClipEncoder, SplitConfig, frame_end_times, plan_spans, split_video
@@ -229,3 +231,30 @@ def test_real_video_splits_at_known_cuts(tmp_path):
     # black lead-in 0-29 trimmed, cut to black at 180, fade in from black around 394
     assert abs(kept[0][0] - 30) <= 2 and abs(kept[0][1] - 180) <= 2, kept
     assert any(abs(a - 394) <= 2 for a, _ in kept), kept
+
+
+def test_each_clip_carries_the_sources_audio_over_its_span(tmp_path):
+    """Tones at known times, the track starting 0.25 s after the first frame (its own pts): each
+    clip's track is exactly its span long and holds the tones at their times on its clock."""
+    start = 0.25
+    src = make_spoken.write(tmp_path / "beeps.mp4", make_spoken.frames(8.0, [3.0, 6.0]), make_spoken.beeps(7.5, make_spoken.BEEPS_S), audio_start_s=start)
+    clips = [c for c in split_video(_probe(src), tmp_path / "media", SplitConfig()) if c["status"] == "kept"]
+    assert [(c["start_s"], c["end_s"]) for c in clips] == [(0.0, 3.0), (3.0, 6.0), (6.0, 8.0)]
+    for clip in clips:
+        samples, fmt = read_track(clip["clip_uri"])
+        assert clip["clip_audio"] == "aac" and fmt == AudioFormat(make_spoken.RATE, "mono")
+        assert samples.shape[1] == round((clip["end_s"] - clip["start_s"]) * fmt.rate)
+        expected = [round(t + start - clip["start_s"], 3) for t in make_spoken.BEEPS_S if clip["start_s"] <= t + start < clip["end_s"] - 0.05]
+        assert np.allclose(make_spoken.onsets(samples, fmt.rate), expected, atol=0.005), (clip["start_s"], make_spoken.onsets(samples, fmt.rate), expected)
+    (mute,) = [c for c in split_video(_probe(src), tmp_path / "off", SplitConfig(audio=False)) if c["status"] == "kept"][:1]
+    with av.open(mute["clip_uri"]) as clip:
+        assert not clip.streams.audio and mute.get("clip_audio") is None
+
+
+def test_clips_with_audio_are_the_same_bytes_in_a_fresh_process(tmp_path):
+    src = make_spoken.write(tmp_path / "beeps.mp4", make_spoken.frames(8.0, [3.0, 6.0]), make_spoken.beeps(8.0, make_spoken.BEEPS_S))
+    result = subprocess.run([sys.executable, "-c", SPLIT_TWICE, str(src), str(tmp_path / "media")], capture_output=True, text=True, check=True)
+    first, second = json.loads(result.stdout)
+    assert len(first) == 3 and first == second
+    with av.open(str(sorted((tmp_path / "media" / "0" / "clips").glob("*.mp4"))[0])) as clip:
+        assert clip.streams.audio  # the bytes compared hold an audio track

@@ -9,7 +9,8 @@ import pytest
 
 from vidcurate.stages.split import SplitConfig, split_video
 from vidcurate.stages.probe import ProbeConfig, probe_video
-from vidcurate.stages.window_media import cut_window
+from vidcurate.stages.audio import read_track
+from vidcurate.stages.window_media import _encode_frames, cut_window, window_audio
 
 
 def _frames(uri: str) -> tuple[list[np.ndarray], list[float]]:
@@ -65,3 +66,20 @@ def test_a_window_missing_frames_fails_and_leaves_no_file(contiguous, fps, tmp_p
     with pytest.raises(ValueError, match="frames_missing"):
         cut_window("w", [c["clip_uri"] for c in contiguous], frames + 1, fps, tmp_path, SplitConfig())
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_window_carries_its_clips_audio_end_to_end(tmp_path):
+    """Tones at known times: the window's track is its clips' tracks in order, each tone where it
+    was in the source, whether its video is copied or encoded again."""
+    import make_spoken
+    from make_spoken import BEEPS_S, onsets
+
+    src = make_spoken.write(tmp_path / "beeps.mp4", make_spoken.frames(8.0, [3.0, 6.0]), make_spoken.beeps(8.0, BEEPS_S))
+    clips = [c for c in split_video(probe_video(str(src), ProbeConfig(), None), tmp_path / "media", SplitConfig()) if c["status"] == "kept"]
+    uris, frames = [c["clip_uri"] for c in clips], clips[-1]["end_frame"] - clips[0]["start_frame"]
+    copied = cut_window("w", uris, frames, make_spoken.FPS, tmp_path / "copied", SplitConfig())
+    encoded = _encode_frames(tmp_path / "encoded.mp4", uris, frames, make_spoken.FPS, SplitConfig(), window_audio(uris))
+    for media in (copied, encoded):
+        samples, fmt = read_track(media["media_uri"])
+        assert samples.shape[1] == 8.0 * fmt.rate and np.allclose(onsets(samples, fmt.rate), BEEPS_S, atol=0.005)
+        assert len(_frames(media["media_uri"])[0]) == frames
