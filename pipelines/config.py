@@ -116,6 +116,9 @@ class RunSettings(StrictModel):
             for needed in STAGES[stage].needs:
                 if needed not in chosen:
                     raise ValueError(f"stage {stage!r} needs stage {needed!r}")
+            for needed in STAGES[stage].needs_for(getattr(self, stage)):
+                if needed not in chosen[: chosen.index(stage)]:
+                    raise ValueError(f"{stage}'s settings need stage {needed!r} before it: add {needed} to `stages:`")
         return self
 
     def pipeline(self) -> tuple[str, ...]:

@@ -270,12 +270,6 @@ REASONS = {
     "frames": (FAILED, "the clip's frames could not be read (split's stored frames, else the clip decoded)"),
 }
 
-def speech_before(ctx) -> None:
-    """`use_speech` needs the transcripts: the speech stage runs before caption."""
-    if ctx.config.use_speech and "speech" not in ctx.run.passed:
-        raise ValueError("caption.use_speech needs the speech stage: add speech to `stages:`")
-
-
 SPEC = Stage(
     name=STAGE,
     config_model=CaptionConfig,
@@ -292,5 +286,5 @@ SPEC = Stage(
     decode=decode_batch,
     decode_arguments=lambda ctx: {"cfg": ctx.config},
     frames=lambda cfg: (frame_need(cfg),),
-    check=speech_before,
+    needs_for=lambda cfg: ("speech",) if cfg.use_speech else (),  # the transcripts go into the prompt
 )

@@ -7,7 +7,8 @@ the runner, the config, the CLI and the ledger name no stage:
 - `reads`: what it reads: `inputs` (the URIs the config lists), `videos` (the videos the stage
   reading inputs kept) or `clips` (the clips its predecessor kept, merged with every earlier clip
   stage's columns); `columns` of each (None: all), `optional` ones an earlier stage may have written;
-- its place: `always` (in every pipeline) or chosen in `stages:`; `needs`: stages it needs before it;
+- its place: `always` (in every pipeline) or chosen in `stages:`; `needs`: stages it needs before it,
+  and `needs_for(config)`: those its settings need (caption's `use_speech` needs speech);
 - its fingerprint: its own section (but `resources` and `unhashed` fields), the other config
   `sections` it reads (they reach it in its context, and only they) and the run-level `run_fields`;
 - its vocabulary: `reasons` (code -> (status, meaning)) and, for codes made of rule names,
@@ -140,6 +141,10 @@ def _same_section(section, *_args):
     return section
 
 
+def _no_needs(_config) -> tuple[str, ...]:
+    return ()
+
+
 @dataclass(frozen=True)
 class Stage:
     name: str
@@ -151,6 +156,7 @@ class Stage:
     optional: tuple[str, ...] = ()
     always: bool = False
     needs: tuple[str, ...] = ()
+    needs_for: Callable[[Any], tuple[str, ...]] = _no_needs
     sections: tuple[str, ...] = ()
     run_fields: tuple[str, ...] = ()
     unhashed: tuple[str, ...] = ()

@@ -269,13 +269,6 @@ def decide_all(rows: list[dict], ctx) -> list[dict]:
     return decide(undecided, ctx.config.rules, ctx.config.rank_scores, ctx.config.languages)
 
 
-def checked(ctx) -> None:
-    """The optional detectors are installed; a language rule has the speech stage before it."""
-    require(ctx.config.ocr, ctx.config.nsfw)
-    if ctx.config.languages is not None and "speech" not in ctx.run.passed:
-        raise ValueError("quality.languages needs the speech stage: add speech to `stages:`")
-
-
 SPEC = Stage(
     name=STAGE,
     config_model=QualityConfig,
@@ -289,5 +282,6 @@ SPEC = Stage(
     arguments=arguments,
     finalize=decide_all,
     frames=lambda cfg: (FrameNeed(cfg.frames),),
-    check=checked,
+    check=lambda ctx: require(ctx.config.ocr, ctx.config.nsfw),
+    needs_for=lambda cfg: ("speech",) if cfg.languages is not None else (),  # a language rule reads the transcripts' language
 )

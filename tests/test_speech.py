@@ -8,7 +8,6 @@ real code paths); the `openai` backend talks to a real HTTP server (tests/transc
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import av
 import numpy as np
@@ -203,8 +202,7 @@ def test_a_server_outage_fails_the_clips_transiently_and_the_next_run_hears_them
 
 
 def test_the_caption_prompt_gives_what_is_said_with_its_times(quiet, pocketsphinx):
-    from vidcurate.stages.caption import SPEC as CAPTION, CaptionConfig, build_prompt, decode_clips
-    from vidcurate.stages.contract import RunFacts, StageContext
+    from vidcurate.stages.caption import CaptionConfig, build_prompt, decode_clips
 
     clips, truth = quiet
     heard = _hear(clips[:1], pocketsphinx.cfg, pocketsphinx)[0]["speech"]
@@ -217,14 +215,13 @@ def test_the_caption_prompt_gives_what_is_said_with_its_times(quiet, pocketsphin
     assert f"[{said['start_s']:.2f}-{said['end_s']:.2f} s] {truth[0]['text']}" in text
     assert "Nobody speaks" in build_prompt("c", [], [0.0], 5.0, CaptionConfig(), 0, {**heard, "no_speech": True}).parts[-1][1]
     assert "speak" not in build_prompt("c", [], [0.0], 5.0, CaptionConfig(), 0).parts[-1][1].lower()
-    without = StageContext("caption", CaptionConfig(use_speech=True), run=RunFacts(Path("."), passed=("probe", "split")))
-    with pytest.raises(ValueError, match="use_speech needs the speech stage"):
-        CAPTION.check(without)
+    with pytest.raises(ValueError, match="caption's settings need stage 'speech' before it"):  # when the config loads
+        load_config(None, stages=["caption"], caption={"use_speech": True})
+    assert load_config(None, stages=["speech", "caption"], caption={"use_speech": True}).caption.use_speech
 
 
 def test_quality_scores_speech_and_rejects_clips_spoken_in_another_language(quiet, pocketsphinx, tmp_path):
-    from vidcurate.stages.contract import RunFacts, StageContext
-    from vidcurate.stages.quality import SPEC as QUALITY, QualityConfig, decide, score_batch
+    from vidcurate.stages.quality import QualityConfig, decide, score_batch
 
     clips, _ = quiet
     heard = _hear(clips, pocketsphinx.cfg, pocketsphinx)
@@ -240,6 +237,5 @@ def test_quality_scores_speech_and_rejects_clips_spoken_in_another_language(quie
     decided = decide(scored, rules, [], ["de", "fr"])
     assert [r["status"] for r in decided] == ["rejected"] * 3 + [KEPT]  # nobody speaks in the last: no language to refuse
     assert all(r["reason"] == "language: language=en (not de, fr)" and known("quality", "rejected", r["reason"]) for r in decided[:3])
-    without = StageContext("quality", QualityConfig(languages=["en"]), run=RunFacts(Path("."), passed=("probe", "split")))
-    with pytest.raises(ValueError, match="languages needs the speech stage"):
-        QUALITY.check(without)
+    with pytest.raises(ValueError, match="quality's settings need stage 'speech' before it"):
+        load_config(None, stages=["embed", "quality"], quality={"languages": ["en"]})
