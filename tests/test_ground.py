@@ -484,3 +484,17 @@ def test_turns_never_join_items_about_the_same_event(everything):
         owners = [it for q, a in turns for it in everything["window"] if render(it["question"], it["spans"], "llava") in q and render(it["answer"], it["spans"], "llava") == a]
         about = [e for it in owners for e in it["events"]]
         assert len(about) == len(set(about))
+
+
+def test_the_report_counts_items_negatives_and_drops_by_task():
+    from vidcurate.pipelines.report import _qa_table
+
+    clips = [
+        {"qa_list": _items(ground_clip(clip_row(**embedded(event_axes=(0, 5, 0)), negatives=["fireworks light the sky"]), _cfg(negative_rate=0.5)))},
+        {"qa_list": [], "dropped": {"dense_video_captioning": 2}},
+    ]
+    clips[0]["dropped"] = {"temporal_video_grounding": 1, "dense_video_captioning": 1}
+    html = _qa_table(clips)
+    assert "<tr><td>dense_video_captioning</td><td>0</td><td>0</td><td>3</td></tr>" in html
+    grounding = sum(it["task"] == "temporal_video_grounding" for it in clips[0]["qa_list"])
+    assert f"<tr><td>temporal_video_grounding</td><td>{grounding}</td><td>1</td><td>1</td></tr>" in html
