@@ -157,7 +157,8 @@ def record(video: str, key: str, duration_s: float, items: list[dict], fmt: str)
     """One trainer record of `items` (one turn each)."""
     trainer = TRAINERS[fmt]
     if trainer.layout == "qa":  # only the first item's instruction is used: a record holds one task
-        return {"video": video, "QA": [{"i": INSTRUCTIONS[it["task"]], "q": render(it["question"], it["spans"], fmt), "a": render(it["answer"], it["spans"], fmt)} for it in items]}
+        qa = [{"i": INSTRUCTIONS[it["task"]], "q": render(it["question"], it["spans"], fmt), "a": render(it["answer"], it["spans"], fmt)} for it in items]
+        return {"video": video, "QA": qa}
     turns, tokens = [], {}
     for item in items:
         first = len(tokens) // 2
@@ -206,7 +207,8 @@ def leaks(record: dict, texts: tuple[str, ...] = ()) -> list[str]:
         times, text = set(_TIME.findall(answer)), _normal(answer)
         if n:
             found += [f"turn {n + 1}: its answer's time {t} is in an earlier turn" for t in sorted(times & said_times)]
-            found += [f"turn {n + 1}: its answer's {t!r} is in an earlier turn" for t in sorted(known) if f" {t} " in f" {text} " and f" {t} " in said]
+            repeated = [t for t in sorted(known) if f" {t} " in f" {text} " and f" {t} " in said]
+            found += [f"turn {n + 1}: its answer's {t!r} is in an earlier turn" for t in repeated]
             if not times and len(text.split()) >= 2 and f" {text} " in said:
                 found.append(f"turn {n + 1}: its answer {answer!r} is in an earlier turn")
         said_times |= set(_TIME.findall(question)) | times

@@ -155,7 +155,8 @@ class Sample:
 
 
 def _item(task: str, question: str, answer: str, spans: list[list[float]], events: list[int], **extra) -> dict:
-    return {"task": task, "question": question, "answer": answer, "spans": spans, "events": events, "generator": "template", "verification": None, **extra}
+    item = {"task": task, "question": question, "answer": answer, "spans": spans, "events": events}
+    return {**item, "generator": "template", "verification": None, **extra}
 
 
 def _joined(parts: list[str]) -> str:
@@ -244,7 +245,8 @@ def highlight_detection(s: Sample, pools: Pools) -> list[dict]:
         return []
     moments = "; ".join(f"{{span{k}}} (saliency {saliency[i]:.2f})" for k, i in enumerate(chosen)) + "."
     spans = [s.spans[i] for i in chosen]
-    return [_phrased(pools, task, f"{s.key}/{task}", spans, chosen, {"query": safe(text)}, {"moments": moments}, saliency=[saliency[i] for i in chosen])]
+    values = {"query": safe(text)}, {"moments": moments}
+    return [_phrased(pools, task, f"{s.key}/{task}", spans, chosen, *values, saliency=[saliency[i] for i in chosen])]
 
 
 def transcribed_speech_generation(s: Sample, pools: Pools) -> list[dict]:
@@ -544,7 +546,8 @@ def ground_clip(clip: dict, cfg: GroundConfig, changes=None, generate=None) -> d
         s.reasoned = reasoned(events, caption, cfg, generate, clip["clip_id"])
     items, dropped = build_items(s, cfg)
     if generate is not None and cfg.rewrite:
-        items = rewrite_items(items, lambda qs: generate([_prompt(REPHRASE.format(question=q), cfg.rewrite_max_tokens, q) for q in qs]), cfg.min_rewrite_score)
+        rephrase = lambda qs: generate([_prompt(REPHRASE.format(question=q), cfg.rewrite_max_tokens, q) for q in qs])  # noqa: E731
+        items = rewrite_items(items, rephrase, cfg.min_rewrite_score)
     return {
         **row, "status": KEPT, "reason": None, "events": json.dumps(events), "qa": json.dumps(items),
         "dropped": json.dumps(dropped), "interleaved": json.dumps(interleaved(events, caption)),
