@@ -95,7 +95,7 @@ def audit(run_dir: Path, clips: int = 8, seed: int = 0) -> dict:
 
     config_path = Path(run_dir) / RUN_CONFIG
     if not config_path.is_file():
-        raise FileNotFoundError(f"{run_dir} has no config.json: run the pipeline first (a finished run writes it)")
+        raise FileNotFoundError(f"{run_dir} has no run_config.json: run the pipeline first (a finished run writes it)")
     cfg = PipelineConfig.model_validate_json(config_path.read_text())
     store = StageStore(run_dir)
     source = SHIPPER if store.completed(SHIPPER) else CLIP_SOURCE

@@ -40,7 +40,11 @@ def content_stats(dataset_dir: Path, tables: dict[str, pa.Table], cfg: PipelineC
     clips, windows = annotations["clip"], annotations["window"]
     return {
         "video_hours": round(sum(m["duration_s"] for m in clips) / 3600, 4),
-        "qa_items": {kind: dict(sorted(Counter(q["task"] for m in found for q in _qa(m)).items())) for kind, found in annotations.items()},
+        "qa_items": {kind: _by_task(q["task"] for m in found for q in _qa(m)) for kind, found in annotations.items()},
+        "negatives": {kind: _by_task(q["task"] for m in found for q in _qa(m) if q.get("negative")) for kind, found in annotations.items()},
+        "dropped_by_verification": {kind: _dropped(found) for kind, found in annotations.items()},
+        "verification": _spread([q["verification"] for m in clips + windows for q in _qa(m) if q.get("verification") is not None]),
+        "events_refined": _refined(clips),
         "events_per_clip": _spread([len(m["caption"]["events"]) for m in clips if "caption" in m]),
         "interleaved_samples": sum(bool((m.get("grounding") or {}).get("interleaved")) for m in clips),
         "window_samples": len(windows),
@@ -68,6 +72,25 @@ def _speech(clips: list[dict]) -> dict:
 
 def _qa(meta: dict) -> list[dict]:
     return (meta.get("grounding") or {}).get("qa") or []
+
+
+def _by_task(tasks) -> dict[str, int]:
+    return dict(sorted(Counter(tasks).items()))
+
+
+def _dropped(samples: list[dict]) -> dict[str, int]:
+    """Items ground dropped from these samples: their events' span verification was under `ground.min_verification`."""
+    total: Counter = Counter()
+    for meta in samples:
+        total.update((meta.get("grounding") or {}).get("dropped") or {})
+    return dict(sorted(total.items()))
+
+
+def _refined(clips: list[dict]) -> dict[str, int]:
+    """Events of the shipped clips, and those whose boundaries refinement moved off the captioner's."""
+    events = [e for m in clips for e in (m.get("caption") or {}).get("events", [])]
+    moved = [e for e in events if "coarse_start_s" in e and (e["coarse_start_s"], e["coarse_end_s"]) != (e["start_s"], e["end_s"])]
+    return {"events": len(events), "moved": len(moved)}
 
 
 def _spread(values: list[float]) -> dict:
@@ -103,7 +126,7 @@ def _models(clips: list[dict], tables: dict[str, pa.Table], cfg: PipelineConfig)
     if "quality" in tables and "embed" in tables:
         tiny = cfg.quality.aesthetic_head is None
         models["aesthetic"] = {"id": [cfg.quality.aesthetic_head or "seeded random head"], "backend": "linear head", "profile": cfg.profile, "random_weights": tiny}
-    if "ground" in tables and cfg.ground.rewrite:
+    if "ground" in tables and (cfg.ground.rewrite or cfg.ground.reason):
         models["rewrite"] = {**models.get("caption", {}), "id": caption_ids}
     return models
 
@@ -212,15 +235,7 @@ def dataset_card(stats: dict, cfg: PipelineConfig) -> str:
         f"- interleaved frame/text documents: {content['interleaved_samples']} clip samples",
         f"- events per clip: {_spread_text(content['events_per_clip'])}",
         "",
-        "QA items by task type:",
-        "",
-        "| task | in clip samples | in window samples |",
-        "|---|---|---|",
-        *[
-            f"| {task} | {content['qa_items']['clip'].get(task, 0)} | {content['qa_items']['window'].get(task, 0)} |"
-            for task in sorted({*content["qa_items"]["clip"], *content["qa_items"]["window"]})
-        ],
-        "",
+        *_qa_lines(content, cfg),
         "## Models",
         "",
         "| stage | model | backend | profile | random weights |",
@@ -311,10 +326,43 @@ def _audit_lines(audit: dict | None) -> list[str]:
     ]
 
 
-def _spread_text(spread: dict) -> str:
+def _qa_lines(content: dict, cfg: PipelineConfig) -> list[str]:
+    """The task mix shipped (items by task, clip and window samples, with the share of each),
+    the negatives among them, and what span verification dropped."""
+    items, negatives, dropped = content["qa_items"], content["negatives"], content["dropped_by_verification"]
+    tasks = sorted({*items["clip"], *items["window"], *dropped["clip"], *dropped["window"]})
+    total = sum(n for kind in items.values() for n in kind.values()) or 1
+    count = lambda table, task: table["clip"].get(task, 0) + table["window"].get(task, 0)  # noqa: E731
+    verification = content["verification"]
+    refined = content["events_refined"]
+    return [
+        "## Grounded QA",
+        "",
+        "The task mix shipped: QA items by task in clip and window samples, the share of all items, the negatives among "
+        "them (a query from another video, answered as not in the video) and the items dropped because their events' "
+        f"span verification was under `ground.min_verification` ({cfg.ground.min_verification}):",
+        "",
+        "| task | in clip samples | in window samples | share | negatives | dropped by verification |",
+        "|---|---|---|---|---|---|",
+        *[
+            f"| {task} | {items['clip'].get(task, 0)} | {items['window'].get(task, 0)} | {count(items, task) / total:.1%} | "
+            f"{count(negatives, task)} | {count(dropped, task)} |"
+            for task in tasks
+        ],
+        "",
+        f"- negatives: {sum(count(negatives, t) for t in tasks)} items ({sum(negatives['clip'].values())} in clip samples, "
+        f"{sum(negatives['window'].values())} in window samples)",
+        "- span verification of the items (the embed model: how much better their events' text matches the frames inside "
+        f"the span than outside; 0.5 is chance): {_spread_text(verification, 'items') if verification['count'] else 'none (embed did not run)'}",
+        f"- event boundaries refined on split's change scores: {refined['moved']} of {refined['events']} events moved off the captioner's sampled times",
+        "",
+    ]
+
+
+def _spread_text(spread: dict, of: str = "clips") -> str:
     if not spread["count"]:
         return "none captioned"
-    return f"mean {spread['mean']}, median {spread['p50']}, max {spread['p100']} over {spread['count']} clips"
+    return f"mean {spread['mean']}, median {spread['p50']}, max {spread['p100']} over {spread['count']} {of}"
 
 
 def _data_settings(cfg) -> dict:

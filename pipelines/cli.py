@@ -137,8 +137,15 @@ def cmd_audit(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from vidcurate.pipelines.export import export
 
-    print(json.dumps(export(args.source, args.format, args.out, absolute_media=args.absolute_media, limits=_limits(args)), indent=2))
+    print(json.dumps(export(args.source, args.format, args.out, absolute_media=args.absolute_media, limits=_limits(args), turns=args.turns), indent=2))
     return 0
+
+
+def _at_least_one(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"at least 1, got {number}")
+    return number
 
 
 def _shard_limits(parser: argparse.ArgumentParser) -> None:
@@ -208,6 +215,10 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--format", required=True, choices=FORMATS)
     export.add_argument("--out", required=True, help="folder for <format>.json and media/ (the trainer's media root)")
     export.add_argument("--absolute-media", action="store_true", help="name media by absolute path instead of relative to the JSON")
+    export.add_argument(
+        "--turns", type=_at_least_one, default=1,
+        help="QA items a record may hold (default 1: one each); items join only where none of their answers is in an earlier turn",
+    )
     _shard_limits(export)
     export.set_defaults(func=cmd_export)
     return parser

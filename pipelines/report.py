@@ -119,7 +119,9 @@ def _attach_annotations(store: StageStore, clips: list[dict]) -> None:
     by_id = {c["clip_id"]: c for c in clips}
     loaders = {
         "caption": lambda r: {"caption": r["caption"], "events_list": json.loads(r["events"] or "[]")},
-        "ground": lambda r: {"qa_list": json.loads(r["qa"] or "[]")},
+        "ground": lambda r: {  # ground's events are the caption's, refined and verified
+            "qa_list": json.loads(r["qa"] or "[]"), "dropped": json.loads(r["dropped"] or "{}"), **({"events_list": json.loads(r["events"])} if r["events"] else {}),
+        },
         "quality": lambda r: {"scores": json.loads(r["scores"] or "{}")},
     }
     for stage, load in loaders.items():
@@ -133,7 +135,7 @@ def _annotation_html(clip: dict) -> str:
     events = "".join(f"<li>{e['start_s']:.2f}-{e['end_s']:.2f} s: {_e(e['text'])}</li>" for e in clip.get("events_list", []))
     qa = "".join(
         f"<tr><td>{_e(q['task'])}</td><td>{_e(render(q['question'], q['spans'], 'llava'))}</td>"
-        f"<td>{_e(render(q['answer'], q['spans'], 'llava'))}</td><td>{q['verification']:.2f}</td></tr>"
+        f"<td>{_e(render(q['answer'], q['spans'], 'llava'))}</td><td>{_score(q['verification'])}</td></tr>"
         for q in clip.get("qa_list", [])
     )
     return (
@@ -141,6 +143,25 @@ def _annotation_html(clip: dict) -> str:
         f'{_e(clip["caption"][:120])}</summary><ul>{events or "<li>no events</li>"}</ul>'
         f"<table><tr><th>task</th><th>question</th><th>answer</th><th>verification</th></tr>{qa}</table></details>"
     )
+
+
+def _score(value: float | None) -> str:
+    """A verification: null where embed did not run."""
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _qa_table(clips: list[dict]) -> str:
+    """Grounded QA by task over the clips ground kept: items made, negatives among them, and
+    items dropped because their events' span verification was under ground.min_verification."""
+    made, negatives, dropped = Counter(), Counter(), Counter()
+    for c in clips:
+        made.update(q["task"] for q in c.get("qa_list", []))
+        negatives.update(q["task"] for q in c.get("qa_list", []) if q.get("negative"))
+        dropped.update(c.get("dropped", {}))
+    rows = "".join(
+        f"<tr><td>{_e(task)}</td><td>{made[task]}</td><td>{negatives[task]}</td><td>{dropped[task]}</td></tr>" for task in sorted({*made, *dropped})
+    )
+    return rows or '<tr><td colspan="4">no QA items (ground did not run)</td></tr>'
 
 
 def _failure_kind(row: dict) -> str:
@@ -252,6 +273,8 @@ def build_report(run_dir: Path, max_thumbnails: int = 60) -> str:
 {score_histograms}
 <h2 id="gallery">Clips</h2><div class="gallery">{"".join(gallery)}</div>
 <h2 id="timelines">Timelines</h2><p class="legend">clip spans by status:{legend}</p>{timelines}
+<h2 id="qa">Grounded QA by task</h2>
+<table><tr><th>task</th><th>items</th><th>negatives</th><th>dropped by verification</th></tr>{_qa_table(clips)}</table>
 <h2 id="annotations">Captions, events and QA</h2>{annotations}
 <h2 id="inputs">Inputs</h2>
 <table><tr><th>input</th><th>status</th><th>stage</th><th>failure</th><th>tries</th><th>reason</th></tr>{inputs_html}</table>

@@ -310,7 +310,7 @@ class Runner:
         return self.finish()
 
 
-RUN_CONFIG = "config.json"
+RUN_CONFIG = "run_config.json"
 AUDIT = "audit.json"  # `vidcurate audit`'s figures (pipelines/audit.py)
 PARTITIONS = "partitions"  # the step that runs every stage after the inputs' in partitions
 

@@ -9,17 +9,45 @@ two can never be mixed up silently.
 from __future__ import annotations
 
 import json
+import re
 
 import jsonschema
 import pyarrow as pa
 
-SCHEMA_VERSION = "1.2.0"  # 1.1: optional caption, grounding and scores; 1.2: kind, window samples
+SCHEMA_VERSION = "1.3.0"  # 1.1: optional caption, grounding and scores; 1.2: kind, window samples; 1.3: TimePro's tasks, null verification, refined events
+TASKS = (  # the `task` of a QA item: TimePro's nine (TimeSuite / VideoChat-T), then the project's own
+    "temporal_video_grounding",
+    "dense_video_captioning",
+    "video_summarization",
+    "step_localization",
+    "transcribed_speech_generation",
+    "reasoning_temporal_localization",
+    "multi_format_temporal_grounding",
+    "highlight_detection",
+    "temporal_grounded_caption",
+    "temporal_ordering",
+    "multiple_choice",
+)
+LEGACY_TASKS = {  # 1.2.0's task names -> 1.3.0's (readers of old shards map them)
+    "temporal_grounding": "temporal_video_grounding",
+    "moment_localisation": "temporal_video_grounding",
+    "dense_captioning": "dense_video_captioning",
+    "summarisation": "video_summarization",
+    "grounded_caption": "multi_format_temporal_grounding",
+}
+# How QA text names its times: {spanK} a span, {startK} / {endK} one of its ends (K: the item's span index)
+TIME_REF = re.compile(r"\{(span|start|end)(\d+)\}")
 
 _SPAN_S = {"type": "number", "minimum": 0}
-_EVENT = {
+_SCORE = {"type": ["number", "null"], "minimum": 0, "maximum": 1}
+_EVENT_1_2 = {
     "type": "object",
     "required": ["start_s", "end_s", "text"],
     "properties": {"start_s": _SPAN_S, "end_s": _SPAN_S, "text": {"type": "string", "minLength": 1}},
+}
+_EVENT = {  # 1.3: where ground refined it, where the captioner put its boundaries, and its verification
+    **_EVENT_1_2,
+    "properties": {**_EVENT_1_2["properties"], "coarse_start_s": _SPAN_S, "coarse_end_s": _SPAN_S, "verification": _SCORE},
 }
 _WORD = {
     "type": "object",
@@ -31,7 +59,7 @@ SPEECH = {
     "description": "what is said in the sample's audio track, times in its mp4 (the speech stage)",
     "required": ["segments", "words", "language", "no_speech"],
     "properties": {
-        "segments": {"type": "array", "items": _EVENT},
+        "segments": {"type": "array", "items": _EVENT_1_2},
         "words": {"type": "array", "items": _WORD},
         "language": {"type": ["string", "null"], "description": "the spoken language's code (en, de, ...); null: no speech"},
         "no_speech": {"type": "boolean", "description": "true: no track, no voice, or no word recognised"},
@@ -39,7 +67,7 @@ SPEECH = {
         "model": {"type": "string"},
     },
 }
-QA_ITEM = {
+QA_ITEM_1_2 = {
     "type": "object",
     "required": ["task", "question", "answer", "spans", "verification"],
     "properties": {
@@ -53,77 +81,107 @@ QA_ITEM = {
         "verification": {"type": "number", "minimum": 0, "maximum": 1},
     },
 }
-
-SAMPLE_SCHEMA = {
-    "$schema": "https://json-schema.org/draft/2020-12/schema",
-    "$id": f"vidcurate/sample/{SCHEMA_VERSION}",
-    "type": "object",
-    "required": ["schema_version", "kind", "clip_id", "video_id", "duration_s", "media", "provenance", "ledger"],
-    "additionalProperties": False,
+QA_ITEM = {
+    **QA_ITEM_1_2,
     "properties": {
-        "schema_version": {"const": SCHEMA_VERSION},
-        "kind": {"enum": ["clip", "window"]},
-        "clip_id": {"type": "string", "pattern": r"^[0-9a-f]+_w?\d+_\d+$", "description": "the sample key"},
-        "clips": {
-            "type": "array",
-            "description": "windows: the clip samples a window is made of, with their start in the window",
-            "items": {"type": "object", "required": ["key", "offset_s"], "properties": {"key": {"type": "string"}, "offset_s": _SPAN_S}},
-        },
-        "video_id": {"type": "string", "pattern": r"^[0-9a-f]+$"},
-        "duration_s": {"type": "number", "exclusiveMinimum": 0},
-        "media": {
-            "type": "object",
-            "required": ["width", "height", "fps", "sha256"],
-            "properties": {
-                "width": {"type": "integer", "minimum": 1},
-                "height": {"type": "integer", "minimum": 1},
-                "fps": {"type": "number", "exclusiveMinimum": 0},
-                "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
-            },
-        },
-        "provenance": {
-            "type": "object",
-            "required": ["source_uri", "source_start_s", "source_end_s", "start_frame", "end_frame", "cut_kind"],
-            "properties": {
-                "source_uri": {"type": "string"},
-                "source_start_s": _SPAN_S,
-                "source_end_s": _SPAN_S,
-                "start_frame": {"type": "integer", "minimum": 0},
-                "end_frame": {"type": "integer", "minimum": 1},
-                "cut_kind": {"type": "string"},
-                "source": {"type": "object"},
-            },
-        },
-        "caption": {
-            "type": "object",
-            "required": ["text", "events", "model", "frame_times"],
-            "properties": {
-                "text": {"type": "string"},
-                "events": {"type": "array", "items": _EVENT},
-                "model": {"type": "string"},
-                "frame_times": {"type": "array", "items": _SPAN_S},
-            },
-        },
-        "grounding": {
-            "type": "object",
-            "required": ["qa", "interleaved"],
-            "properties": {"qa": {"type": "array", "items": QA_ITEM}, "interleaved": {"type": "array"}},
-        },
-        "scores": {"type": "object", "additionalProperties": {"type": ["number", "boolean"]}},
-        "speech": SPEECH,
-        "ledger": {
-            "type": "array",
-            "description": "each stage's decision on this clip, in order",
-            "items": {
-                "type": "object",
-                "required": ["stage", "status"],
-                "properties": {"stage": {"type": "string"}, "status": {"const": "kept"}},
-            },
-        },
+        **QA_ITEM_1_2["properties"],
+        "task": {"enum": list(TASKS)},
+        "verification": {**_SCORE, "description": "the embed model's evidence for its events' spans (null: embed did not run)"},
+        "events": {"type": "array", "items": {"type": "integer", "minimum": 0}, "description": "the caption events it is about"},
+        "negative": {"type": "boolean", "description": "its query is from another video: the answer is that it does not happen"},
     },
 }
 
+
+def _sample_schema(version: str, event: dict, qa_item: dict, grounding: dict) -> dict:
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": f"vidcurate/sample/{version}",
+        "type": "object",
+        "required": ["schema_version", "kind", "clip_id", "video_id", "duration_s", "media", "provenance", "ledger"],
+        "additionalProperties": False,
+        "properties": {
+            "schema_version": {"const": version},
+            "kind": {"enum": ["clip", "window"]},
+            "clip_id": {"type": "string", "pattern": r"^[0-9a-f]+_w?\d+_\d+$", "description": "the sample key"},
+            "clips": {
+                "type": "array",
+                "description": "windows: the clip samples a window is made of, with their start in the window",
+                "items": {"type": "object", "required": ["key", "offset_s"], "properties": {"key": {"type": "string"}, "offset_s": _SPAN_S}},
+            },
+            "video_id": {"type": "string", "pattern": r"^[0-9a-f]+$"},
+            "duration_s": {"type": "number", "exclusiveMinimum": 0},
+            "media": {
+                "type": "object",
+                "required": ["width", "height", "fps", "sha256"],
+                "properties": {
+                    "width": {"type": "integer", "minimum": 1},
+                    "height": {"type": "integer", "minimum": 1},
+                    "fps": {"type": "number", "exclusiveMinimum": 0},
+                    "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+                },
+            },
+            "provenance": {
+                "type": "object",
+                "required": ["source_uri", "source_start_s", "source_end_s", "start_frame", "end_frame", "cut_kind"],
+                "properties": {
+                    "source_uri": {"type": "string"},
+                    "source_start_s": _SPAN_S,
+                    "source_end_s": _SPAN_S,
+                    "start_frame": {"type": "integer", "minimum": 0},
+                    "end_frame": {"type": "integer", "minimum": 1},
+                    "cut_kind": {"type": "string"},
+                    "source": {"type": "object"},
+                },
+            },
+            "caption": {
+                "type": "object",
+                "required": ["text", "events", "model", "frame_times"],
+                "properties": {
+                    "text": {"type": "string"},
+                    "events": {"type": "array", "items": event},
+                    "model": {"type": "string"},
+                    "frame_times": {"type": "array", "items": _SPAN_S},
+                },
+            },
+            "grounding": grounding,
+            "scores": {"type": "object", "additionalProperties": {"type": ["number", "boolean"]}},
+            "speech": SPEECH,
+            "ledger": {
+                "type": "array",
+                "description": "each stage's decision on this clip, in order",
+                "items": {
+                    "type": "object",
+                    "required": ["stage", "status"],
+                    "properties": {"stage": {"type": "string"}, "status": {"const": "kept"}},
+                },
+            },
+        },
+    }
+
+
+_GROUNDING_1_2 = {
+    "type": "object",
+    "required": ["qa", "interleaved"],
+    "properties": {"qa": {"type": "array", "items": QA_ITEM_1_2}, "interleaved": {"type": "array"}},
+}
+_GROUNDING = {
+    **_GROUNDING_1_2,
+    "properties": {
+        "qa": {"type": "array", "items": QA_ITEM},
+        "interleaved": {"type": "array"},
+        "dropped": {
+            "type": "object",
+            "additionalProperties": {"type": "integer", "minimum": 1},
+            "description": "items left out by task: their verification was under ground.min_verification",
+        },
+    },
+}
+SAMPLE_SCHEMA = _sample_schema(SCHEMA_VERSION, _EVENT, QA_ITEM, _GROUNDING)
+SAMPLE_SCHEMA_1_2 = _sample_schema("1.2.0", _EVENT_1_2, QA_ITEM_1_2, _GROUNDING_1_2)
+
 _VALIDATOR = jsonschema.Draft202012Validator(SAMPLE_SCHEMA)
+_VALIDATOR_1_2 = jsonschema.Draft202012Validator(SAMPLE_SCHEMA_1_2)
 
 SOURCE_FIELDS = ("duration_s", "fps", "width", "height", "codec", "container", "rotation")
 
@@ -161,7 +219,7 @@ def build_sample(clip: dict, video: dict, stages: list[str] | tuple[str, ...] = 
             "frame_times": clip["frame_times"],
         }
     if clip.get("qa") is not None:
-        sample["grounding"] = {"qa": json.loads(clip["qa"]), "interleaved": json.loads(clip["interleaved"])}
+        sample["grounding"] = _grounding(json.loads(clip["qa"]), json.loads(clip["interleaved"]), json.loads(clip.get("dropped") or "{}"))
     if clip.get("scores") is not None:
         sample["scores"] = json.loads(clip["scores"])
     if clip.get("speech") is not None:
@@ -191,19 +249,43 @@ def build_window_sample(window: dict, media: dict, video: dict, stages: list[str
             "source": {k: video[k] for k in SOURCE_FIELDS},
         },
         "caption": {"text": window["caption"], "events": window["events"], "model": window["model"], "frame_times": []},
-        "grounding": {"qa": window["qa"], "interleaved": []},
+        "grounding": _grounding(window["qa"], [], window.get("dropped") or {}),
         "ledger": [{"stage": stage, "status": "kept"} for stage in stages],
     }
     validate_sample(sample)
     return sample
 
 
+def _grounding(qa: list[dict], interleaved: list, dropped: dict[str, int]) -> dict:
+    return {"qa": qa, "interleaved": interleaved, **({"dropped": dropped} if dropped else {})}
+
+
 def validate_sample(sample: dict) -> None:
-    """Raise ValueError naming the first violation, for writers and for readers of old shards."""
-    error = jsonschema.exceptions.best_match(_VALIDATOR.iter_errors(sample))
+    """Raise ValueError naming the first violation, for writers and for readers of old shards:
+    the schema, and that QA text names only spans its item has and events the sample has."""
+    _validate(_VALIDATOR, sample, SCHEMA_VERSION)
+    events = len((sample.get("caption") or {}).get("events", []))
+    for i, item in enumerate((sample.get("grounding") or {}).get("qa", [])):
+        for _, k in TIME_REF.findall(item["question"] + item["answer"]):
+            if int(k) >= len(item["spans"]):
+                raise ValueError(f"sample {sample.get('clip_id')!r}: grounding/qa/{i} names a time of span {k} but has {len(item['spans'])} spans")
+        if any(e >= events for e in item.get("events", [])):
+            raise ValueError(f"sample {sample.get('clip_id')!r}: grounding/qa/{i} is about events {item['events']} of {events}")
+
+
+def validate_sample_1_2(sample: dict) -> None:
+    """Shards written before 1.3.0 (their task names: LEGACY_TASKS)."""
+    _validate(_VALIDATOR_1_2, sample, "1.2.0")
+
+
+def _validate(validator, sample: dict, version: str) -> None:
+    error = jsonschema.exceptions.best_match(validator.iter_errors(sample))
     if error is not None:
         where = "/".join(str(p) for p in error.absolute_path) or "<root>"
-        raise ValueError(f"sample {sample.get('clip_id')!r} violates schema {SCHEMA_VERSION} at {where}: {error.message}")
+        raise ValueError(f"sample {sample.get('clip_id')!r} violates schema {version} at {where}: {error.message}")
+
+
+VALIDATORS = {SCHEMA_VERSION: validate_sample, "1.2.0": validate_sample_1_2}  # what readers accept, by schema_version
 
 
 # Per-shard Parquet sidecar: the sample json's fields, flat, so a trainer or a curator can

@@ -105,7 +105,9 @@ SPEECH = _clip_table(
 )
 
 GROUNDED = _clip_table(
+    pa.field("events", pa.string()),  # the caption's events refined and verified (JSON); later stages see these
     pa.field("qa", pa.string()),  # JSON list of QA items, spans relative to the clip start
+    pa.field("dropped", pa.string()),  # JSON {task: items dropped under ground.min_verification}
     pa.field("interleaved", pa.string()),  # JSON list of {"frame": t} / {"text": ...} parts
 )
 
@@ -113,6 +115,9 @@ EMBEDDED = _clip_table(
     pa.field("image_emb", pa.binary()),  # float16, L2-normalised mean of keyframe embeddings
     pa.field("text_emb", pa.binary()),  # float16, L2-normalised caption embedding (null without caption)
     pa.field("clip_score", pa.float64()),  # mean cosine(frame, caption)
+    pa.field("span_frame_embs", pa.binary()),  # float16 (n, d), L2-normalised: frames at embed.span_fps
+    pa.field("span_frame_times", pa.list_(pa.float64())),  # their times, seconds from the clip start
+    pa.field("event_embs", pa.binary()),  # float16 (events, d), L2-normalised: each caption event's text
     pa.field("phash", pa.int64()),  # 64-bit DCT hash of the middle keyframe
     pa.field("embed_model", pa.string()),
 )

@@ -1,5 +1,7 @@
 """Embed stage: open_clip image embeddings of each clip's keyframes, text embeddings of its
-caption, the frame-caption CLIP score, and a perceptual hash for near-duplicate search.
+caption, the frame-caption CLIP score, and a perceptual hash for near-duplicate search; for the
+ground stage's span checks, the embeddings of frames at `span_fps` with their times and of each
+caption event's text (`stages.spans.span_verification` compares them).
 
 Frames are resized, cropped and normalised with torch on the model's device (the GPU when
 present), so preprocessing does not bottleneck a fast encoder. Embeddings are stored as
@@ -12,6 +14,7 @@ import json
 import logging
 import os
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -37,6 +40,8 @@ class EmbedConfig(StrictModel):
         "None: the model's own"
     )
     keyframes: int = Field(4, ge=1, le=64, description="evenly spaced frames per clip")
+    span_fps: float = Field(2.0, ge=0, description="frames a second embedded with their times, for ground's span verification (0: none)")
+    max_span_frames: int = Field(64, ge=2, description="at most this many of them per clip")
     device: str = "auto"
     resources: StageResources = StageResources(batch_size=16)
 
@@ -216,26 +221,36 @@ def centre_square(rgb: np.ndarray, side: int) -> np.ndarray:
     return rgb[:, top : top + side, left : left + side]
 
 
-def decode_keyframes(clips: list[dict], keyframes: int, side: int | None = None) -> list[dict]:
-    """CPU half of the stage: evenly spaced keyframes and the middle one's pHash. With `side`
-    (the encoder's input), frames are decoded straight to that short side and sent as the centre
-    square the encoder crops, so the object store and the GPU's bus carry 3-5x fewer bytes."""
+def span_need(cfg: EmbedConfig) -> FrameNeed | None:
+    """The frames ground's span verification compares with each event's text (split keeps them)."""
+    return FrameNeed(cfg.max_span_frames, cfg.span_fps, cfg.max_span_frames) if cfg.span_fps > 0 else None
+
+
+def decode_keyframes(clips: list[dict], keyframes: int, side: int | None = None, span: FrameNeed | None = None) -> list[dict]:
+    """CPU half of the stage: evenly spaced keyframes and the middle one's pHash; with `span`,
+    also those frames with their times. With `side` (the encoder's input), frames are decoded
+    straight to that short side and sent as the centre square the encoder crops, so the object
+    store and the GPU's bus carry 3-5x fewer bytes."""
+    square = (lambda rgb: centre_square(rgb, side)) if side else (lambda rgb: rgb)  # noqa: E731
     out = []
     for clip in clips:
-        item = {"clip_id": clip["clip_id"], "video_id": clip["video_id"], "caption": clip.get("caption")}
+        item = {"clip_id": clip["clip_id"], "video_id": clip["video_id"], "caption": clip.get("caption"), "events": clip.get("events")}
         try:
             rgb, _ = read_frames(clip, keyframes, side)
             gray = rgb[len(rgb) // 2].mean(axis=2).astype(np.uint8)
-            item.update(frames=pack_frames(centre_square(rgb, side) if side else rgb), phash=phash(gray), error=None)
+            item.update(frames=pack_frames(square(rgb)), phash=phash(gray), span_frames=None, span_times=None, error=None)
+            if span is not None:
+                frames, times = read_frames(clip, span.count_for(clip["end_s"] - clip["start_s"]), side)
+                item.update(span_frames=pack_frames(square(frames)), span_times=[round(float(t), 3) for t in times])
         except Exception as exc:  # noqa: BLE001 - one unreadable clip fails alone
-            item.update(frames=None, phash=None, error=failed("frames", exc))
+            item.update(frames=None, phash=None, span_frames=None, span_times=None, error=failed("frames", exc))
         out.append(item)
     return out
 
 
-def embed_clips(clips: list[dict], encoder: ClipEncoder, keyframes: int) -> list[dict]:
-    """Clips (clip_id, video_id, clip_uri, caption) -> EMBEDDED rows."""
-    return embed_decoded(decode_keyframes(clips, keyframes, encoder.size), encoder)
+def embed_clips(clips: list[dict], encoder: ClipEncoder, keyframes: int, span: FrameNeed | None = None) -> list[dict]:
+    """Clips (clip_id, video_id, clip_uri, start_s, end_s, caption, events) -> EMBEDDED rows."""
+    return embed_decoded(decode_keyframes(clips, keyframes, encoder.size, span), encoder)
 
 
 def embed_decoded(decoded: list[dict], encoder: ClipEncoder) -> list[dict]:
@@ -254,27 +269,41 @@ def _row(clip: dict, encoder: ClipEncoder) -> dict:
 
 
 def _embed_decoded(decoded: list[dict], encoder: ClipEncoder) -> list[dict]:
-    rows, frames, owners = {}, [], []
+    rows, frames, owners, texts = {}, [], [], []
     for clip in decoded:
         row = _row(clip, encoder)
         if clip["error"]:
             rows[clip["clip_id"]] = {**row, **clip["error"]}
             continue
         rows[clip["clip_id"]] = {**row, "status": KEPT, "reason": None, "phash": clip["phash"]}
-        rgb = unpack_frames(clip["frames"])
-        frames.append(rgb)
-        owners.extend([clip["clip_id"]] * len(rgb))
-    captioned = [c for c in decoded if c.get("caption") and not c["error"]]
-    embs, text_embs = encoder.encode(frames, [c["caption"] for c in captioned])
-    per_clip: dict[str, list[np.ndarray]] = {}
+        for kind in ("frames", "span_frames"):
+            if clip.get(kind) is not None:
+                rgb = unpack_frames(clip[kind])
+                frames.append(rgb)
+                owners.extend([(clip["clip_id"], kind)] * len(rgb))
+        if clip.get("caption"):
+            texts.append((clip["clip_id"], "caption", clip["caption"]))
+        texts += [(clip["clip_id"], "event", e["text"]) for e in json.loads(clip.get("events") or "[]")]
+    embs, text_embs = encoder.encode(frames, [text for *_, text in texts])
+    per_clip: dict[tuple[str, str], list[np.ndarray]] = {}
     for owner, emb in zip(owners, embs):
         per_clip.setdefault(owner, []).append(emb)
-    for clip, text in zip(captioned, text_embs):
-        row = rows[clip["clip_id"]]
-        row["text_emb"] = text.astype(np.float16).tobytes()
-        row["clip_score"] = round(float(np.mean(np.stack(per_clip[clip["clip_id"]]) @ text)), 6)
-    for clip_id, embs in per_clip.items():
-        rows[clip_id]["image_emb"] = _unit(np.mean(embs, axis=0)).astype(np.float16).tobytes()
+    for (clip_id, kind, _), emb in zip(texts, text_embs):
+        per_clip.setdefault((clip_id, kind), []).append(emb)
+    for clip in decoded:
+        row, key = rows[clip["clip_id"]], clip["clip_id"]
+        if row["status"] != KEPT:
+            continue
+        row["image_emb"] = _unit(np.mean(per_clip[key, "frames"], axis=0)).astype(np.float16).tobytes()
+        if (key, "caption") in per_clip:
+            text = per_clip[key, "caption"][0]
+            row["text_emb"] = text.astype(np.float16).tobytes()
+            row["clip_score"] = round(float(np.mean(np.stack(per_clip[key, "frames"]) @ text)), 6)
+        if (key, "span_frames") in per_clip:
+            row["span_frame_embs"] = np.stack(per_clip[key, "span_frames"]).astype(np.float16).tobytes()
+            row["span_frame_times"] = clip["span_times"]
+        if (key, "event") in per_clip:
+            row["event_embs"] = np.stack(per_clip[key, "event"]).astype(np.float16).tobytes()
     return [rows[c["clip_id"]] for c in decoded]
 
 
@@ -296,14 +325,38 @@ class EmbedWorker:
         return to_table(embed_decoded(batch.to_pylist(), self.encoder), EMBEDDED)
 
 
-def decode_batch(batch: pa.Table, keyframes: int, side: int) -> pa.Table:
+def decode_batch(batch: pa.Table, keyframes: int, side: int, span: FrameNeed | None) -> pa.Table:
     """The decode step: clips to the frames the model takes (in the actor on CPU, in tasks ahead of a GPU)."""
-    return pa.Table.from_pylist(decode_keyframes(batch.to_pylist(), keyframes, side))
+    return pa.Table.from_pylist(decode_keyframes(batch.to_pylist(), keyframes, side, span))
 
 
 def unpack(blob: bytes | None) -> np.ndarray | None:
     """A stored embedding back to float32."""
     return None if blob is None else np.frombuffer(blob, dtype=np.float16).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """A sample's frames as the embed stage saw them: unit embeddings (n, d) and times (n,) in seconds."""
+
+    embs: np.ndarray
+    times: np.ndarray
+
+
+def frame_evidence(row: dict) -> Evidence | None:
+    """A clip row's span frames (`span_frame_embs`, `span_frame_times`); None where embed did not make them."""
+    blob, times = row.get("span_frame_embs"), row.get("span_frame_times")
+    if not blob or not times:
+        return None
+    return Evidence(unpack(blob).reshape(len(times), -1), np.asarray(times, dtype=np.float64))
+
+
+def event_embeddings(row: dict, count: int) -> list[np.ndarray | None]:
+    """The text embedding of each of a clip row's `count` caption events, in their order (None each without them)."""
+    blob = row.get("event_embs")
+    if not blob or not count:
+        return [None] * count
+    return list(unpack(blob).reshape(count, -1))
 
 
 REASONS = {
@@ -315,14 +368,14 @@ SPEC = Stage(
     name=STAGE,
     config_model=EmbedConfig,
     table=EMBEDDED,
-    columns=("clip_id", "video_id", "clip_uri"),
-    optional=("caption", "frames_uri"),
+    columns=("clip_id", "video_id", "clip_uri", "start_s", "end_s"),
+    optional=("caption", "events", "frames_uri"),
     run_fields=("profile",),
     reasons=REASONS,
     resolve_profile=real_model_by_default(DEFAULT_CLIP_MODEL),
     core=EmbedWorker,
     arguments=lambda ctx: {"cfg": ctx.config},
     decode=decode_batch,
-    decode_arguments=lambda ctx: {"keyframes": ctx.config.keyframes, "side": input_side(ctx.config)},
-    frames=lambda cfg: (FrameNeed(cfg.keyframes),),
+    decode_arguments=lambda ctx: {"keyframes": ctx.config.keyframes, "side": input_side(ctx.config), "span": span_need(ctx.config)},
+    frames=lambda cfg: (FrameNeed(cfg.keyframes), *filter(None, [span_need(cfg)])),
 )

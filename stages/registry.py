@@ -9,7 +9,7 @@ from vidcurate.stages.frame_store import FrameNeed
 
 STAGES: dict[str, Stage] = {
     spec.name: spec
-    for spec in (probe.SPEC, split.SPEC, speech.SPEC, caption.SPEC, ground.SPEC, embed.SPEC, quality.SPEC, dedup.SPEC, shard.SPEC)
+    for spec in (probe.SPEC, split.SPEC, speech.SPEC, caption.SPEC, embed.SPEC, ground.SPEC, quality.SPEC, dedup.SPEC, shard.SPEC)
 }
 ALWAYS = tuple(name for name, spec in STAGES.items() if spec.always)  # every run; a config chooses among the others
 OPTIONAL = tuple(name for name in STAGES if name not in ALWAYS)  # in pipeline order

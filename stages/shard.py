@@ -173,7 +173,7 @@ def ship(clips: list[dict], ctx) -> tuple[list[dict], dict]:
 def _ship_windows(shipped: list[dict], videos: dict, dataset: Path, stages: list[str], ctx) -> tuple[list[dict], list[dict]]:
     """Window samples over contiguous shipped clips, each with its own media cut from its clips;
     a window that cannot be cut gets a failed row with its reason (a full disk: transient)."""
-    video_windows = windows(shipped, ctx.sections["ground"].max_window_s)
+    video_windows = windows(shipped, ctx.sections["ground"])
     clip_uri = {c["clip_id"]: c["clip_uri"] for c in shipped}
     jobs = [
         {
@@ -209,7 +209,7 @@ SPEC = Stage(
     config_model=ShardConfig,
     table=SHARDED,
     always=True,
-    sections=("ground", "split"),  # windows: ground's window length, split's encoder settings
+    sections=("ground", "split"),  # windows: ground's settings (length, tasks, pools), split's encoder settings
     unhashed=("license",),  # the card only, which every run writes again
     reasons={
         "write": (FAILED, "the sample could not be written into a shard"),

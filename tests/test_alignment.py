@@ -1,9 +1,11 @@
 """Timestamps proven on pixels. Synthetic videos carry a red square only while a planted event
-is on; the captioner is the one test double (tests/planted.py: it answers with the planted
-events, at the backend interface, through a real OpenAI-compatible HTTP server); everything
-after it is the real pipeline. For every shard sample (clips and windows) and every record of
-every trainer export, the media the record names is decoded at the start, middle and end of
-each labelled span: the square must be there, and not there a margin outside the span."""
+is on; the captioner is the one test double (tests/planted.py: it answers as a model that saw
+only the sampled frames would, so its times sit on the sampled grid, and it writes ground's
+reasoning questions; at the backend interface, through a real OpenAI-compatible HTTP server);
+everything after it is the real pipeline, boundary refinement and embed included. For every
+shard sample (clips and windows), every task and every record of every trainer export, the
+media the record names is decoded at the start, middle and end of each labelled span (and at
+each single time it states): the square must be there, and not there a margin outside."""
 
 from __future__ import annotations
 
@@ -16,15 +18,27 @@ from pathlib import Path
 import pytest
 
 from vidcurate.pipelines.config import load_config
-from vidcurate.pipelines.export import FORMATS, TRAINERS, export, parse_times
+from vidcurate.pipelines.export import FORMATS, TRAINERS, export, leaks, parse_moments, parse_times, records
 from vidcurate.pipelines.runner import Runner
 from conftest import REPO
-from planted import EVENTS, PlantedEventCaptioner, decoded, make_planted_video, shown_at, square_visible
+from planted import EVENT_TEXT, EVENTS, SampledFrameCaptioner, decoded, make_planted_video, shown_at, square_visible
 from vidcurate.schemas.readers import open_shards
+from vidcurate.schemas.sample import TASKS
+from vidcurate.stages.ground import GroundConfig, ground_clip
 
 LLAMAFACTORY_PYTHON = os.environ.get("VIDCURATE_LLAMAFACTORY_PYTHON")  # opt-in: docs/training.md
 INSIDE = 0.1  # seconds inside a span's edges (covers the exports' one-decimal rounding)
 MARGIN = 0.3  # seconds outside a span where the square must be gone
+
+
+class PlantedReasoner(SampledFrameCaptioner):
+    """The same test double, which also answers ground's reasoning prompt (text only) about its
+    first event, as a model would: a why question and a one-sentence reason."""
+
+    def _answer(self, prompt) -> str:
+        if prompt.parts[0][1].startswith("These are the events"):
+            return json.dumps({"question": "Why is a red square shown?", "event": 1, "reason": "A red square is shown because it was planted there."})
+        return super()._answer(prompt)
 
 
 @pytest.fixture(scope="module")
@@ -34,37 +48,45 @@ def planted_run(tmp_path_factory, ray_local):
     root = tmp_path_factory.mktemp("planted")
     inputs = root / "inputs"
     inputs.mkdir()
-    make_planted_video(inputs / "planted.mp4")
-    with OpenAIServer(PlantedEventCaptioner()) as server:
+    make_planted_video(inputs / "planted.mp4", barcode=False)  # only the shots and the square change the picture
+    with OpenAIServer(PlantedReasoner()) as server:
         cfg = load_config(
             None,
             profile="tiny",
             inputs=str(inputs),
             run_dir=str(root / "run"),
-            stages=["caption", "ground"],
+            stages=["caption", "embed", "ground"],
             **{
                 "caption.backend": "openai",
                 "caption.openai.base_url": server.base_url,
                 "caption.frame_height": 240,
+                "caption.frames": 8,
                 "ground.max_window_s": 60.0,
+                "ground.reason": True,
             },
         )
         stats = Runner(cfg).run_all()
     return root / "run" / "shard" / "dataset", stats
 
 
-def _check_spans(media, spans: list[list[float]], what: str) -> int:
-    """Assert the planted square on screen inside every span and off screen just outside it."""
+def _check_spans(media, spans: list[list[float]], what: str, moments: list[float] = ()) -> int:
+    """Assert the planted square on screen inside every span and off screen just outside it, and
+    each single time (a span's start or end on its own) a boundary: on screen on one side of
+    it, off screen a margin beyond the other."""
     frames, times = decoded(media)
     end = times[-1] + (times[-1] - times[-2])
+    seen = lambda t: square_visible(shown_at(frames, times, t)) if 0 <= t < end else False  # noqa: E731
     checked = 0
     for a, b in spans:
         assert 0 <= a < b <= end + 0.05, f"{what}: span {a}-{b} outside the media (0-{end:.2f} s)"
         for t in (a + INSIDE, (a + b) / 2, b - INSIDE):
-            assert square_visible(shown_at(frames, times, t)), f"{what}: no event at {t:.2f} s inside {a}-{b}"
+            assert seen(t), f"{what}: no event at {t:.2f} s inside {a}-{b}"
         for t in (a - MARGIN, b + MARGIN):
-            if 0 <= t < end:
-                assert not square_visible(shown_at(frames, times, t)), f"{what}: event at {t:.2f} s outside {a}-{b}"
+            assert not seen(t), f"{what}: event at {t:.2f} s outside {a}-{b}"
+        checked += 1
+    for t in moments:
+        starts, ends = seen(t + INSIDE) and not seen(t - MARGIN), seen(t - INSIDE) and not seen(t + MARGIN)
+        assert starts or ends, f"{what}: no event starts or ends at {t:.2f} s"
         checked += 1
     return checked
 
@@ -79,17 +101,21 @@ def test_the_planted_video_and_the_double_are_sound(tmp_path):
 
 def test_every_shard_sample_labels_the_planted_events(planted_run):
     dataset, stats = planted_run
-    kinds, spans_checked = {"clip": 0, "window": 0}, 0
+    kinds, spans_checked, tasks, coarse_off = {"clip": 0, "window": 0}, 0, set(), 0
     for sample in open_shards(str(dataset)):
         meta = json.loads(sample["json"])
         kinds[meta["kind"]] += 1
         events = meta["caption"]["events"]
         assert events, f"{sample['__key__']}: no event"
         spans_checked += _check_spans(sample["mp4"], [[e["start_s"], e["end_s"]] for e in events], f"{sample['__key__']} events")
-        spans = [span for item in meta["grounding"]["qa"] for span in item["spans"] if item["task"] != "summarisation"]
-        spans_checked += _check_spans(sample["mp4"], spans, f"{sample['__key__']} QA")
+        coarse_off += sum((e["coarse_start_s"], e["coarse_end_s"]) != (e["start_s"], e["end_s"]) for e in events)
+        assert all(e["verification"] is not None for e in events)  # embed ran: every event has its score
+        for item in meta["grounding"]["qa"]:
+            spans_checked += _check_spans(sample["mp4"], item["spans"], f"{sample['__key__']} {item['task']}")
+            tasks.add(item["task"])
     assert kinds["clip"] == stats["samples"] >= 4 and kinds["window"] == stats["window_samples"] >= 1
-    assert spans_checked > 20
+    assert spans_checked > 40 and coarse_off >= 4  # the double answered on the sampled grid; every span is refined
+    assert tasks >= set(TASKS[:9]) - {"transcribed_speech_generation"}  # TimePro's tasks (speech: below)
 
 
 def _texts(record: dict) -> list[str]:
@@ -104,22 +130,50 @@ def _media(record: dict) -> str:
     return video[0] if isinstance(video, list) else video
 
 
+def _check_record(record: dict, fmt: str, media: Path) -> int:
+    """Every span and single time a record states, on the pixels of the media it names."""
+    texts = _texts(record)
+    spans = [span for text in texts for span in parse_times(text, fmt)]
+    token = (record.get("meta") or {}).get("token")
+    if TRAINERS[fmt].layout == "vtimellm":  # token numbers -> seconds through meta.token
+        spans = [[token[f"<s{int(a)}>"], token[f"<e{int(a)}>"]] for a, _ in spans]
+    moments = [t for text in texts for t in parse_moments(text, fmt, token)]
+    return _check_spans(media, spans, f"{fmt} {_media(record)}", moments)
+
+
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_every_export_record_labels_the_planted_events_in_the_media_it_names(planted_run, fmt, tmp_path):
     dataset, stats = planted_run
-    summary = export(str(dataset), fmt, tmp_path)
-    assert (summary["clips"], summary["windows"]) == (stats["samples"], stats["window_samples"])
-    records = json.loads(Path(summary["path"]).read_text())
-    checked = 0
-    for record in records:
-        media = Path(summary["path"]).parent / _media(record)  # relative to the JSON file
-        assert media.is_file() and media.parent == tmp_path / "media"
-        spans = [span for text in _texts(record) for span in parse_times(text, fmt)]
-        if TRAINERS[fmt].layout == "vtimellm":  # token numbers -> seconds through meta.token
-            token = record["meta"]["token"]
-            spans = [[token[f"<s{int(a)}>"], token[f"<e{int(a)}>"]] for a, _ in spans]
-        checked += _check_spans(media, spans, f"{fmt} {_media(record)}")
-    assert checked > 20 and not re.search(r"\{span\d+\}", json.dumps(records))
+    events = {json.loads(s["json"])["clip_id"]: [e["text"] for e in json.loads(s["json"])["caption"]["events"]] for s in open_shards(str(dataset))}
+    for turns in (1, 3):
+        out = tmp_path / str(turns)
+        summary = export(str(dataset), fmt, out, turns=turns)
+        assert (summary["clips"], summary["windows"]) == (stats["samples"], stats["window_samples"])
+        written = json.loads(Path(summary["path"]).read_text())
+        checked = 0
+        for record in written:
+            media = Path(summary["path"]).parent / _media(record)  # relative to the JSON file
+            assert media.is_file() and media.parent == out / "media"
+            checked += _check_record(record, fmt, media)
+            assert not leaks(record, tuple(events[media.stem])), record  # no answer said in an earlier turn
+        assert checked > 40 and not re.search(r"\{(span|start|end)\d+\}", json.dumps(written))
+        assert all(len(_texts(r)) <= 2 * turns for r in written)
+        if TRAINERS[fmt].layout != "qa":  # there a record holds one task, and each sample here has one item of a task
+            assert (summary["multi_turn_records"] > 0) == (turns > 1)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_speech_segments_are_exported_at_their_times(tmp_path, fmt):
+    """Transcribed speech generation, from a clip row built here with speech where the square is
+    (the speech stage writes that column; here the rows are constructed, the rest is real)."""
+    video = make_planted_video(tmp_path / "planted.mp4", barcode=False)
+    speech = {"segments": [{"start_s": a, "end_s": b, "text": f"now {n}"} for n, (a, b) in enumerate(EVENTS)], "language": "en", "no_speech": False}
+    clip = {"clip_id": "ab_000000000_000024000", "video_id": "ab", "start_s": 0.0, "end_s": 24.0, "caption": "Shots.", "frame_times": [],
+            "events": json.dumps([{"start_s": a, "end_s": b, "text": EVENT_TEXT} for a, b in EVENTS]), "speech": json.dumps(speech)}
+    qa = [it for it in json.loads(ground_clip(clip, GroundConfig())["qa"]) if it["task"] == "transcribed_speech_generation"]
+    assert qa and qa[0]["spans"] == [list(e) for e in EVENTS]
+    (record,) = records("planted.mp4", clip["clip_id"], 24.0, qa, fmt)
+    assert _check_record(record, fmt, video) == len(EVENTS)
 
 
 def _vtimellm_convert(duration: float, x: float) -> str:

@@ -1,4 +1,4 @@
-"""The whole curation flow (probe, split, caption, ground, embed, quality, dedup, shard) through
+"""The whole curation flow (probe, split, caption, embed, ground, quality, dedup, shard) through
 Prefect over Ray with the tiny models: what trainers read is complete and consistent, exports
 work for every trainer format, and a later scheduled run ships nothing twice."""
 
@@ -50,8 +50,8 @@ def test_samples_carry_caption_events_grounding_and_scores_on_the_sample_clock(c
     root, _ = curated
     samples = [s for s in open_shards(str(root / "run" / "shard" / "dataset")) if json.loads(s["json"])["kind"] == "clip"]
     assert samples
-    stages = ["probe", "split", "caption", "ground", "embed", "quality", "dedup"]
-    tasks = set()
+    stages = ["probe", "split", "caption", "embed", "ground", "quality", "dedup"]
+    tasks, verified = set(), 0
     for sample in samples:
         meta = json.loads(sample["json"])
         validate_sample(meta)
@@ -59,10 +59,14 @@ def test_samples_carry_caption_events_grounding_and_scores_on_the_sample_clock(c
         duration = meta["duration_s"]
         assert meta["caption"]["text"] and len(meta["caption"]["frame_times"]) == 4
         assert all(0 <= e["start_s"] < e["end_s"] <= duration + 1e-6 for e in meta["caption"]["events"])
+        events = meta["caption"]["events"]
         for item in meta["grounding"]["qa"]:
             assert all(0 <= a < b <= duration + 1e-6 for a, b in item["spans"])
+            scores = [events[i]["verification"] for i in item["events"]]
+            assert item["verification"] == (None if not scores or None in scores else min(scores))  # as good as its weakest event
             tasks.add(item["task"])
-    assert {"summarisation", "dense_captioning", "temporal_grounding"} <= tasks
+        verified += sum(e["verification"] is not None for e in events)  # embed ran: null only where a span leaves no frame outside
+    assert {"dense_video_captioning", "temporal_video_grounding", "temporal_grounded_caption", "highlight_detection"} <= tasks and verified
 
 
 def test_window_samples_have_their_own_media_over_shipped_clips(curated):
@@ -98,7 +102,8 @@ def test_export_writes_every_sample_with_its_media(curated, fmt, tmp_path, capsy
         video = record.get("video") or record.get("videos")
         assert (tmp_path / (video[0] if isinstance(video, list) else video)).is_file()
     text = json.dumps(records)
-    assert "{span" not in text and parse_times(text, fmt)
+    assert not re.search(r"\{(span|start|end)\d+\}", text) and parse_times(text, fmt)
+    assert summary["records"] == sum(len(json.loads(s["json"])["grounding"]["qa"]) for s in open_shards(str(root / "run" / "shard" / "dataset")))  # one item each
 
 
 def test_a_scheduled_rerun_ships_nothing_twice(curated, mixed_inputs):
@@ -139,6 +144,9 @@ def test_card_is_a_hub_dataset_card_whose_numbers_are_the_data(curated):
         assert written["content"]["qa_items"][kind] == tasks
     for task, n in written["content"]["qa_items"]["clip"].items():
         assert f"| {task} | {n} | {written['content']['qa_items']['window'].get(task, 0)} |" in text
+    negatives = [q for m in samples for q in m["grounding"]["qa"] if q.get("negative")]
+    assert f"- negatives: {len(negatives)} items" in text and all(q["spans"] == [] for q in negatives)
+    assert "| dropped by verification |" in text and written["content"]["dropped_by_verification"] == {"clip": {}, "window": {}}  # tiny: none
     ledger = pq.read_table(root / "run" / "ledger.parquet").to_pylist()
     for entity, label in (("video", "inputs"), ("clip", "clips")):
         rows = [r for r in ledger if r["entity"] == entity]

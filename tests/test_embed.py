@@ -46,3 +46,32 @@ def test_full_size_clip_and_siglip_embed_clips_through_the_default_profiles_path
         image = np.frombuffer(row["image_emb"], dtype=np.float16)
         assert image.shape == (dim,) and abs(np.linalg.norm(image.astype(np.float32)) - 1) < 0.01
         assert np.frombuffer(row["text_emb"], dtype=np.float16).shape == (dim,) and -1 <= row["clip_score"] <= 1
+
+
+def test_span_frames_and_event_texts_are_embedded_with_their_times(cut_clips):
+    """Ground's span verification compares each event's text with frames at `embed.span_fps`: they
+    are the encoder's embeddings of the clip's frames at the times stored beside them."""
+    import json
+
+    from vidcurate.stages.embed import SPEC, event_embeddings, frame_evidence, span_need
+    from vidcurate.stages.frame_store import FrameNeed, read_frames
+
+    cfg = EmbedConfig(device="cpu", keyframes=2)
+    assert SPEC.frames(cfg) == (FrameNeed(2), FrameNeed(64, 2.0, 64))  # split keeps them: decode once
+    assert SPEC.frames(EmbedConfig(span_fps=0)) == (FrameNeed(4),)
+    encoder = make_encoder(cfg)
+    events = [{"start_s": 0.2, "end_s": 1.0, "text": "a square slides left"}, {"start_s": 1.0, "end_s": 2.0, "text": "a circle grows"}]
+    clip = {**cut_clips[0], "caption": "shapes move", "events": json.dumps(events)}
+    (row,) = embed_clips([clip], encoder, cfg.keyframes, span_need(cfg))
+    duration = clip["end_s"] - clip["start_s"]
+    frames = frame_evidence(row)
+    assert len(frames.times) == round(duration * 2) and list(frames.times) == sorted(frames.times)
+    assert 0 <= frames.times[0] < frames.times[-1] < duration
+    rgb, times = read_frames(clip, len(frames.times), encoder.size)
+    expected, texts = encoder.encode([rgb], [e["text"] for e in events])
+    assert np.allclose(frames.times, np.round(times, 3))
+    assert (np.sum(frames.embs * expected, axis=1) > 0.99).all()  # float16 storage of the same embeddings
+    embs = event_embeddings(row, len(events))
+    assert all(float(e @ t) > 0.99 for e, t in zip(embs, texts))
+    (plain,) = embed_clips([clip], encoder, cfg.keyframes)  # no span frames asked (span_fps 0)
+    assert frame_evidence(plain) is None and all(e is not None for e in event_embeddings(plain, 2))

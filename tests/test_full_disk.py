@@ -83,7 +83,7 @@ def job(tmp_path_factory, prefect_server):
 
 @pytest.mark.parametrize(
     "share, where",
-    [(0.02, "probe: "), (0.2, "split: "), (0.35, "shard: "), (0.7, "shard: 1 of 5 rows failed on local storage (window: "), (0.97, "finishing the run")],
+    [(0.02, "probe: "), (0.2, "split: "), (0.45, "shard: "), (0.7, "shard: 1 of 5 rows failed on local storage (window: "), (0.97, "finishing the run")],
 )
 def test_a_full_disk_stops_the_run_in_one_line_and_the_same_command_recovers(job, tmp_path, capfd, share, where):
     """The disk runs out after `share` of what the run writes: writing probe's table, in split

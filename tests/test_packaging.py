@@ -34,6 +34,7 @@ def test_the_wheel_holds_only_the_namespace_and_imports_from_it(tmp_path):
     packages = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     assert packages == {"vidcurate"}, packages
     assert "vidcurate/pipelines/configs/sample.yaml" in names
+    assert "vidcurate/stages/ground_pools.yaml" in names  # ground's instruction pools ship as data
     assert {f"vidcurate/{folder}/__init__.py" for folder in FOLDERS} <= set(names)
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     assert "vidcurate = vidcurate.pipelines.cli:main" in entry_points

@@ -79,7 +79,7 @@ def test_in_process_and_on_ray_give_identical_shards(tmp_path, synthetic_videos,
     """The executor is not part of the output: not on Ray either, with two model actors per
     stage (a CPU each), each decoding its own batches, and batches spread over them."""
     videos, _ = synthetic_videos
-    stages = ["caption", "ground", "embed", "quality"]  # ground: an actor stage without a decode step
+    stages = ["caption", "embed", "ground", "quality"]  # ground: an actor stage without a decode step
     _runner(videos, tmp_path / "here", stages=stages).run_all()
     two_actors = {f"{stage}.resources.{key}": value for stage in ("caption", "embed") for key, value in (("concurrency", 2), ("num_cpus", 1))}
     Runner(load_config(None, profile="tiny", inputs=str(videos), run_dir=str(tmp_path / "ray"), stages=stages, **two_actors)).run_all()

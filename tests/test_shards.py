@@ -124,7 +124,7 @@ def test_training_samples_give_frames_on_the_annotation_clock(published):
 
 def test_inspect_prints_samples_from_object_storage(published, capsys):
     assert cli_main(["inspect", DEST, "-n", "1"]) == 0
-    assert '"schema_version": "1.2.0"' in capsys.readouterr().out
+    assert '"schema_version": "1.3.0"' in capsys.readouterr().out
 
 
 def test_killing_the_writer_mid_shard_leaves_no_partial_shard(tmp_path, published):
