@@ -27,8 +27,8 @@ EPILOG = """examples:
 """
 
 
-# A first start on 2 busy cores compiles Prefect's imports and creates its database: 20-25 s idle
-# (docs/decisions.md), past Prefect's own 20 s.
+# A first start compiles Prefect's imports and creates its database: 21-24 s on 2 idle cores, more
+# on a busy machine, past Prefect's own 20 s (docs/decisions.md).
 PREFECT_START_TIMEOUT_ENV = "VIDCURATE_PREFECT_START_TIMEOUT"
 DEFAULT_PREFECT_START_TIMEOUT_S = 120
 
@@ -264,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"vidcurate: failed: {exc}; {longer}start a server (`prefect server start`) and set PREFECT_API_URL", file=sys.stderr)
             return 1
         raise
-    except KeyboardInterrupt:  # every process the command started is stopped by now
+    except KeyboardInterrupt:  # Ctrl-C: one line; `run` has stopped every process it started by now
         print("vidcurate: interrupted", file=sys.stderr)
         return 130
 

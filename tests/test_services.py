@@ -1,7 +1,9 @@
 """Nothing a run starts outlives it (issue #42): the real `vidcurate` console script runs in a
 subprocess on one short synthetic video, its process tree is collected with psutil while it
 runs, and afterwards every one of those processes must be gone. Prefect's temporary server is
-made slow or dead by freezing its real process (SIGSTOP), as a busy machine would."""
+made slow or dead by freezing its real process (SIGSTOP), as a busy machine would. Those runs
+start Ray and Prefect's server of their own, so they are marked slow by hand (the fixtures that
+mark the others are not used)."""
 
 from __future__ import annotations
 
@@ -18,12 +20,11 @@ import psutil
 import pytest
 import yaml
 
+from vidcurate.pipelines.cli import build_parser
+
 VIDCURATE = Path(sys.executable).with_name("vidcurate")
 SERVER = "prefect.server.api.server:create_app"  # in the temporary server's command line
 RAY_DAEMONS = {"raylet", "gcs_server"}
-
-
-pytestmark = pytest.mark.slow  # each starts Ray and Prefect's server in its own `vidcurate` process
 
 
 @pytest.fixture(scope="module")
@@ -145,6 +146,7 @@ def _freeze_servers(until_age_s: float | None):
     return step
 
 
+@pytest.mark.slow
 def test_a_start_slower_than_prefects_own_timeout_is_waited_for_and_leaves_nothing(job, tmp_path, launch):
     """Prefect's own start-up timeout forced to 1 s and the server frozen for its first 6 s: the
     run waits, says so, and ships; one server, and afterwards no process of the run is left
@@ -162,6 +164,7 @@ def test_a_start_slower_than_prefects_own_timeout_is_waited_for_and_leaves_nothi
     assert run.left_running() == []
 
 
+@pytest.mark.slow
 def test_a_server_that_never_answers_ends_the_run_in_one_line_and_leaves_nothing(job, tmp_path, launch):
     """Frozen for good: after --prefect-start-timeout the run stops it and its Ray, and says what to do."""
     run = launch(["run", "--config", str(job), "--run-dir", str(tmp_path / "run"), "--prefect-start-timeout", "3"])
@@ -176,6 +179,7 @@ def test_a_server_that_never_answers_ends_the_run_in_one_line_and_leaves_nothing
     assert run.left_running() == []
 
 
+@pytest.mark.slow
 def test_a_server_that_exits_while_starting_ends_the_run_at_once_in_one_line(job_without_ray, tmp_path, launch):
     """Its database cannot be opened, so uvicorn exits (code 3): the run says so at once instead
     of waiting out --prefect-start-timeout (600 s here, past the watch's 300 s)."""
@@ -191,6 +195,7 @@ def test_a_server_that_exits_while_starting_ends_the_run_at_once_in_one_line(job
     assert len(run.servers()) == 1 and run.left_running() == []
 
 
+@pytest.mark.slow
 def test_ctrl_c_mid_stage_and_again_while_stopping_stops_every_process_of_the_run(job, tmp_path, launch):
     """SIGINT to the run's whole process group, as Ctrl-C in a terminal sends it, while split runs
     on Ray; and again, as an impatient user would, once the server is stopped and Ray is being
@@ -215,3 +220,12 @@ def test_ctrl_c_mid_stage_and_again_while_stopping_stops_every_process_of_the_ru
     assert "Traceback" not in out, out[-3000:]
     assert RAY_DAEMONS <= run.names()
     assert run.left_running() == []
+
+
+def test_the_wait_is_the_option_or_else_the_environment_variable_or_else_120_s(monkeypatch):
+    monkeypatch.delenv("VIDCURATE_PREFECT_START_TIMEOUT", raising=False)
+    assert build_parser().parse_args(["run"]).prefect_start_timeout == 120
+    monkeypatch.setenv("VIDCURATE_PREFECT_START_TIMEOUT", "300")
+    assert build_parser().parse_args(["run"]).prefect_start_timeout == 300
+    assert build_parser().parse_args(["serve", "--cron", "0 3 * * *"]).prefect_start_timeout == 300
+    assert build_parser().parse_args(["run", "--prefect-start-timeout", "7.5"]).prefect_start_timeout == 7.5
