@@ -80,10 +80,13 @@ class WatchedRun:
         with log.open("w") as out:
             self.proc = subprocess.Popen([str(VIDCURATE), *args], env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         self.seen: dict[psutil.Process, str] = {}  # by pid and start time; its command line as last seen alive
+        self.children: set[psutil.Process] = set()  # of the `vidcurate` process itself
 
     def tree(self) -> list[psutil.Process]:
         try:
-            found = psutil.Process(self.proc.pid).children(recursive=True)
+            run = psutil.Process(self.proc.pid)
+            found = run.children(recursive=True)
+            self.children.update(run.children())
         except psutil.NoSuchProcess:
             return []
         for p in found:  # a forked child shows its parent's command line until it execs
@@ -91,7 +94,8 @@ class WatchedRun:
         return found
 
     def servers(self) -> list[psutil.Process]:
-        return [p for p, cmdline in self.seen.items() if SERVER in cmdline]
+        """Not the server's own forks, which show its command line until they exec."""
+        return [p for p, cmdline in self.seen.items() if SERVER in cmdline and p in self.children]
 
     def names(self) -> set[str]:
         return {cmdline.split(" ")[0].rsplit("/", 1)[-1] for cmdline in self.seen.values()}
