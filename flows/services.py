@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import signal
 import sys
+import threading
 import time
 from contextlib import ExitStack, contextmanager
 from typing import Iterator
@@ -122,6 +123,25 @@ def _deaf_to_ctrl_c() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
+@contextmanager
+def _ctrl_c_held() -> Iterator[None]:
+    """Ctrl-C pressed again while the run stops its processes is held until they are stopped, then
+    raised. Raised inside `ray.shutdown`, it cut the shutdown short: Ray's daemons stayed up until
+    the interpreter's exit, where further presses killed the process (exit -2) or printed
+    "Exception ignored" tracebacks."""
+    if threading.current_thread() is not threading.main_thread():  # only it may set handlers
+        yield
+        return
+    pressed: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: pressed.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if pressed:
+            raise KeyboardInterrupt
+
+
 def _ray_initialized() -> bool:
     return "ray" in sys.modules and sys.modules["ray"].is_initialized()
 
@@ -149,7 +169,8 @@ def run_services(cfg: PipelineConfig, start_timeout_s: float, start_ray: bool = 
             server.wait(start_timeout_s)
         yield
     finally:
-        stack.close()  # each stop runs, even where one before it raised
+        with _ctrl_c_held():
+            stack.close()  # each stop runs, even where one before it raised
 
 
 def _shut_down_ray() -> None:
