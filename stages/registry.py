@@ -3,13 +3,13 @@ one line here; the config, the CLI, the ledger's vocabulary and the stage order 
 
 from __future__ import annotations
 
-from vidcurate.stages import caption, dedup, embed, ground, probe, quality, shard, split
+from vidcurate.stages import caption, decontam, dedup, embed, ground, probe, quality, shard, split
 from vidcurate.stages.contract import Stage
 from vidcurate.stages.frame_store import FrameNeed
 
 STAGES: dict[str, Stage] = {
     spec.name: spec
-    for spec in (probe.SPEC, split.SPEC, caption.SPEC, ground.SPEC, embed.SPEC, quality.SPEC, dedup.SPEC, shard.SPEC)
+    for spec in (probe.SPEC, split.SPEC, caption.SPEC, ground.SPEC, embed.SPEC, decontam.SPEC, quality.SPEC, dedup.SPEC, shard.SPEC)
 }
 ALWAYS = tuple(name for name, spec in STAGES.items() if spec.always)  # every run; a config chooses among the others
 OPTIONAL = tuple(name for name in STAGES if name not in ALWAYS)  # in pipeline order
