@@ -15,11 +15,11 @@ import re
 import shutil
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 
 from conftest import SHARED_VIDEOS
+from copies import transcode
 from vidcurate.pipelines.config import load_config
 from vidcurate.pipelines.runner import Runner
 from vidcurate.pipelines.store import StageStore
@@ -32,8 +32,8 @@ EVAL = {"chaplin.mp4": "moviepy_chaplin.mp4", "city.mpg": "kivy_cityCC0.mpg", "c
 # input name: (the eval video it copies, how), each re-encoded with libx264
 COPIES = {
     "chaplin_small.mp4": ("chaplin.mp4", {"crf": 36, "width": 320}),  # another CRF, half the size
-    "chaplin_4x3.mp4": ("chaplin.mp4", {"crf": 26, "width": 288, "crop": (0.0, 0.125)}),  # cut to 4:3
-    "city_cropped.mp4": ("city.mpg", {"crf": 28, "width": 400, "crop": (0.06, 0.06)}),  # centre crop, 6% a side
+    "chaplin_4x3.mp4": ("chaplin.mp4", {"crf": 26, "width": 288, "crop": (0.0, 0.0, 0.125, 0.125)}),  # cut to 4:3
+    "city_cropped.mp4": ("city.mpg", {"crf": 28, "width": 400, "crop": (0.06,) * 4}),  # centre crop, 6% a side
     "cockatoo_cut.mp4": ("cockatoo.mp4", {"crf": 30, "width": 480, "start_s": 3.0, "end_s": 9.0}),  # 6 s from 3 s in
 }
 UNRELATED = ["moviepy_video_with_failing_audio.mp4", "psd_counter.mp4"]  # and two synthetic videos
@@ -47,30 +47,6 @@ QUESTIONS = {  # eval set: its questions, and how many of a clip's QA items each
     ],
     "quiz": [f"Is it true that somebody films the garden behind the old stone house on a grey and windy day?"],
 }
-
-
-def transcode(src: Path, dst: Path, crf: int, width: int, crop=(0.0, 0.0), start_s: float = 0.0, end_s: float | None = None) -> Path:
-    """A copy of `src`: frames from `start_s` to `end_s`, centre-cropped by `crop` (share cut
-    from the top and bottom, the left and right), scaled to `width`, encoded at `crf`."""
-    with av.open(str(src)) as inp, av.open(str(dst), "w") as out:
-        stream = inp.streams.video[0]
-        encoder = out.add_stream("libx264", rate=stream.average_rate or 25, options={"crf": str(crf), "preset": "veryfast"})
-        first, n = None, 0
-        for frame in inp.decode(stream):
-            first = frame.time if first is None else first
-            if frame.time - first < start_s or (end_s is not None and frame.time - first >= end_s):
-                continue
-            rgb = frame.to_ndarray(format="rgb24")
-            dy, dx = round(rgb.shape[0] * crop[0]), round(rgb.shape[1] * crop[1])
-            rgb = np.ascontiguousarray(rgb[dy : rgb.shape[0] - dy, dx : rgb.shape[1] - dx])
-            height = round(width * rgb.shape[0] / rgb.shape[1] / 2) * 2
-            if not n:
-                encoder.width, encoder.height, encoder.pix_fmt = width, height, "yuv420p"
-            picture = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(width=width, height=height, format="yuv420p")
-            picture.pts, n = n, n + 1
-            out.mux(encoder.encode(picture))
-        out.mux(encoder.encode())
-    return dst
 
 
 class FixedCaptioner:
