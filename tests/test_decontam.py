@@ -203,6 +203,25 @@ def test_the_fingerprints_are_cached_by_content(contaminated_run, tmp_path):
     assert renamed_index.codes[renamed_index.code_video == 0].tolist() == index.codes[index.code_video == city].tolist()
 
 
+def test_on_ray_tasks_the_fingerprints_and_decisions_are_the_same(contaminated_run, ray_local, tmp_path):
+    """The executor's parallel map on Ray (fingerprints made in tasks, into a fresh cache; clips
+    matched in tasks, 5 clips a block) gives the index and the decisions of the in-process run."""
+    from vidcurate.pipelines.executors import map_on_ray_tasks
+
+    root, cfg, sources = contaminated_run
+    local, _ = decontam.eval_index(cfg.decontam, cfg.embed, map_here)
+    fresh = cfg.decontam.model_copy(update={"cache": str(tmp_path / "cache")})
+    on_ray, fields = decontam.eval_index(fresh, cfg.embed, map_on_ray_tasks)
+    assert fields == {"eval_fingerprinted": 4, "eval_from_cache": 0}
+    assert on_ray.videos == local.videos and on_ray.codes.tolist() == local.codes.tolist()
+    clips = _clips(root / "run", sources)
+    blocks = [clips[i : i + 5] for i in range(0, len(clips), 5)]
+    found = [m for block in map_on_ray_tasks(decontam.match_block, blocks, index=on_ray, cfg=fresh) for m in block]
+    for clip, match in zip(clips, found):
+        row = clip["decided"]
+        assert (row["eval_video"], row["eval_time_s"]) == ((on_ray.videos[match.video][1], round(match.time_s, 3)) if match else (None, None))
+
+
 def test_a_missing_or_unreadable_eval_set_stops_the_stage_before_any_work(contaminated_run, tmp_path):
     """Each bad set is an EvalSetError naming it, raised by the stage's check when decontam
     starts: its last table stays and nothing is fingerprinted."""
