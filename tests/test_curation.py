@@ -50,7 +50,7 @@ def test_samples_carry_caption_events_grounding_and_scores_on_the_sample_clock(c
     root, _ = curated
     samples = [s for s in open_shards(str(root / "run" / "shard" / "dataset")) if json.loads(s["json"])["kind"] == "clip"]
     assert samples
-    stages = ["probe", "split", "caption", "ground", "embed", "quality", "dedup"]
+    stages = ["probe", "split", "caption", "ground", "embed", "decontam", "quality", "dedup"]
     tasks = set()
     for sample in samples:
         meta = json.loads(sample["json"])
