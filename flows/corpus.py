@@ -59,7 +59,9 @@ def run_partitions(config: dict) -> dict:
 def corpus_flow(config: dict) -> dict:
     """Full run: every stage of the config (the ones after the inputs' in partitions where the
     config asks), then the ledger and stats.json."""
-    for step in steps(PipelineConfig.model_validate(config)):
+    cfg = PipelineConfig.model_validate(config)
+    Runner(cfg).check_stages()  # every stage's preconditions, before the first stage works
+    for step in steps(cfg):
         if step == PARTITIONS:
             run_partitions(config)
         else:

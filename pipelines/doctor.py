@@ -51,6 +51,8 @@ def _checks(cfg: PipelineConfig) -> Iterator[tuple[str, Callable[[], Finding]]]:
             yield "caption model", lambda: _caption_model(cfg)
     if "embed" in cfg.stages:
         yield "embed model", lambda: _embed_model(cfg)
+    if "decontam" in cfg.stages:
+        yield "eval sets", lambda: _eval_sets(cfg)
     if _wants_gpu(cfg):
         yield "gpu", _gpu
     if cfg.shard.output:
@@ -152,6 +154,17 @@ def _embed_model(cfg: PipelineConfig) -> Finding:
     if any(_hub_cached(hub, f) for f in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")):
         return Finding("embed model", True, f"{model}/{pretrained} is in the Hugging Face cache")
     return _not_here("embed model", f"{model}/{pretrained}", hub, "set embed.pretrained to a checkpoint file")
+
+
+def _eval_sets(cfg: PipelineConfig) -> Finding:
+    from vidcurate.stages.decontam import EvalSetError, check_eval_sets
+
+    try:
+        sets = check_eval_sets(cfg.decontam)
+    except EvalSetError as exc:
+        return Finding("eval sets", False, str(exc), "point decontam.eval_sets at the benchmark's videos and its QA file (JSON lines with `question`)")
+    found = "; ".join(f"{s['name']}: {s['videos']} videos, {s['questions']} questions" for s in sets)
+    return Finding("eval sets", True, found or "none given: decontam checks nothing")
 
 
 def _wants_gpu(cfg: PipelineConfig) -> bool:
