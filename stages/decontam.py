@@ -123,7 +123,10 @@ def eval_files_digest(cfg: DecontamConfig) -> str:
     parts = []
     for eval_set in cfg.eval_sets:
         for uri in [*list_videos(eval_set), *([eval_set.questions] if eval_set.questions else [])]:
-            info = fsspec.core.url_to_fs(uri)[0].info(uri)
+            try:
+                info = fsspec.core.url_to_fs(uri)[0].info(uri)
+            except FileNotFoundError:  # the stage's check says so, before any work
+                info = {"size": "missing"}
             parts.append(f"{eval_set.name}|{uri}|{info.get('size')}|{info.get('mtime') or info.get('LastModified') or info.get('ETag')}")
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16] if parts else ""
 
