@@ -49,6 +49,8 @@ def _checks(cfg: PipelineConfig) -> Iterator[tuple[str, Callable[[], Finding]]]:
             yield "caption server", lambda: _caption_server(cfg)
         else:
             yield "caption model", lambda: _caption_model(cfg)
+        if cfg.caption.backend == "transformers" and cfg.caption.structured != "off":
+            yield "caption grammar", lambda: _caption_grammar(cfg)
     if "embed" in cfg.stages:
         yield "embed model", lambda: _embed_model(cfg)
     if "decontam" in cfg.stages:
@@ -136,6 +138,24 @@ def _caption_model(cfg: PipelineConfig) -> Finding:
     if (Path(model) / "config.json").is_file() or _hub_cached(model):
         return Finding("caption model", True, f"{model} is on this machine")
     return _not_here("caption model", model, model, "set caption.model to a local folder")
+
+
+def _caption_grammar(cfg: PipelineConfig) -> Finding:
+    """Compiles the answer grammar for the model's tokenizer as the captioner will at start-up
+    (tokenizer and config only: no weights are loaded)."""
+    from vidcurate.stages.caption import startup_grammar
+    from vidcurate.stages.grammar import AnswerGrammar, GrammarError
+    from vidcurate.stages.models import tiny_qwen2vl
+
+    model = cfg.caption.model or str(tiny_qwen2vl())
+    if not ((Path(model) / "config.json").is_file() or _hub_cached(model)):
+        return Finding("caption grammar", True, f"not checked: {model} is not on this machine (see caption model)")
+    try:
+        grammar = AnswerGrammar.from_checkpoint(model)
+        grammar.matcher(startup_grammar(cfg.caption))
+    except GrammarError as exc:
+        return Finding("caption grammar", False, exc.problem, exc.fix)
+    return Finding("caption grammar", True, f"llguidance builds the answer grammar for {model} ({grammar.vocab_rows} logits)")
 
 
 def _embed_model(cfg: PipelineConfig) -> Finding:
