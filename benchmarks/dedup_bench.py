@@ -46,11 +46,13 @@ sys.path.insert(0, str(ROOT / "sample_data"))
 
 from make_synthetic import FPS, Shot  # noqa: E402
 
-from vidcurate.stages.dedup import DedupConfig, clustered_pairs, keep_first, near_clusters, phash_pairs, unique_pairs  # noqa: E402
-from vidcurate.stages.embed import phash  # noqa: E402
+from vidcurate.schemas.readers import evenly_spaced  # noqa: E402
+from vidcurate.stages.dedup import DedupConfig, agreeing, clustered_pairs, keep_first, near_clusters, phash_pairs, unique_pairs  # noqa: E402
+from vidcurate.stages.embed import EmbedConfig, phash  # noqa: E402
 
 THRESHOLD = 0.95  # cosine, part 2
 SHOTS = 5
+KEYFRAMES = EmbedConfig().keyframes
 CHUNK = 256  # keyframes per encoded stream
 
 
@@ -75,14 +77,15 @@ def timed(fn, *args, **kwargs):
 
 
 def keyframes(videos: int, height: int = 144, width: int = 256) -> list[np.ndarray]:
-    """The middle frame of each shot of `videos` synthetic videos (distinct seeds)."""
+    """The keyframes of each shot of `videos` synthetic videos (distinct seeds), KEYFRAMES a shot
+    at the places the embed stage takes them, shot after shot."""
     frames = []
     for seed in range(videos):
         rng = np.random.default_rng(seed)
         for _ in range(SHOTS):
             length = int(rng.integers(2 * FPS, 4 * FPS))
             shot = Shot(rng, height, width, length, None)
-            frames.append(shot.frame(length // 2).clip(0, 255).astype(np.uint8))
+            frames += [shot.frame(i).clip(0, 255).astype(np.uint8) for i in evenly_spaced(length, KEYFRAMES)]
     return frames
 
 
@@ -106,8 +109,8 @@ def reencoded(frames: list[np.ndarray], crf: int, size: tuple[int, int] | None =
 
 
 def hashes(frames: list[np.ndarray]) -> np.ndarray:
-    """As the embed stage hashes a clip's middle keyframe."""
-    return np.asarray([phash(f.mean(axis=2).astype(np.uint8)) for f in frames], np.int64)
+    """As the embed stage hashes a clip's keyframes: (clips, KEYFRAMES)."""
+    return np.asarray([phash(f.mean(axis=2).astype(np.uint8)) for f in frames], np.int64).reshape(-1, KEYFRAMES)
 
 
 def closure_rejections(n: int, pairs: np.ndarray) -> int:
@@ -126,30 +129,42 @@ def random_rank(n: int, rng: np.random.Generator) -> np.ndarray:
     return rank
 
 
-def decide(codes: np.ndarray, rng: np.random.Generator, max_hamming: int) -> tuple[list, np.ndarray]:
-    """The rule over pHash links: per clip None (kept) or the index of the kept clip it
-    duplicates; and the links."""
-    links = phash_pairs(codes, max_hamming)
-    decided = keep_first(random_rank(len(codes), rng), {("near", "hamming"): links})
+def decide(codes: np.ndarray, rank: np.ndarray, max_hamming: int, frames: int) -> tuple[list, np.ndarray]:
+    """The rule over pHash links (the middle keyframe within the bits, and `frames` keyframes at
+    the same places): per clip None (kept) or the index of the kept clip it duplicates; and the links."""
+    per_clip = codes.tolist()
+    links = agreeing(phash_pairs(codes[:, KEYFRAMES // 2], max_hamming), per_clip, per_clip, max_hamming, frames)
+    decided = keep_first(rank, {("near", "hamming"): links})
     return [None if d is None else d[0] for d in decided], links[0]
 
 
-def corpus_rates(videos: int, planted_share: float, max_hamming: int, seed: int = 0) -> dict:
+def corpus_rates(videos: int, planted_share: float, max_hamming: int, hamming_frames: int, seed: int = 0) -> list[dict]:
+    """The rates with the middle keyframe alone (the rule before) and with `hamming_frames`
+    keyframes agreeing (the stage's), on the same corpora and keep order."""
     rng = np.random.default_rng(seed)
     frames = keyframes(videos)
     originals = hashes(reencoded(frames, crf=20))
     n = len(originals)
     copies = int(round(n * planted_share / (1 - planted_share)))
     of = np.sort(rng.choice(n, size=copies, replace=False))  # a clip is copied at most once
-    copied = hashes(reencoded([frames[i] for i in of], crf=32, size=(108, 192)))
+    copied = hashes(reencoded([f for i in of for f in frames[i * KEYFRAMES : (i + 1) * KEYFRAMES]], crf=32, size=(108, 192)))
+    both = np.concatenate([originals, copied])
+    ranks = random_rank(n, rng), random_rank(n + copies, rng)
+    return [rates(videos, originals, both, of, ranks, max_hamming, agree) for agree in (1, hamming_frames)]
 
-    distinct, distinct_links = decide(originals, rng, max_hamming)
-    planted, planted_links = decide(np.concatenate([originals, copied]), rng, max_hamming)
+
+def rates(videos, originals, both, of, ranks, max_hamming: int, frames: int) -> dict:
+    """The rule's rejections on the distinct and the planted corpus, and the closure's."""
+    n, copies = len(originals), len(both) - len(originals)
+    distinct, distinct_links = decide(originals, ranks[0], max_hamming, frames)
+    planted, planted_links = decide(both, ranks[1], max_hamming, frames)
     caught = sum(planted[i] is not None or planted[n + k] is not None for k, i in enumerate(of.tolist()))
     rejected = sum(d is not None for d in planted)
+    middle = KEYFRAMES // 2
     return {
         "videos": videos,
         "max_hamming": max_hamming,
+        "hamming_frames": frames,
         "clips": n,
         "distinct_links": len(distinct_links),
         "distinct_links_per_million_pairs": round(len(distinct_links) / (n * (n - 1) / 2) * 1e6, 2),
@@ -163,7 +178,7 @@ def corpus_rates(videos: int, planted_share: float, max_hamming: int, seed: int 
         "planted_rate": round(rejected / (n + copies), 4),
         "planted_recall": round(caught / max(1, copies), 4),
         "planted_closure_rejected": closure_rejections(n + copies, planted_links),
-        "copy_hamming": np.bincount([bin((int(originals[i]) ^ int(c)) & (2**64 - 1)).count("1") for i, c in zip(of, copied)], minlength=max_hamming + 2).tolist(),
+        "copy_hamming": np.bincount([bin((int(originals[i, middle]) ^ int(c)) & (2**64 - 1)).count("1") for i, c in zip(of, both[n:, middle])], minlength=max_hamming + 2).tolist(),
     }
 
 
@@ -275,6 +290,7 @@ def main() -> None:
     parser.add_argument("--videos", default="16,128,1024", help="corpus sizes for part 1, comma-separated (empty: part 2 only)")
     parser.add_argument("--planted", type=float, default=0.1, help="share of clips that are planted copies")
     parser.add_argument("--max-hamming", type=int, default=DedupConfig().max_hamming, help="pHash bits for part 1 (the stage's default)")
+    parser.add_argument("--hamming-frames", type=int, default=DedupConfig().hamming_frames, help="keyframes that must agree (the stage's default)")
     parser.add_argument("--n", type=int, default=200_000, help="embeddings for part 2 (recorded: 1000000; 0: part 1 only)")
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--groups", type=int, default=2000)
@@ -288,7 +304,8 @@ def main() -> None:
     if args.n:
         print(json.dumps(search_at_scale(args.n, args.dim, args.groups, min(args.subset, args.n)), indent=2), flush=True)
     for videos in [int(v) for v in args.videos.split(",") if v]:
-        print(json.dumps(corpus_rates(videos, args.planted, args.max_hamming)), flush=True)
+        for found in corpus_rates(videos, args.planted, args.max_hamming, args.hamming_frames):
+            print(json.dumps(found), flush=True)
 
 
 if __name__ == "__main__":

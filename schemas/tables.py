@@ -119,6 +119,7 @@ EMBEDDED = _clip_table(
     pa.field("span_frame_times", pa.list_(pa.float64())),  # their times, seconds from the clip start
     pa.field("event_embs", pa.binary()),  # float16 (events, d), L2-normalised: each caption event's text
     pa.field("phash", pa.int64()),  # 64-bit DCT hash of the middle keyframe
+    pa.field("phashes", pa.list_(pa.int64())),  # every keyframe's, in order (dedup's frames that must agree)
     pa.field("embed_model", pa.string()),
 )
 

@@ -3,7 +3,8 @@ directly duplicates.
 
 Links between two clips (the figure that decided each, strongest kind first):
 - exact: identical clip bytes (extraction is deterministic, so same content -> same sha256);
-- near: middle-keyframe pHash within `max_hamming` bits (Hamming distance), or embedding
+- near: pHash of the middle keyframe within `max_hamming` bits (Hamming distance), with at
+  least `hamming_frames` of the keyframes at the same places within it too; or embedding
   cosine >= `near_cosine`;
 - semantic (SemDeDup): k-means clusters of the embeddings, then cosine >= 1 - eps inside a cluster.
 The rule: clips are taken best `quality` first (ties: the smaller clip id); a clip is rejected
@@ -40,6 +41,10 @@ from vidcurate.stages.settings import StrictModel
 class DedupConfig(StrictModel):
     near_cosine: float = Field(0.97, gt=0, le=1, description="embedding cosine at or above which clips are near-duplicates")
     max_hamming: int | None = Field(6, ge=0, le=32, description="pHash bits that may differ for a near-duplicate; null: off")
+    hamming_frames: int = Field(
+        2, ge=1, le=64,
+        description="keyframes, at the same places of both clips (embed's), whose pHashes must each lie within max_hamming bits: one frame alone links unrelated pictures that agree by chance",
+    )  # fmt: skip
     semantic_eps: float | None = Field(0.05, gt=0, lt=1, description="SemDeDup: same cluster and cosine >= 1 - eps; null: off")
     n_clusters: int | None = Field(None, ge=1, description="SemDeDup k-means clusters; None: sqrt(clips)")
     flat_max: int = Field(200_000, ge=2, description="exact search up to this many clips; beyond, clustered search on Ray")
@@ -57,6 +62,7 @@ HISTORY_SCHEMA = pa.schema(
         pa.field("run_id", pa.string()),
         pa.field("clip_sha256", pa.string()),
         pa.field("phash", pa.int64()),
+        pa.field("phashes", pa.list_(pa.int64())),
         pa.field("image_emb", pa.binary()),
     ]
 )
@@ -209,6 +215,23 @@ def phash_links(queries: np.ndarray, reference: np.ndarray, max_hamming: int) ->
     return _links_from_ranges(*index.range_search(_codes(queries), max_hamming + 1))  # strict: distance < radius
 
 
+def frames_agree(a: list[int] | None, b: list[int] | None, max_hamming: int, frames: int) -> bool:
+    """Whether at least `frames` keyframes at the same places of two clips (all where they have
+    fewer) lie within `max_hamming` bits; true where either has no frame hashes (a history row
+    from before they were kept, or other keyframe counts): then the middle keyframe decides."""
+    if not a or not b or len(a) != len(b):
+        return True
+    close = sum(bin((x ^ y) & 0xFFFFFFFFFFFFFFFF).count("1") <= max_hamming for x, y in zip(a, b))
+    return close >= min(frames, len(a))
+
+
+def agreeing(links: Links, queries: list, reference: list, max_hamming: int, frames: int) -> Links:
+    """The pHash links (query i, reference j) whose other keyframes agree too (`frames_agree`)."""
+    pairs, figures = links
+    keep = np.asarray([frames_agree(queries[i], reference[j], max_hamming, frames) for i, j in pairs.tolist()], bool).reshape(-1)
+    return pairs[keep], figures[keep]
+
+
 def rank_order(rows: list[dict]) -> np.ndarray:
     """Each row's place in the keep order: best `quality` first, then the smaller clip id."""
     order = sorted(range(len(rows)), key=lambda i: (-(rows[i].get("quality") or 0.0), rows[i]["clip_id"]))
@@ -239,7 +262,9 @@ def find_links(rows: list[dict], cfg, rank: np.ndarray, map_each=map_here) -> di
     if len(rows) < 2:
         return links
     if cfg.max_hamming is not None:
-        links["near", "hamming"] = phash_pairs(np.asarray([r["phash"] for r in rows], np.int64), cfg.max_hamming)
+        frames = [r.get("phashes") for r in rows]
+        middle = phash_pairs(np.asarray([r["phash"] for r in rows], np.int64), cfg.max_hamming)
+        links["near", "hamming"] = agreeing(middle, frames, frames, cfg.max_hamming, cfg.hamming_frames)
     emb = embeddings(rows)
     if len(emb) <= cfg.flat_max:
         links["near", "cosine"] = flat_pairs(emb, cfg.near_cosine)
@@ -308,12 +333,10 @@ def against_history(rows: list[dict], history: list[dict], cfg) -> dict[int, tup
         if r.get("clip_sha256") in sha:
             found[i] = (sha[r["clip_sha256"]], "bytes", None)
     if cfg.max_hamming is not None:
-        binary = faiss.IndexBinaryFlat(64)
-        binary.add(_codes([h["phash"] for h in history]))
-        dist, ids = binary.search(_codes([r["phash"] for r in rows]), 1)
-        for i, (d, j) in enumerate(zip(dist[:, 0].tolist(), ids[:, 0].tolist())):
-            if d <= cfg.max_hamming:
-                found.setdefault(i, (history[j]["clip_id"], "hamming", float(d)))
+        middle = phash_links(np.asarray([r["phash"] for r in rows], np.int64), np.asarray([h["phash"] for h in history], np.int64), cfg.max_hamming)
+        pairs, bits = agreeing(middle, [r.get("phashes") for r in rows], [h.get("phashes") for h in history], cfg.max_hamming, cfg.hamming_frames)
+        for k in np.lexsort((pairs[:, 1], bits)).tolist():  # the closest shipped clip first
+            found.setdefault(int(pairs[k, 0]), (history[int(pairs[k, 1])]["clip_id"], "hamming", float(bits[k])))
     threshold = min(cfg.near_cosine, 1 - cfg.semantic_eps) if cfg.semantic_eps is not None else cfg.near_cosine
     index = faiss.IndexFlatIP(len(history[0]["image_emb"]) // 2)
     index.add(embeddings(history))
@@ -358,7 +381,7 @@ def append_history(path: str, run: str, shipped: list[dict]) -> None:
     """Record this run's shipped clips (one file per run: re-running rewrites, never doubles)."""
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
-    rows = [{"clip_id": r["clip_id"], "run_id": run, "clip_sha256": r["clip_sha256"], "phash": r["phash"], "image_emb": r["image_emb"]} for r in shipped]
+    rows = [{"clip_id": r["clip_id"], "run_id": run, "clip_sha256": r["clip_sha256"], "phash": r["phash"], "phashes": r.get("phashes"), "image_emb": r["image_emb"]} for r in shipped]
     tmp = folder / f".{run}.parquet.tmp"
     pq.write_table(pa.Table.from_pylist(rows, schema=HISTORY_SCHEMA), tmp)
     tmp.replace(folder / f"shipped-{run}.parquet")

@@ -227,7 +227,7 @@ def span_need(cfg: EmbedConfig) -> FrameNeed | None:
 
 
 def decode_keyframes(clips: list[dict], keyframes: int, side: int | None = None, span: FrameNeed | None = None) -> list[dict]:
-    """CPU half of the stage: evenly spaced keyframes and the middle one's pHash; with `span`,
+    """CPU half of the stage: evenly spaced keyframes and their pHashes; with `span`,
     also those frames with their times. With `side` (the encoder's input), frames are decoded
     straight to that short side and sent as the centre square the encoder crops, so the object
     store and the GPU's bus carry 3-5x fewer bytes."""
@@ -237,13 +237,13 @@ def decode_keyframes(clips: list[dict], keyframes: int, side: int | None = None,
         item = {"clip_id": clip["clip_id"], "video_id": clip["video_id"], "caption": clip.get("caption"), "events": clip.get("events")}
         try:
             rgb, _ = read_frames(clip, keyframes, side)
-            gray = rgb[len(rgb) // 2].mean(axis=2).astype(np.uint8)
-            item.update(frames=pack_frames(square(rgb)), phash=phash(gray), span_frames=None, span_times=None, error=None)
+            hashes = [phash(frame.mean(axis=2).astype(np.uint8)) for frame in rgb]
+            item.update(frames=pack_frames(square(rgb)), phash=hashes[len(rgb) // 2], phashes=hashes, span_frames=None, span_times=None, error=None)
             if span is not None:
                 frames, times = read_frames(clip, span.count_for(clip["end_s"] - clip["start_s"]), side)
                 item.update(span_frames=pack_frames(square(frames)), span_times=[round(float(t), 3) for t in times])
         except Exception as exc:  # noqa: BLE001 - one unreadable clip fails alone
-            item.update(frames=None, phash=None, span_frames=None, span_times=None, error=failed("frames", exc))
+            item.update(frames=None, phash=None, phashes=None, span_frames=None, span_times=None, error=failed("frames", exc))
         out.append(item)
     return out
 
@@ -275,7 +275,7 @@ def _embed_decoded(decoded: list[dict], encoder: ClipEncoder) -> list[dict]:
         if clip["error"]:
             rows[clip["clip_id"]] = {**row, **clip["error"]}
             continue
-        rows[clip["clip_id"]] = {**row, "status": KEPT, "reason": None, "phash": clip["phash"]}
+        rows[clip["clip_id"]] = {**row, "status": KEPT, "reason": None, "phash": clip["phash"], "phashes": clip["phashes"]}
         for kind in ("frames", "span_frames"):
             if clip.get(kind) is not None:
                 rgb = unpack_frames(clip[kind])

@@ -193,6 +193,35 @@ def test_against_the_history_a_chain_rejects_only_the_direct_duplicate(tmp_path)
     assert out["c0501"]["reason"] == f"dedup: duplicate_of=c0500 (shipped, cosine {np.cos(STEP):.4f})"
 
 
+def test_a_phash_link_needs_two_keyframes_at_the_same_places_within_the_bits(tmp_path):
+    """Two unrelated clips whose middle keyframes agree by chance (the same hash) and no other
+    keyframe does: no link, in a run and against the history. A copy whose keyframes all lie
+    within the bits is linked, by its middle keyframe's figure. A history row without frame
+    hashes (shipped before they were kept) is matched by the middle keyframe alone."""
+    rng = np.random.default_rng(7)
+    emb = _unit(rng.normal(size=(3, D)))
+
+    def unrelated() -> list[int]:
+        return [int(h) for h in rng.integers(-(2**63), 2**63 - 1, size=4)]
+
+    keyframes = unrelated()
+    middle = keyframes[2]
+    original = {**_row(700, emb[0], 0.9, hash_=middle), "phashes": keyframes}
+    chance = {**_row(701, emb[1], 0.8, hash_=middle), "phashes": [*unrelated()[:2], middle, unrelated()[3]]}
+    copy = {**_row(702, emb[2], 0.7, hash_=middle ^ 0b111), "phashes": [keyframes[0] ^ 0b11, keyframes[1] ^ 0b1, middle ^ 0b111, keyframes[3]]}
+    cfg = DedupConfig(near_cosine=0.999, max_hamming=6, semantic_eps=None)
+    out = _decided([original, chance, copy], cfg)
+    assert _rejected(out) == {"c0702": "c0700"} and out["c0702"]["reason"] == "dedup: duplicate_of=c0700 (near, hamming 3)"
+    one_frame = cfg.model_copy(update={"hamming_frames": 1})  # the middle keyframe alone links the chance match
+    assert _rejected(_decided([original, chance, copy], one_frame)) == {"c0701": "c0700", "c0702": "c0700"}
+    dedup.append_history(str(tmp_path), "run-a", [original])
+    history = dedup.load_history(str(tmp_path), "run-b")
+    assert history[0]["phashes"] == keyframes
+    out = _decided([chance, copy], cfg, history=history)
+    assert _rejected(out) == {"c0702": "c0700"} and out["c0702"]["reason"] == "dedup: duplicate_of=c0700 (shipped, hamming 3)"
+    assert _rejected(_decided([chance], cfg, history=[{**history[0], "phashes": None}])) == {"c0701": "c0700"}
+
+
 @pytest.mark.parametrize("k", [3, 64])
 def test_knn_range_search_used_on_gpus_equals_exact_range_search(k, monkeypatch):
     """The GPU path (k-NN, then exact range search for rows whose k nearest all pass) run with CPU
@@ -267,6 +296,8 @@ def test_every_rejection_of_a_run_names_a_kept_clip_it_directly_duplicates(real_
         if r["dup_measure"] == "hamming":
             figure = _bits(one["phash"], other["phash"])
             assert figure <= RUN_DEDUP["max_hamming"] and figure == r["dup_figure"], r
+            agreeing = sum(_bits(a, b) <= RUN_DEDUP["max_hamming"] for a, b in zip(one["phashes"], other["phashes"]))
+            assert agreeing >= DedupConfig().hamming_frames, r  # keyframes at the same places agree too
         else:
             figure = float(dedup.embeddings([one])[0] @ dedup.embeddings([other])[0])
             floor = RUN_DEDUP["near_cosine"] if r["dup_kind"] == "near" else cosine_floor
