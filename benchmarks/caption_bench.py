@@ -171,6 +171,8 @@ class TimedCaptioner(TransformersCaptioner):
             "longest_batch_steps": max(len(t.stamps) for t in self.timers),
             "median_step_s": float(np.median(np.concatenate([np.diff(t.stamps) for t in self.timers]))),
             "grammar_s_per_step": sum(t.grammar_s for t in self.timers) / steps,
+            "rows_unmasked": sum(t.mask.unmasked for t in self.timers if t.mask is not None),
+            "rows_masked": sum(t.mask.masked for t in self.timers if t.mask is not None),
         }
         return answers, figures
 
@@ -236,12 +238,14 @@ def grammar_bench(clips: int, batch_size: int, repeats: int) -> None:
                 "valid_first_attempt_on": f"{sum(r['valid'] for r in runs['on'])}/{len(batch) * repeats}",
                 "valid_first_attempt_off": f"{sum(r['valid'] for r in runs['off'])}/{len(batch) * repeats}",
                 "steps_per_run": runs["on"][0]["steps"],
+                "greedy_rows_unmasked": f"{sum(r['rows_unmasked'] for r in runs['on'])}/{sum(r['rows_unmasked'] + r['rows_masked'] for r in runs['on'])}",
             })  # fmt: skip
     print(json.dumps({"prompts": clips, "batch_size": batch_size, "repeats": repeats, "results": rows}, indent=2))
     for r in rows:
         print(f"{r['vocabulary']:>16} {r['decoding']:>7}: {r['ms_per_step_off']:7.2f} ms/step off, {r['ms_per_step_on']:7.2f} on, "
               f"grammar {r['grammar_ms_per_step']:6.3f} ms/step = {r['overhead']} overhead; valid on first attempt: "
-              f"{r['valid_first_attempt_on']} on, {r['valid_first_attempt_off']} off")  # fmt: skip
+              f"{r['valid_first_attempt_on']} on, {r['valid_first_attempt_off']} off; row steps left unmasked (greedy, best token allowed): "
+              f"{r['greedy_rows_unmasked']}")  # fmt: skip
 
 
 def xgrammar_ebnf(frame_times: list[float], duration_s: float, max_events: int, max_chars: int = 200) -> str:

@@ -162,7 +162,7 @@ class TransformersCaptioner:
         """The batch's grammar as a logits processor (each row its own), or None when no row has one."""
         if self.grammar is None or not any(p.regex for p in prompts):
             return None
-        return self.grammar.mask([p.regex for p in prompts], finished)
+        return self.grammar.mask([p.regex for p in prompts], finished, [p.temperature <= 0 for p in prompts])
 
     def model_inputs(self, prompts: list[Prompt]):
         """The processor's tensors for a batch: chat template, frames or videos, left padding."""

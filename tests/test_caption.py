@@ -141,6 +141,33 @@ def test_a_real_sized_vocabulary_answers_in_the_grammar_on_the_first_attempt(cli
     assert any(json.loads(r["raw_answer"])["events"] for r in rows)  # the times above were checked
 
 
+@pytest.mark.parametrize("vocabulary", ["bytes", "bpe"])
+def test_greedy_rows_left_unmasked_where_their_best_token_is_allowed_answer_as_fully_masked(clips, vocabulary):
+    """A greedy row whose best token the grammar allows keeps its scores unmasked: its answers
+    equal those of a mask computed at every step, token for token, and the shortcut is taken."""
+    model = str(bpe_qwen25vl()) if vocabulary == "bpe" else None
+    cfg = CFG.model_copy(update={"model": model, "temperature": 0.0, "max_tokens": 160})
+    decoded = decode_clips(clips, cfg)
+    prompts = [build_prompt(c["clip_id"], list(unpack_frames(c["frames"])), c["frame_times"], c["end_s"] - c["start_s"], cfg, 0) for c in decoded]
+    captioner = make_captioner(cfg.model_copy(update={"batch_size": 3}))
+    build, masks = captioner.grammar.mask, []
+
+    def keeping(greedy):
+        def mask(regexes, finished, _greedy=None):
+            masks.append(build(regexes, finished, greedy(regexes)))
+            return masks[-1]
+
+        return mask
+
+    captioner.grammar.mask = keeping(lambda regexes: [True] * len(regexes))
+    shortcut = captioner.generate(prompts)
+    captioner.grammar.mask = keeping(lambda regexes: [False] * len(regexes))
+    full = captioner.generate(prompts)
+    assert shortcut == full and all(a.startswith('{"caption": "') for a in full)
+    (taken, whole) = masks
+    assert taken.unmasked > 0 and whole.unmasked == 0 and taken.masked < whole.masked
+
+
 @pytest.mark.parametrize(
     "arch, model_class",
     [("qwen2_5_vl", "Qwen2_5_VLForConditionalGeneration"), ("qwen3_vl", "Qwen3VLForConditionalGeneration")],
