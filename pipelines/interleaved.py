@@ -225,9 +225,10 @@ class Export:
         self.images_written += 1
         return f"images/{name}"
 
-    def metadata(self, found: Found) -> dict:
+    def metadata(self, found: Found, kept: list[tuple[int | None, list[int]]]) -> dict:
+        """The sample and document a record comes from, and the media it shows, in order."""
         document = found.document
-        media = [document["parts"][m] for m, _ in units(document) if m is not None]
+        media = [document["parts"][m] for m, _ in kept if m is not None]
         return {
             "sample": found.key, "sample_kind": found.sample_kind, "document": document["kind"],
             "media": [{"key": p["key"], "t": p["t"], "type": p["type"], "similarity": p["similarity"]} for p in media],
@@ -271,7 +272,7 @@ class Export:
             if (answer := self.answer(found)) is not None:
                 images.append(None)
                 texts.append(answer)
-            rows.append({"images": images, "texts": texts, "metadata": json.dumps(self.metadata(found), sort_keys=True)})
+            rows.append({"images": images, "texts": texts, "metadata": json.dumps(self.metadata(found, kept), sort_keys=True)})
             samples[found.sample_kind].add(found.key)
             kinds[found.document["kind"]] += 1
         path = self.out / "obelics.parquet"
@@ -304,7 +305,7 @@ class Export:
                 similarity = document["parts"][media]["similarity"]
                 image_info.append({"image_name": Path(name).name, "matched_text_index": columns.index(text_parts[0]), "matched_sim": similarity})
                 matrix.append([row[c] for c in matrix_columns])
-            line = {"text_list": text_list, "image_info": image_info, "similarity_matrix": matrix, "url": found.key, "metadata": self.metadata(found)}
+            line = {"text_list": text_list, "image_info": image_info, "similarity_matrix": matrix, "url": found.key, "metadata": self.metadata(found, kept)}
             lines.append(json.dumps(line, sort_keys=True))
             samples[found.sample_kind].add(found.key)
             kinds[document["kind"]] += 1

@@ -31,7 +31,7 @@ import numpy as np
 from vidcurate.schemas.sample import TIME_REF
 from vidcurate.schemas.tables import stable_int
 from vidcurate.stages.contract import map_here
-from vidcurate.stages.dedup import _faiss, cluster_groups, embeddings, near_clusters
+from vidcurate.stages.dedup import cluster_groups, embeddings, near_clusters
 from vidcurate.stages.embed import Evidence, event_embeddings, frame_evidence, similarity, unpack
 from vidcurate.stages.ground_pools import safe
 
@@ -150,7 +150,9 @@ def nearest(emb: np.ndarray, depth: int, exact_max: int = EXACT_MAX, map_each=ma
 def cluster_knn(members: np.ndarray, emb: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Each member's `depth` nearest members (exact FAISS inner-product search): (members, cosines,
     global ids; -1 where fewer)."""
-    index = _faiss().IndexFlatIP(emb.shape[1])
+    import faiss
+
+    index = faiss.IndexFlatIP(emb.shape[1])
     vectors = np.ascontiguousarray(emb[members])
     index.add(vectors)
     cosines, local = index.search(vectors, min(depth, len(members)))
