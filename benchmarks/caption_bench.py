@@ -3,17 +3,32 @@
     python benchmarks/caption_bench.py [--shape tiny|2b] [--device cpu|cuda] [--clips 8]
                                        [--frames 8] [--new-tokens 128] [--backends transformers,openai]
                                        [--batches 1,2,4,8]
+    python benchmarks/caption_bench.py --grammar [--clips 8] [--grammar-batch 8] [--repeats 3]
+    python benchmarks/caption_bench.py --engines [--walks 16]
 
 Random-initialised Qwen2-VL models (no hub here): `tiny` is the CI profile's model; `2b` has
 Qwen2-VL-2B's shapes (1.5k hidden, 28 layers, 675M-parameter vision tower), for GPU runs. Every
 clip generates exactly `--new-tokens` tokens (EOS ignored), so tokens/s is comparable across
 models and backends. Frames come from real clips of the synthetic sample videos.
 
-`--grammar`: instead, the tiny profile's caption stage as the sample job runs it: sampled prompts
-(temperature 1.0, 4 frames at 112 px) under the answer grammar, answers ending at EOS, at batch 1
-and `--grammar-batch`, with the grammar run as a character automaton (`stages/grammar.py`) and,
-as the anchor, by the regex engine's partial match of the text so far plus every token at every
-step (the constraint before the automaton). All four runs must give identical answers.
+`--grammar`: instead, what the answer grammar costs per generated token and what it buys,
+at the small and the large vocabulary: the tiny profile's Qwen2-VL (263 byte tokens) and the
+Qwen2.5-VL-shaped model with a trained 32k BPE (`stages.models.bpe_qwen25vl`). The caption
+stage's first attempt (its prompts as the tiny profile builds them: 4 frames at 112 px, 4 events at
+most; 1536 tokens, room for the grammar's longest answer even in bytes), greedy and sampled,
+`--grammar-batch` prompts per `generate`, the grammar on, then off for as many steps, `--repeats`
+times in one run. Per step: the median time of a decoding step (forward pass, grammar and
+sampler) and, with the grammar on, the time spent in the grammar's logits processor itself; its
+overhead is that time over the median step with the grammar off. Times are CPU time with one torch
+thread: on a shared machine wall time swung tenfold between runs. Validity: the answers that parse
+on the first attempt.
+
+`--engines`: the answer grammar's mask per step, in CPU microseconds, over the same token
+sequences (seeded random walks through the grammar, each token drawn uniformly from the allowed
+ones, as a random model draws them), at both vocabularies: llguidance as the stage runs it (the
+regex vLLM gets, slices of the answer's text characters), and, when installed (`pip install
+xgrammar==0.2.8`, the version vLLM 0.33 pins), xgrammar with the regex and with its fastest
+spelling of the same grammar.
 
 Backends: `transformers` in-process, once per `--batches` size (greedy prompts, one `generate`
 per batch; the ratio of the best to batch 1 is printed); `openai` sends the same prompts over HTTP to a local
@@ -28,6 +43,7 @@ import json
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -120,56 +136,202 @@ def bench(name: str, captioner, batch: list[Prompt], warm_up: int = 1) -> dict:
             "tokens_per_s": round(tokens / seconds, 1)}  # fmt: skip
 
 
-class PartialMatchConstraint:
-    """The anchor: every token's text tried after the text so far by the regex engine's partial
-    match, at every step of every row."""
+class StepTimer:
+    """In the grammar's place in the logits processors: stamps every decoding step, and runs and
+    times the grammar's mask when there is one. CPU time of this thread, which with one torch
+    thread is all of a step's work, and which other processes on the machine do not inflate."""
 
-    def __init__(self, pattern: str, tokenizer, prompt_len: int, eos_id: int):
-        import regex
+    def __init__(self, mask):
+        self.mask, self.stamps, self.grammar_s = mask, [], 0.0
 
-        self.pattern, self.tokenizer, self.prompt_len, self.eos_id = regex.compile(pattern), tokenizer, prompt_len, eos_id
-        special = set(tokenizer.all_special_ids)
-        self.texts = [(i, tokenizer.decode([i])) for i in range(len(tokenizer)) if i not in special]
-
-    def __call__(self, _batch_id: int, input_ids) -> list[int]:
-        text = self.tokenizer.decode(input_ids[self.prompt_len :], skip_special_tokens=True)
-        allowed = [i for i, piece in self.texts if piece and self.pattern.fullmatch(text + piece, partial=True)]
-        if self.pattern.fullmatch(text):
-            allowed.append(self.eos_id)
-        return allowed or [self.eos_id]
+    def __call__(self, input_ids, scores):
+        self.stamps.append(time.thread_time())
+        if self.mask is not None:
+            scores = self.mask(input_ids, scores)
+            self.grammar_s += time.thread_time() - self.stamps[-1]
+        return scores
 
 
-class PartialMatchCaptioner(TransformersCaptioner):
-    def constraint(self, prompt: Prompt, prompt_len: int):
-        if not (self.structured and prompt.regex):
-            return None
-        return PartialMatchConstraint(prompt.regex, self.processor.tokenizer, prompt_len, self.model.generation_config.eos_token_id)
+class TimedCaptioner(TransformersCaptioner):
+    """The stage's captioner (grammar on, or off with `grammar = None`), timing every batch's steps."""
+
+    timers: list[StepTimer]
+
+    def grammar_mask(self, prompts, finished):
+        self.timers.append(StepTimer(super().grammar_mask(prompts, finished)))
+        return self.timers[-1]
+
+    def timed_generate(self, prompts: list[Prompt]) -> tuple[list[str], dict]:
+        """Answers, and per step over all batches: the median CPU time and the grammar's mean."""
+        self.timers = []
+        answers = self.generate(prompts)
+        steps = sum(len(t.stamps) for t in self.timers)
+        figures = {
+            "steps": steps,
+            "longest_batch_steps": max(len(t.stamps) for t in self.timers),
+            "median_step_s": float(np.median(np.concatenate([np.diff(t.stamps) for t in self.timers]))),
+            "grammar_s_per_step": sum(t.grammar_s for t in self.timers) / steps,
+        }
+        return answers, figures
 
 
-def grammar_bench(clips: int, batch_size: int) -> None:
-    """Seconds per prompt of the tiny profile's sampled, grammar-bound captioning: automaton and
-    anchor, at batch 1 and `batch_size`, answers compared."""
-    cfg = CaptionConfig(frames=4, frame_height=112, max_events=4, max_tokens=1024, temperature=1.0)
-    pool = clip_frames_pool(clips, cfg.frames)
+def first_attempt_prompts(count: int, cfg: CaptionConfig) -> list[Prompt]:
+    """The caption stage's first-attempt prompts for `count` clips of the synthetic sample videos."""
     batch = []
-    for i, frames in enumerate(pool):
+    for i, frames in enumerate(clip_frames_pool(count, cfg.frames)):
         small = [np.asarray(Image.fromarray(f).resize((round(f.shape[1] * 112 / f.shape[0]), 112), Image.Resampling.BILINEAR)) for f in frames]
         batch.append(build_prompt(f"clip-{i}", small, [k * 0.25 for k in range(len(small))], 1.0, cfg, 0))
-    results, answers = [], {}
-    for name, kind in (("automaton", TransformersCaptioner), ("regex partial match (anchor)", PartialMatchCaptioner)):
-        captioner = kind(str(tiny_qwen2vl()), device="cpu", structured="on", batch_size=1)
-        captioner.generate(batch[:1])
-        for size in (1, batch_size):
-            captioner.batch_size = size
-            started = time.perf_counter()
-            answers[name, size] = captioner.generate(batch)
-            seconds = time.perf_counter() - started
-            results.append({"grammar": name, "batch_size": size, "seconds": round(seconds, 2), "s_per_prompt": round(seconds / len(batch), 3)})
-    print(json.dumps({"prompts": len(batch), "results": results}, indent=2))
-    same = len({tuple(a) for a in answers.values()}) == 1
-    ours, anchor = results[1]["seconds"], results[2]["seconds"]
-    print(f"answers identical across the four runs: {same}")
-    print(f"automaton at batch {batch_size} vs the anchor at batch 1 (the stage before): {anchor / ours:.2f}x")
+    return batch
+
+
+def valid_answers(answers: list[str]) -> int:
+    from vidcurate.stages.answer import InvalidAnswer, parse_answer
+
+    valid = 0
+    for answer in answers:
+        try:
+            parse_answer(answer)
+            valid += 1
+        except InvalidAnswer:
+            pass
+    return valid
+
+
+def grammar_bench(clips: int, batch_size: int, repeats: int) -> None:
+    """ms per decoding step with the grammar on and off, the grammar's own ms per step, and
+    first-attempt validity, per vocabulary and decoding, all in this run. Each repeat runs the
+    grammar on, then off for as many steps as the grammar's answers took (steps at the same
+    positions cost the same; noise never parses however long it runs)."""
+    import torch
+
+    from vidcurate.stages.models import bpe_qwen25vl
+
+    torch.set_num_threads(1)  # the whole step in this thread, so its CPU time is the step's
+    models = {"bytes (263)": tiny_qwen2vl(), "BPE 32k (32790)": bpe_qwen25vl()}
+    rows = []
+    for vocabulary, model in models.items():
+        captioner = TimedCaptioner(str(model), device="cpu", structured="on", batch_size=batch_size)
+        grammar = captioner.grammar
+        for temperature in (0.0, 1.0):
+            # 1536 tokens: room for the grammar's longest answer (1211 characters) even in bytes
+            cfg = CaptionConfig(frames=4, frame_height=112, max_events=4, max_tokens=1536, temperature=temperature)
+            batch = first_attempt_prompts(clips, cfg)
+            captioner.timed_generate(batch[:1])  # warm-up
+            runs = {"on": [], "off": []}
+            for _ in range(repeats):
+                captioner.grammar = grammar
+                answers, on = captioner.timed_generate(batch)
+                runs["on"].append({**on, "valid": valid_answers(answers)})
+                captioner.grammar = None
+                answers, off = captioner.timed_generate([replace(p, max_tokens=on["longest_batch_steps"]) for p in batch])
+                runs["off"].append({**off, "valid": valid_answers(answers)})
+            captioner.grammar = grammar
+            off_step = float(np.median([r["median_step_s"] for r in runs["off"]]))
+            on_step = float(np.median([r["median_step_s"] for r in runs["on"]]))
+            grammar_step = float(np.median([r["grammar_s_per_step"] for r in runs["on"]]))
+            rows.append({
+                "vocabulary": vocabulary, "decoding": "greedy" if temperature == 0 else "sampled",
+                "ms_per_step_off": round(off_step * 1e3, 2), "ms_per_step_on": round(on_step * 1e3, 2),
+                "grammar_ms_per_step": round(grammar_step * 1e3, 3), "overhead": f"{grammar_step / off_step:.1%}",
+                "valid_first_attempt_on": f"{sum(r['valid'] for r in runs['on'])}/{len(batch) * repeats}",
+                "valid_first_attempt_off": f"{sum(r['valid'] for r in runs['off'])}/{len(batch) * repeats}",
+                "steps_per_run": runs["on"][0]["steps"],
+            })  # fmt: skip
+    print(json.dumps({"prompts": clips, "batch_size": batch_size, "repeats": repeats, "results": rows}, indent=2))
+    for r in rows:
+        print(f"{r['vocabulary']:>16} {r['decoding']:>7}: {r['ms_per_step_off']:7.2f} ms/step off, {r['ms_per_step_on']:7.2f} on, "
+              f"grammar {r['grammar_ms_per_step']:6.3f} ms/step = {r['overhead']} overhead; valid on first attempt: "
+              f"{r['valid_first_attempt_on']} on, {r['valid_first_attempt_off']} off")  # fmt: skip
+
+
+def xgrammar_ebnf(frame_times: list[float], duration_s: float, max_events: int, max_chars: int = 200) -> str:
+    """answer_regex in xgrammar's EBNF, the spelling xgrammar checks fastest: each text's length as
+    a character budget (`max_chars`) on an unbounded run, not as a counted repetition."""
+    from vidcurate.stages.answer import TEXT_CHARS, time_choices
+
+    times = " | ".join(f'"{t}"' for t in time_choices(frame_times, duration_s))
+    return "\n".join([
+        r'root ::= "{\"caption\": \"" text "\", \"events\": [" events "]}"',
+        f'events ::= (event (", " event){{0,{max_events - 1}}})?',
+        r'event ::= "{\"start_s\": " time ", \"end_s\": " time ", \"text\": \"" text "\"}"',
+        f"time ::= {times}",
+        f"text[max_chars={max_chars}] ::= {TEXT_CHARS} {TEXT_CHARS}*",
+    ])  # fmt: skip
+
+
+def token_walks(grammar, regex: str, count: int, seed: int = 0) -> list[list[int]]:
+    """`count` answers as token ids, each token drawn uniformly from those the stage's grammar allows."""
+    import random
+
+    import llguidance.numpy
+
+    rng, bitmask, walks = random.Random(seed), np.zeros((1, (grammar.vocab_rows + 31) // 32), dtype=np.int32), []
+    for _ in range(count):
+        matcher, walk = grammar.matcher(regex), []
+        while not matcher.is_stopped():
+            llguidance.numpy.fill_next_token_bitmask(matcher, bitmask, 0)
+            walk.append(rng.choice(np.flatnonzero(np.unpackbits(bitmask.view(np.uint8), count=grammar.vocab_rows, bitorder="little")).tolist()))
+            matcher.consume_token(walk[-1])
+        walks.append(walk)
+    return walks
+
+
+def replay(sequences: list[list[int]], new_matcher, fill, take) -> float:
+    """CPU seconds spent in `fill(matcher)` (one mask) over every token of every walk."""
+    seconds = 0.0
+    for walk in sequences:
+        matcher = new_matcher()
+        for token in walk:
+            started = time.thread_time()
+            fill(matcher)
+            seconds += time.thread_time() - started
+            assert take(matcher, token)
+    return seconds
+
+
+def engine_bench(walks: int) -> None:
+    """CPU microseconds per mask: llguidance (the stage's engine and settings), and xgrammar with
+    its fastest spelling of the grammar and with the regex, replaying the same walks."""
+    import llguidance.numpy
+
+    from vidcurate.stages.answer import answer_regex
+    from vidcurate.stages.grammar import AnswerGrammar
+    from vidcurate.stages.models import bpe_qwen25vl
+
+    times, duration = [0.0, 0.25, 0.5, 0.75], 1.0
+    pattern = answer_regex(times, duration, 4)
+    results = []
+    for vocabulary, model in {"bytes (263)": tiny_qwen2vl(), "BPE 32k (32790)": bpe_qwen25vl()}.items():
+        grammar = AnswerGrammar.from_checkpoint(str(model))
+        sequences = token_walks(grammar, pattern, walks)
+        bitmask = np.zeros((1, (grammar.vocab_rows + 31) // 32), dtype=np.int32)
+        per_engine = {
+            "llguidance, regex (the stage's)": replay(
+                sequences, lambda: grammar.matcher(pattern), lambda m: llguidance.numpy.fill_next_token_bitmask(m, bitmask, 0), lambda m, t: m.consume_token(t)
+            )
+        }
+        try:
+            import xgrammar as xgr
+        except ImportError:
+            xgr = None
+        if xgr is not None:
+            from transformers import AutoTokenizer
+
+            info = xgr.TokenizerInfo.from_huggingface(AutoTokenizer.from_pretrained(model), vocab_size=grammar.vocab_rows, stop_token_ids=grammar.stop_ids)
+            compiler, xgr_bitmask = xgr.GrammarCompiler(info), xgr.allocate_token_bitmask(1, grammar.vocab_rows)
+            spellings = {"xgrammar, EBNF with max_chars": compiler.compile_grammar(xgrammar_ebnf(times, duration, 4)), "xgrammar, regex": compiler.compile_regex(pattern)}
+            for engine, compiled in spellings.items():
+                per_engine[engine] = replay(
+                    sequences, lambda c=compiled: xgr.GrammarMatcher(c), lambda m: m.fill_next_token_bitmask(xgr_bitmask), lambda m, t: m.accept_token(t)
+                )
+        steps = sum(map(len, sequences))
+        anchor = per_engine["llguidance, regex (the stage's)"]
+        for engine, seconds in per_engine.items():
+            results.append({"vocabulary": vocabulary, "engine": engine, "steps": steps, "us_per_mask": round(seconds / steps * 1e6, 1),
+                            "vs_stage": round(seconds / anchor, 2)})  # fmt: skip
+    print(json.dumps({"walks": walks, "results": results}, indent=2))
+    for r in results:
+        print(f"{r['vocabulary']:>16} {r['engine']:>32}: {r['us_per_mask']:8.1f} us per mask ({r['vs_stage']}x the stage's)")
 
 
 def main() -> None:
@@ -181,11 +343,16 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--backends", default="transformers,openai")
     parser.add_argument("--batches", default="1,2,4,8", help="transformers backend: prompts per generate call")
-    parser.add_argument("--grammar", action="store_true", help="the tiny profile's sampled captioning under the grammar instead")
+    parser.add_argument("--grammar", action="store_true", help="the grammar's cost per token and first-attempt validity instead")
     parser.add_argument("--grammar-batch", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=3, help="--grammar: runs of each mode")
+    parser.add_argument("--engines", action="store_true", help="the grammar's mask per step: llguidance, and xgrammar if installed")
+    parser.add_argument("--walks", type=int, default=16, help="--engines: random answers replayed through each engine")
     args = parser.parse_args()
     if args.grammar:
-        return grammar_bench(args.clips, args.grammar_batch)
+        return grammar_bench(args.clips, args.grammar_batch, args.repeats)
+    if args.engines:
+        return engine_bench(args.walks)
 
     model = str(tiny_qwen2vl()) if args.shape == "tiny" else str(build_2b(Path(tempfile.mkdtemp()) / "qwen2-vl-2b-shaped"))
     captioner = FixedLength(model, device=args.device, structured="off", batch_size=1)

@@ -1,45 +1,22 @@
 """Prefect flow: the pipeline's stages as tasks with retries, over Ray.
 
-Without PREFECT_API_URL set, Prefect runs against a temporary local server it starts itself,
-so this needs no setup; point PREFECT_API_URL at `prefect server start` to see runs in the UI.
+Without PREFECT_API_URL set, the flow runs against a temporary local server (`vidcurate run`
+starts and stops it: flows/services.py), so this needs no setup; point PREFECT_API_URL at
+`prefect server start` to see runs in the UI.
 Resume comes from the stage markers: a retried or re-run flow skips completed stages.
 """
 
 from __future__ import annotations
-
-import threading
 
 from prefect import flow, get_run_logger, task
 
 from vidcurate.pipelines.config import PipelineConfig
 from vidcurate.pipelines.cost import describe_run_cost, run_cost
 from vidcurate.pipelines.disk import StorageFailed
-from vidcurate.pipelines.executors import ensure_ray
 from vidcurate.pipelines.partitions import PartitionedRun
 from vidcurate.pipelines.runner import PARTITIONS, Runner, steps
 from vidcurate.pipelines.store import StageMarker
 from vidcurate.stages.registry import VIDEO_SOURCE
-
-
-def start_services(cfg: PipelineConfig) -> None:
-    """Prefect's temporary server (where no PREFECT_API_URL is set) and the run's Ray, started side
-    by side: one after the other they took 8-12 s of a small run, mostly starting processes. The
-    server starts in a thread, and the flow finds it running; Ray starts in this thread (started
-    in a thread, it failed to reach its GCS: docs/decisions.md)."""
-    from prefect.settings import PREFECT_API_URL
-
-    server = None
-    if not PREFECT_API_URL.value():
-        from prefect.server.api.server import SubprocessASGIServer
-
-        server = threading.Thread(target=SubprocessASGIServer().start, name="prefect-server", daemon=True)
-        server.start()
-    try:
-        if cfg.executor == "ray":
-            ensure_ray(cfg)
-    finally:
-        if server is not None:
-            server.join()
 
 
 def worth_retrying(_task, _task_run, state) -> bool:
@@ -82,7 +59,9 @@ def run_partitions(config: dict) -> dict:
 def corpus_flow(config: dict) -> dict:
     """Full run: every stage of the config (the ones after the inputs' in partitions where the
     config asks), then the ledger and stats.json."""
-    for step in steps(PipelineConfig.model_validate(config)):
+    cfg = PipelineConfig.model_validate(config)
+    Runner(cfg).check_stages()  # every stage's preconditions, before the first stage works
+    for step in steps(cfg):
         if step == PARTITIONS:
             run_partitions(config)
         else:

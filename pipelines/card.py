@@ -54,6 +54,7 @@ def content_stats(dataset_dir: Path, tables: dict[str, pa.Table], cfg: PipelineC
         "scores": {name: _spread(v) for name, v in sorted(_scores(clips).items())},
         "rejections": _rejections(tables),
         "duplicates": _duplicates(tables.get("dedup")),
+        "decontamination": _decontamination(tables.get("decontam"), cfg),
         "speech": _speech(clips),
     }
 
@@ -185,6 +186,54 @@ def _duplicates(table: pa.Table | None) -> dict[str, dict[str, dict]]:
 DECIDED_BY = {"bytes": "same bytes", "hamming": "pHash Hamming bits", "cosine": "embedding cosine"}
 
 
+def _decontamination(table: pa.Table | None, cfg: PipelineConfig) -> dict:
+    """The eval sets decontam checked (videos, questions), the clips and QA items each took out,
+    what decided the clips, and the thresholds; empty where decontam did not run."""
+    if table is None:
+        return {}
+    from vidcurate.stages.decontam import summary
+
+    settings = cfg.decontam
+    sets = {s["name"]: {**s, "clips_removed": 0, "items_removed": 0} for s in summary(settings)}
+    decided_by: Counter = Counter()
+    for row in table.select(["status", "eval_set", "match_measure", "qa_dropped"]).to_pylist():
+        if row["status"] == "rejected" and row["eval_set"]:
+            sets[row["eval_set"]]["clips_removed"] += 1
+            decided_by[row["match_measure"]] += 1
+        for name, items in json.loads(row["qa_dropped"] or "{}").items():
+            sets[name]["items_removed"] += items
+    thresholds = settings.model_dump(include={"frames", "min_frames", "max_hamming", "near_cosine", "phash_fps", "crops", "window_s", "ngram"})
+    return {"sets": list(sets.values()), "decided_by": dict(sorted(decided_by.items())), "thresholds": thresholds}
+
+
+def _decontamination_lines(found: dict) -> list[str]:
+    """The card's decontamination section (none where decontam did not run)."""
+    if not found:
+        return []
+    lines = ["## Decontamination", ""]
+    if not found["sets"]:
+        return [*lines, "No evaluation sets were given (`decontam.eval_sets`): nothing was checked against benchmarks.", ""]
+    t = found["thresholds"]
+    phash = (
+        f"pHash within {t['max_hamming']} bits on at least {t['min_frames']} of a clip's {t['frames']} frames (eval frames "
+        f"{t['phash_fps']:g} a second, each also at {len(t['crops']) - 1} centre crops)" if t["max_hamming"] is not None else "pHash: off"
+    )  # fmt: skip
+    cosine = f"embedding cosine >= {t['near_cosine']:g} to a {t['window_s']:g} s eval window" if t["near_cosine"] is not None else "embedding cosine: off"
+    decided = ", ".join(f"{DECIDED_BY[m]} {n}" for m, n in found["decided_by"].items()) or "none"
+    return [
+        *lines,
+        "Clips whose frames match frames of an evaluation set's videos were left out, and QA items whose question "
+        f"shares {t['ngram']} words in a row with one of the set's questions were dropped:",
+        "",
+        "| eval set | videos | questions | clips removed | QA items removed |",
+        "|---|---|---|---|---|",
+        *[f"| {s['name']} | {s['videos']} | {s['questions']} | {s['clips_removed']} | {s['items_removed']} |" for s in found["sets"]],
+        "",
+        f"A clip matches by {phash}; else by {cosine}. Clips removed, by what decided: {decided}.",
+        "",
+    ]
+
+
 def _duplicate_lines(duplicates: dict[str, dict[str, dict]]) -> list[str]:
     """The card's duplicate section: rejections by kind, then the deciding figures' spread."""
     if not duplicates:
@@ -281,6 +330,7 @@ def dataset_card(stats: dict, cfg: PipelineConfig) -> str:
         "",
         *_duplicate_lines(content["duplicates"]),
         "",
+        *_decontamination_lines(content.get("decontamination", {})),
         *_audit_lines(stats.get("audit")),
         "## Reading",
         "",

@@ -28,6 +28,12 @@ EPILOG = """examples:
 """
 
 
+# A first start compiles Prefect's imports and creates its database: 21-24 s on 2 idle cores, more
+# on a busy machine, past Prefect's own 20 s (docs/decisions.md).
+PREFECT_START_TIMEOUT_ENV = "VIDCURATE_PREFECT_START_TIMEOUT"
+DEFAULT_PREFECT_START_TIMEOUT_S = 120
+
+
 def _config(args: argparse.Namespace, **extra):
     return load_config(
         args.config,
@@ -58,15 +64,16 @@ def quiet_reported_errors(debug: bool) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     quiet_reported_errors(args.debug)
     cfg = _config(args, **({"failures.retry_transient": False} if args.no_retry else {}))
-    from vidcurate.flows.corpus import corpus_flow, start_services
+    from vidcurate.flows.corpus import corpus_flow
+    from vidcurate.flows.services import run_services
 
-    start_services(cfg)
-    if args.incremental:
-        from vidcurate.flows.incremental import incremental_flow
+    with run_services(cfg, args.prefect_start_timeout):
+        if args.incremental:
+            from vidcurate.flows.incremental import incremental_flow
 
-        print(json.dumps(incremental_flow(cfg.model_dump()), indent=2))
-        return 0
-    stats = corpus_flow(cfg.model_dump())
+            print(json.dumps(incremental_flow(cfg.model_dump()), indent=2))
+            return 0
+        stats = corpus_flow(cfg.model_dump())
     print(json.dumps({k: stats[k] for k in ("videos", "clips", "samples")}, indent=2))
     from vidcurate.pipelines.runner import Runner
 
@@ -88,9 +95,11 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     """A Prefect deployment of the incremental flow on a cron schedule, served by this process."""
     from vidcurate.flows.incremental import incremental_flow
+    from vidcurate.flows.services import run_services
 
     cfg = _config(args)
-    incremental_flow.serve(name=args.name, cron=args.cron, parameters={"config": cfg.model_dump()})
+    with run_services(cfg, args.prefect_start_timeout, start_ray=False):  # its flow runs start their own Ray
+        incremental_flow.serve(name=args.name, cron=args.cron, parameters={"config": cfg.model_dump()})
     return 0
 
 
@@ -163,6 +172,16 @@ def _shard_limits(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-json-mb", type=int, default=default.json_bytes >> 20, help="MiB a sample's json member may hold (default %(default)s)")
 
 
+def _prefect_start_timeout(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--prefect-start-timeout",
+        type=float,
+        metavar="S",
+        default=os.environ.get(PREFECT_START_TIMEOUT_ENV, str(DEFAULT_PREFECT_START_TIMEOUT_S)),
+        help=f"seconds to wait for Prefect's temporary server (default: ${PREFECT_START_TIMEOUT_ENV} or {DEFAULT_PREFECT_START_TIMEOUT_S})",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vidcurate", description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -176,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--ray-address", help="'auto' or ray://host:port; default: local Ray")
     run.add_argument("--incremental", action="store_true", help="only inputs no earlier increment saw (run-dir: the corpus root)")
     run.add_argument("--no-retry", action="store_true", help="keep completed stages as they are: do not retry transient failures")
+    _prefect_start_timeout(run)
     run.set_defaults(func=cmd_run)
 
     doctor = sub.add_parser("doctor", help="check a config end to end in seconds (exit 1 on any problem)")
@@ -192,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--run-dir")
     serve.add_argument("--ray-address")
     serve.add_argument("--name", default="scheduled", help="deployment name")
+    _prefect_start_timeout(serve)
     serve.set_defaults(func=cmd_serve)
 
     stage = sub.add_parser("stage", help="run one stage on a previous stage's output")
@@ -238,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Prefect's API calls, one line each
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # "no AVX512 build" notices
+    from vidcurate.flows.services import ServerDidNotStart
     from vidcurate.pipelines.disk import StorageFailed
     from vidcurate.pipelines.ledger import FailureBudgetExceeded
     from vidcurate.pipelines.publish import PublishError
@@ -256,7 +278,14 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(exc, (FileNotFoundError, ValueError)):  # user errors: one clear line, no traceback
             print(f"vidcurate: error: {exc}", file=sys.stderr)
             return 2
+        if isinstance(exc, ServerDidNotStart):  # nothing of the run is left running by now
+            longer = f"run again with a longer --prefect-start-timeout (or {PREFECT_START_TIMEOUT_ENV}), or " if exc.timed_out else ""
+            print(f"vidcurate: failed: {exc}; {longer}start a server (`prefect server start`) and set PREFECT_API_URL", file=sys.stderr)
+            return 1
         raise
+    except KeyboardInterrupt:  # Ctrl-C: one line; `run` has stopped every process it started by now
+        print("vidcurate: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, Field, create_model, model_validator
 
 from vidcurate.stages.contract import SubRun
-from vidcurate.stages.registry import OPTIONAL, STAGES, pipeline
+from vidcurate.stages.registry import DEFAULT, OPTIONAL, STAGES, pipeline
 from vidcurate.stages.settings import StrictModel
 
 
@@ -80,8 +80,8 @@ class RunSettings(StrictModel):
     ray: RayConfig = RayConfig()
     partitions: PartitionConfig = PartitionConfig()
     stages: list[Literal[OPTIONAL]] = Field(
-        default_factory=lambda: list(OPTIONAL),
-        description="optional clip stages between split and shard, in pipeline order",
+        default_factory=lambda: list(DEFAULT),
+        description="optional clip stages between split and shard, in pipeline order (default: those on by default)",
     )
     failures: FailureConfig = FailureConfig()
 

@@ -49,8 +49,12 @@ def _checks(cfg: PipelineConfig) -> Iterator[tuple[str, Callable[[], Finding]]]:
             yield "caption server", lambda: _caption_server(cfg)
         else:
             yield "caption model", lambda: _caption_model(cfg)
+        if cfg.caption.backend == "transformers" and cfg.caption.structured != "off":
+            yield "caption grammar", lambda: _caption_grammar(cfg)
     if "embed" in cfg.stages:
         yield "embed model", lambda: _embed_model(cfg)
+    if "decontam" in cfg.stages:
+        yield "eval sets", lambda: _eval_sets(cfg)
     if _wants_gpu(cfg):
         yield "gpu", _gpu
     if cfg.shard.output:
@@ -136,6 +140,24 @@ def _caption_model(cfg: PipelineConfig) -> Finding:
     return _not_here("caption model", model, model, "set caption.model to a local folder")
 
 
+def _caption_grammar(cfg: PipelineConfig) -> Finding:
+    """Compiles the answer grammar for the model's tokenizer as the captioner will at start-up
+    (tokenizer and config only: no weights are loaded)."""
+    from vidcurate.stages.caption import startup_grammar
+    from vidcurate.stages.grammar import AnswerGrammar, GrammarError
+    from vidcurate.stages.models import tiny_qwen2vl
+
+    model = cfg.caption.model or str(tiny_qwen2vl())
+    if not ((Path(model) / "config.json").is_file() or _hub_cached(model)):
+        return Finding("caption grammar", True, f"not checked: {model} is not on this machine (see caption model)")
+    try:
+        grammar = AnswerGrammar.from_checkpoint(model)
+        grammar.matcher(startup_grammar(cfg.caption))
+    except GrammarError as exc:
+        return Finding("caption grammar", False, exc.problem, exc.fix)
+    return Finding("caption grammar", True, f"llguidance builds the answer grammar for {model} ({grammar.vocab_rows} logits)")
+
+
 def _embed_model(cfg: PipelineConfig) -> Finding:
     import open_clip
 
@@ -152,6 +174,17 @@ def _embed_model(cfg: PipelineConfig) -> Finding:
     if any(_hub_cached(hub, f) for f in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")):
         return Finding("embed model", True, f"{model}/{pretrained} is in the Hugging Face cache")
     return _not_here("embed model", f"{model}/{pretrained}", hub, "set embed.pretrained to a checkpoint file")
+
+
+def _eval_sets(cfg: PipelineConfig) -> Finding:
+    from vidcurate.stages.decontam import EvalSetError, check_eval_sets
+
+    try:
+        sets = check_eval_sets(cfg.decontam)
+    except EvalSetError as exc:
+        return Finding("eval sets", False, str(exc), "point decontam.eval_sets at the benchmark's videos and its QA file (JSON lines with `question`)")
+    found = "; ".join(f"{s['name']}: {s['videos']} videos, {s['questions']} questions" for s in sets)
+    return Finding("eval sets", True, found or "none given: decontam checks nothing")
 
 
 def _wants_gpu(cfg: PipelineConfig) -> bool:

@@ -57,7 +57,7 @@ class Runner:
 
     def fingerprint(self, stage: str, input_dir: Path | None) -> str:
         upstream = self.store.marker(input_dir).fingerprint if input_dir is not None else ""
-        return digest(stage, self.cfg.stage_hash(stage), upstream)
+        return digest(stage, self.cfg.stage_hash(stage), STAGES[stage].outside(getattr(self.cfg, stage)), upstream)
 
     def _dirs(self, stage: str, input_dir, output_dir) -> tuple[Path | None, Path]:
         if stage not in self.upstream:
@@ -300,8 +300,18 @@ class Runner:
                 rows = [r for r in self.store.clip_view(self.store.path(stage), self.cfg.pipeline()) if r["clip_id"] in shipped]
                 memory.record(getattr(self.cfg, stage), self.run_dir, rows)
 
+    def check_stages(self) -> None:
+        """What every stage of the run needs before it starts (`Stage.check`: an eval set that is
+        missing, a detector not installed), checked before the first does any work."""
+        order = self.cfg.pipeline()
+        for stage in order:
+            spec = STAGES[stage]
+            facts = RunFacts(self.run_dir, self.cfg.inputs, self.cfg.profile, order[: order.index(stage)], frame_needs(self.cfg))
+            spec.check(StageContext(stage, getattr(self.cfg, stage), {n: getattr(self.cfg, n) for n in spec.sections}, facts, self.executor))
+
     def run_all(self) -> dict:
         """Every stage, then the ledger; in partitions where the config asks (pipelines/partitions.py)."""
+        self.check_stages()
         for step in steps(self.cfg):
             if step is PARTITIONS:
                 PartitionedRun(self.cfg, Runner).run()

@@ -122,6 +122,17 @@ EMBEDDED = _clip_table(
     pa.field("embed_model", pa.string()),
 )
 
+DECONTAMINATED = _clip_table(
+    pa.field("eval_set", pa.string()),  # a rejected clip's: the eval set it matched
+    pa.field("eval_video", pa.string()),  # that set's video (its path in the set)
+    pa.field("eval_time_s", pa.float64()),  # where in it: the closest frame's time, or the window's start
+    pa.field("match_measure", pa.string()),  # what decided it: hamming (frame pHashes) | cosine (embeddings)
+    pa.field("match_figure", pa.float64()),  # the deciding figure: the closest frame's bits, or the cosine
+    pa.field("matched_frames", pa.int32()),  # pHash: the clip's frames that matched the video
+    pa.field("qa", pa.string()),  # a kept clip's QA items less those dropped: replaces ground's for later stages
+    pa.field("qa_dropped", pa.string()),  # JSON {eval set: QA items dropped}; null: none
+)
+
 SCORED = _clip_table(
     pa.field("scores", pa.string()),  # JSON {score name: value}
     pa.field("quality", pa.float64()),  # the combined score dedup uses to pick the copy to keep

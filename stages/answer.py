@@ -1,10 +1,11 @@
 """The captioner's answer: its grammar, strict parsing, and event clean-up.
 
-One regular expression describes every answer we accept. vLLM (offline or served) enforces
-it with structured outputs; the transformers backend enforces it token by token
-(`RegexConstraint`); any backend's answer is then parsed strictly against a JSON schema.
-Event times may only be the sampled frame times or the clip's end: those are the moments
-the model saw, so a boundary elsewhere would be a guess.
+One regular expression describes every answer we accept. vLLM (offline or served) enforces it
+with structured outputs, the transformers backend through llguidance (`stages.grammar`), and
+servers that take OpenAI's `response_format` get it as a JSON schema built from the same inputs;
+any backend's answer is then parsed strictly against a JSON schema. Event times may only be the
+sampled frame times or the clip's end: those are the moments the model saw, so a boundary
+elsewhere would be a guess.
 """
 
 from __future__ import annotations
@@ -14,8 +15,6 @@ import re
 
 import jsonschema
 from ftfy import fix_text
-
-from vidcurate.stages.grammar import CharAutomaton, Pieces
 
 TEXT_CHARS = r"[A-Za-z0-9 ,.;:'()!?-]"
 
@@ -57,40 +56,6 @@ def answer_regex(frame_times: list[float], duration_s: float, max_events: int, m
     event = rf'\{{"start_s": {time}, "end_s": {time}, "text": "{text}"\}}'
     events = rf"({event}(, {event}){{0,{max_events - 1}}})?" if max_events > 0 else ""
     return rf'\{{"caption": "{text}", "events": \[{events}\]\}}'
-
-
-class RegexConstraint:
-    """Allowed next tokens under a regex, one list per automaton state (`GrammarMask` applies them).
-
-    The regex runs as a character automaton (`stages.grammar`): each step walks only the text
-    added since the last one, and a state's allowed tokens are worked out once. The pieces are
-    every token's own text, so it suits small vocabularies such as the tiny profile's bytes;
-    large models get the same grammar through vLLM's structured outputs instead.
-    """
-
-    def __init__(self, pattern: str, tokenizer, prompt_len: int, eos_id: int):
-        self.automaton = CharAutomaton(pattern)
-        self.tokenizer = tokenizer
-        self.prompt_len = prompt_len
-        self.eos_id = eos_id
-        special = set(tokenizer.all_special_ids)
-        self.pieces = Pieces([(i, tokenizer.decode([i])) for i in range(len(tokenizer)) if i not in special])
-        self._last = ("", self.automaton.start)  # the text walked so far and its state
-        self._allowed: dict[frozenset, list[int]] = {}
-
-    def __call__(self, _batch_id: int, input_ids) -> list[int]:
-        text = self.tokenizer.decode(input_ids[self.prompt_len :], skip_special_tokens=True)
-        walked, state = self._last
-        if not text.startswith(walked):
-            walked, state = "", self.automaton.start
-        state = self.automaton.walk(state, text[len(walked) :])
-        self._last = (text, state)
-        if state not in self._allowed:
-            allowed = self.automaton.allowed(state, self.pieces)
-            if self.automaton.accepts(state):
-                allowed.append(self.eos_id)
-            self._allowed[state] = allowed or [self.eos_id]
-        return self._allowed[state]
 
 
 def answer_schema(frame_times: list[float], duration_s: float, max_events: int, max_chars: int = 200) -> dict:

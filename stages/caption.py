@@ -69,7 +69,9 @@ class CaptionConfig(StrictModel):
     retry_temperature: float = Field(0.7, ge=0)
     max_attempts: int = Field(3, ge=1)
     structured: Literal["auto", "on", "off"] = Field(
-        "auto", description="enforce the answer grammar: vLLM/openai always (auto), transformers for small vocabularies"
+        "auto", description="enforce the answer grammar (auto and on alike): vLLM and servers take its regex or JSON "
+        "schema, the transformers backend runs the regex through llguidance at any vocabulary size, and a model whose "
+        "grammar llguidance cannot build stops the stage at start-up; off: free text, checked only by parsing and retries"
     )
     device: str = Field("auto", description="transformers backend: auto, cpu, cuda, cuda:1, ...")
     batch_size: int = Field(
@@ -226,6 +228,12 @@ def _row(item: dict, status: str, reason: str | None, attempts: int, **fields) -
     return {**{k: item.get(k) for k in keep}, "status": status, "reason": reason, "attempts": attempts, **fields}
 
 
+def startup_grammar(cfg: CaptionConfig) -> str:
+    """The answer grammar of a one-frame clip: what the captioner (and `vidcurate doctor`) compile
+    before any clip, since every clip's grammar has its shape."""
+    return answer_regex([0.0], 1.0, cfg.max_events)
+
+
 def make_captioner(cfg: CaptionConfig):
     """The configured backend with `model`; none named: profile tiny's random model, built locally."""
     model = cfg.model or str(tiny_qwen2vl())
@@ -235,6 +243,8 @@ def make_captioner(cfg: CaptionConfig):
         captioner = TransformersCaptioner(model, device=cfg.device, structured=cfg.structured, batch_size=cfg.batch_size)
         if cfg.frames_as == "video" and not captioner.takes_video:
             raise ValueError(f"caption.frames_as: video, but {model} has no video processor: use frames_as: images")
+        if captioner.grammar:  # a grammar llguidance cannot build fails here, before any clip
+            captioner.grammar.matcher(startup_grammar(cfg))
         return captioner
     if cfg.backend == "vllm":
         from vidcurate.stages.captioners import VllmCaptioner

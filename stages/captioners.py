@@ -1,6 +1,7 @@
 """Captioning backends behind one interface: `generate(prompts) -> answers`, in order.
 
-- `transformers`: in-process model (CPU or GPU); the grammar is enforced token by token.
+- `transformers`: in-process model (CPU or GPU); llguidance enforces the grammar token by token
+  (`stages.grammar`), at any vocabulary size.
 - `vllm`: vLLM's offline `LLM` engine (one per Ray actor); grammar via structured outputs.
 - `openai`: any OpenAI-compatible server (`vllm serve`, hosted APIs, llama.cpp, SGLang), with
   bounded concurrency and retries with backoff; the grammar is sent as vLLM's
@@ -26,11 +27,9 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from vidcurate.stages.answer import RegexConstraint
+from vidcurate.stages.grammar import AnswerGrammar
 
 log = logging.getLogger("vidcurate")
-
-SMALL_VOCAB = 4096  # token-by-token regex checks are cheap below this vocabulary size
 
 
 @dataclass
@@ -92,11 +91,16 @@ class FinishedRows:
         self.eos = {eos} if isinstance(eos, int) else set(eos)
         self.end = min(self.eos)
         self.done = [False] * len(prompts)
+        self.length = prompt_len  # the step `done` is for
 
-    def __call__(self, row: int, ids) -> bool:
-        if not self.done[row]:
-            self.done[row] = len(ids) >= self.limits[row] or (len(ids) > self.prompt_len and int(ids[-1]) in self.eos)
-        return self.done[row]
+    def __call__(self, input_ids) -> list[bool]:
+        """Every row's state at this step, worked out once per step for the grammar and the sampler."""
+        length = input_ids.shape[1]
+        if length > self.length:
+            last = input_ids[:, -1].tolist()
+            self.done = [done or length >= limit or last[row] in self.eos for row, (done, limit) in enumerate(zip(self.done, self.limits))]
+            self.length = length
+        return self.done
 
 
 class RowSampler:
@@ -119,8 +123,8 @@ class RowSampler:
             self.generators = [torch.Generator(scores.device).manual_seed(s) if t > 0 else None for t, s in zip(self.temperatures, self.seeds)]
         end = torch.tensor(self.finished.end, device=scores.device)
         tokens = []
-        for row, (temperature, generator) in enumerate(zip(self.temperatures, self.generators)):
-            if self.finished(row, input_ids[row]):
+        for row, (done, temperature, generator) in enumerate(zip(self.finished(input_ids), self.temperatures, self.generators)):
+            if done:
                 tokens.append(end)
             elif generator is None:
                 tokens.append(scores[row].argmax())
@@ -130,34 +134,6 @@ class RowSampler:
         chosen = torch.full_like(scores, float("-inf"))
         chosen[torch.arange(len(tokens), device=scores.device), torch.stack(tokens)] = 0.0  # one write, not one per row
         return chosen
-
-
-class GrammarMask:
-    """Masks each constrained row's scores to the tokens its grammar allows next. A state's
-    allowed list (`RegexConstraint` keeps one per automaton state) becomes an index tensor once;
-    transformers' `prefix_allowed_tokens_fn` converted the list on every step of every row, 8%
-    of the caption stage's time on the tiny model."""
-
-    def __init__(self, constraints: list, finished: FinishedRows):
-        self.constraints = constraints
-        self.finished = finished
-        self.indices: dict[int, tuple[list[int], object]] = {}  # id(list) -> (the list, kept alive; its tensor)
-
-    def _index(self, tokens: list[int], device):
-        import torch
-
-        if id(tokens) not in self.indices:
-            self.indices[id(tokens)] = (tokens, torch.tensor(tokens, device=device))
-        return self.indices[id(tokens)][1]
-
-    def __call__(self, input_ids, scores):
-        masked = scores.clone()
-        for row, constraint in enumerate(self.constraints):
-            if constraint is not None and not self.finished(row, input_ids[row]):
-                index = self._index(constraint(row, input_ids[row]), scores.device)
-                masked[row] = float("-inf")
-                masked[row, index] = scores[row, index]
-        return masked
 
 
 class TransformersCaptioner:
@@ -174,19 +150,19 @@ class TransformersCaptioner:
         self.processor = AutoProcessor.from_pretrained(model)
         self.processor.tokenizer.padding_side = "left"  # generation continues every row from its last token
         self.model = AutoModelForImageTextToText.from_pretrained(model, dtype=dtype).to(self.device).eval()
-        vocab = len(self.processor.tokenizer)
-        self.structured = structured == "on" or (structured == "auto" and vocab <= SMALL_VOCAB)
+        self.structured = structured != "off"
+        self.grammar = AnswerGrammar.for_model(model, self.processor.tokenizer, self.model.config, self.model.generation_config) if self.structured else None
         self.batch_size = batch_size
         self.takes_video = getattr(self.processor, "video_processor", None) is not None
 
     def generate(self, prompts: list[Prompt]) -> list[str]:
         return [answer for a in range(0, len(prompts), self.batch_size) for answer in self._generate(prompts[a : a + self.batch_size])]
 
-    def constraint(self, prompt: Prompt, prompt_len: int):
-        """The grammar of one row, or None."""
-        if not (self.structured and prompt.regex):
+    def grammar_mask(self, prompts: list[Prompt], finished: FinishedRows):
+        """The batch's grammar as a logits processor (each row its own), or None when no row has one."""
+        if self.grammar is None or not any(p.regex for p in prompts):
             return None
-        return RegexConstraint(prompt.regex, self.processor.tokenizer, prompt_len, self.model.generation_config.eos_token_id)
+        return self.grammar.mask([p.regex for p in prompts], finished)
 
     def model_inputs(self, prompts: list[Prompt]):
         """The processor's tensors for a batch: chat template, frames or videos, left padding."""
@@ -213,9 +189,8 @@ class TransformersCaptioner:
         inputs = self.model_inputs(prompts)
         prompt_len = inputs["input_ids"].shape[1]  # padded: every row's answer starts here
         tokenizer = self.processor.tokenizer
-        constraints = [self.constraint(p, prompt_len) for p in prompts]
         finished = FinishedRows(prompts, prompt_len, self.model.generation_config.eos_token_id)
-        grammar = [GrammarMask(constraints, finished)] if any(constraints) else []
+        grammar = [mask] if (mask := self.grammar_mask(prompts, finished)) else []
         with torch.inference_mode():
             out = self.model.generate(
                 **inputs,

@@ -7,10 +7,13 @@ the runner, the config, the CLI and the ledger name no stage:
 - `reads`: what it reads: `inputs` (the URIs the config lists), `videos` (the videos the stage
   reading inputs kept) or `clips` (the clips its predecessor kept, merged with every earlier clip
   stage's columns); `columns` of each (None: all), `optional` ones an earlier stage may have written;
-- its place: `always` (in every pipeline) or chosen in `stages:`; `needs`: stages it needs before it,
+- its place: `always` (in every pipeline) or chosen in `stages:` (`by_default`: in the default list;
+  a stage that needs the user's input, or costs much, runs only when named); `needs`: stages it needs before it,
   and `needs_for(config)`: those its settings need (caption's `use_speech` needs speech);
 - its fingerprint: its own section (but `resources` and `unhashed` fields), the other config
-  `sections` it reads (they reach it in its context, and only they) and the run-level `run_fields`;
+  `sections` it reads (they reach it in its context, and only they), the run-level `run_fields`,
+  and `outside(config)`: a digest of files its output depends on besides its input (decontam's
+  eval sets), so a changed file redoes it;
 - its vocabulary: `reasons` (code -> (status, meaning)) and, for codes made of rule names,
   `rule_codes` (quality's `motion+ocr_coverage`);
 - its profile defaults: `tiny_defaults` (config values under profile `tiny` unless the config sets
@@ -27,6 +30,8 @@ the runner, the config, the CLI and the ledger name no stage:
 - across runs: `ships` (the dataset folder of the stage that writes the shards), `memory` (what it
   remembers of shipped clips across runs, and gathers for a partition from earlier ones), and
   `sub_config(section, sub)` (its section in a sub-run: a partition or an increment).
+A later clip stage's column of the same name replaces an earlier one's in the rows the stages
+after it read (ground's refined `events` replace caption's; decontam's filtered `qa`, ground's).
 Stages never import Ray or the runner: what they need arrives in their `StageContext`.
 """
 
@@ -145,6 +150,10 @@ def _no_needs(_config) -> tuple[str, ...]:
     return ()
 
 
+def _nothing_outside(_config) -> str:
+    return ""
+
+
 @dataclass(frozen=True)
 class Stage:
     name: str
@@ -155,11 +164,13 @@ class Stage:
     columns: tuple[str, ...] | None = None
     optional: tuple[str, ...] = ()
     always: bool = False
+    by_default: bool = True
     needs: tuple[str, ...] = ()
     needs_for: Callable[[Any], tuple[str, ...]] = _no_needs
     sections: tuple[str, ...] = ()
     run_fields: tuple[str, ...] = ()
     unhashed: tuple[str, ...] = ()
+    outside: Callable[[Any], str] = _nothing_outside
     reasons: Mapping[str, tuple[str, str]] = field(default_factory=dict)
     rule_codes: str | None = None
     tiny_defaults: Mapping[str, Any] = field(default_factory=dict)

@@ -86,37 +86,48 @@ def joined(found: list[Links]) -> Links:
 
 
 def flat_pairs(emb: np.ndarray, threshold: float) -> Links:
-    """All pairs i < j with cosine >= threshold, with their cosines: exact FAISS range search, on
-    every GPU when faiss has GPUs (FAISS has no GPU range search, so k-NN there plus CPU range
-    search for the rows whose k-th neighbour still passes)."""
+    """All pairs i < j with cosine >= threshold, with their cosines (`flat_links` of the set with itself)."""
+    return upper(flat_links(emb, emb, threshold))
+
+
+def flat_links(queries: np.ndarray, reference: np.ndarray, threshold: float) -> Links:
+    """Every (query i, reference j) with cosine >= threshold, with its cosine: exact FAISS range
+    search over `reference`, on every GPU when faiss has GPUs (FAISS has no GPU range search, so
+    k-NN there plus CPU range search for the queries whose k-th neighbour still passes)."""
     faiss = _faiss()
-    index = faiss.IndexFlatIP(emb.shape[1])
-    index.add(emb)
+    index = faiss.IndexFlatIP(reference.shape[1])
+    index.add(reference)
     if faiss.get_num_gpus() == 0:
-        return _pairs_from_ranges(*index.range_search(emb, threshold))
+        return _links_from_ranges(*index.range_search(queries, threshold))
     options = faiss.GpuMultipleClonerOptions()
     options.shard, options.useFloat16 = True, True
-    return knn_range_pairs(emb, threshold, faiss.index_cpu_to_all_gpus(index, options), index, GPU_K)
+    return knn_range_links(queries, threshold, faiss.index_cpu_to_all_gpus(index, options), index, GPU_K)
 
 
-def knn_range_pairs(emb: np.ndarray, threshold: float, knn_index, exact_index, k: int) -> Links:
-    """flat_pairs through k-NN (`knn_index`, e.g. on GPUs) and exact range search (`exact_index`)
+def knn_range_links(queries: np.ndarray, threshold: float, knn_index, exact_index, k: int) -> Links:
+    """flat_links through k-NN (`knn_index`, e.g. on GPUs) and exact range search (`exact_index`)
     for the queries whose k nearest all pass the threshold, block by block of queries."""
     from faiss.contrib.exhaustive_search import range_search_gpu
 
     found = []
-    for start in range(0, len(emb), QUERY_BLOCK):
-        block = np.ascontiguousarray(emb[start : start + QUERY_BLOCK])
-        found.append(_pairs_from_ranges(*range_search_gpu(block, threshold, knn_index, exact_index, gpu_k=k), offset=start))
+    for start in range(0, len(queries), QUERY_BLOCK):
+        block = np.ascontiguousarray(queries[start : start + QUERY_BLOCK])
+        found.append(_links_from_ranges(*range_search_gpu(block, threshold, knn_index, exact_index, gpu_k=k), offset=start))
     return joined(found)
 
 
-def _pairs_from_ranges(lims: np.ndarray, figures: np.ndarray, ids: np.ndarray, offset: int = 0) -> Links:
+def _links_from_ranges(lims: np.ndarray, figures: np.ndarray, ids: np.ndarray, offset: int = 0) -> Links:
     """Range-search results (query i's hits are ids[lims[i]:lims[i+1]], with their figures) ->
-    pairs i < j and their figures."""
+    (query, hit) pairs and their figures."""
     rows = np.repeat(np.arange(len(lims) - 1) + offset, np.diff(lims).astype(np.int64))
-    keep = rows < ids
-    return np.stack([rows[keep], ids[keep]], axis=1).astype(np.int64), np.asarray(figures)[keep]
+    return np.stack([rows, ids], axis=1).astype(np.int64), np.asarray(figures)
+
+
+def upper(links: Links) -> Links:
+    """Of a set's links with itself, each pair once, as i < j (and no link of a row to itself)."""
+    pairs, figures = links
+    keep = pairs[:, 0] < pairs[:, 1]
+    return pairs[keep], figures[keep]
 
 
 def train_centroids(emb: np.ndarray, n_clusters: int, seed: int = 1) -> np.ndarray:
@@ -191,13 +202,17 @@ def _codes(hashes) -> np.ndarray:
 
 
 def phash_pairs(hashes: np.ndarray, max_hamming: int) -> Links:
-    """Pairs of 64-bit hashes within `max_hamming` bits, with their Hamming distances (FAISS
-    binary range search)."""
+    """Pairs of 64-bit hashes within `max_hamming` bits, with their Hamming distances."""
+    return upper(phash_links(hashes, hashes, max_hamming))
+
+
+def phash_links(queries: np.ndarray, reference: np.ndarray, max_hamming: int) -> Links:
+    """Every (query i, reference j) of 64-bit hashes within `max_hamming` bits, with its Hamming
+    distance (FAISS binary range search over `reference`)."""
     faiss = _faiss()
-    codes = _codes(hashes)
     index = faiss.IndexBinaryFlat(64)
-    index.add(codes)
-    return _pairs_from_ranges(*index.range_search(codes, max_hamming + 1))  # strict: distance < radius
+    index.add(_codes(reference))
+    return _links_from_ranges(*index.range_search(_codes(queries), max_hamming + 1))  # strict: distance < radius
 
 
 def rank_order(rows: list[dict]) -> np.ndarray:

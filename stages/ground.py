@@ -426,7 +426,8 @@ def negative_items(s: Sample, pools: Pools, rate: float, positives: int) -> list
 def build_items(s: Sample, cfg: GroundConfig) -> tuple[list[dict], dict[str, int]]:
     """A sample's items: every chosen task's, checked, verified (those under
     `ground.min_verification` dropped and counted by task), mixed, then its negatives."""
-    items = [item for task, weight in cfg.tasks.items() if weight > 0 for item in GENERATORS[task](s, cfg.pools)]
+    # in the tasks' own order, never the config's: a config read back from JSON lists them sorted
+    items = [item for task, generate in GENERATORS.items() if cfg.tasks.get(task, 0) > 0 for item in generate(s, cfg.pools)]
     items = [{**it, "verification": item_verification(it, s.events)} for it in dedupe(items) if spans_sound(it, s.duration)]
     low = [it for it in items if it["verification"] is not None and it["verification"] < cfg.min_verification]
     items = mixed([it for it in items if it not in low], cfg, s.key)

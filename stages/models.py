@@ -3,7 +3,8 @@ random-initialised models of the same architectures, built once into a local cac
 
 The tiny models exist so the real inference code (processor, chat template, generate,
 open_clip encoders) runs in CI and on machines with no model hub. Their outputs are noise;
-the pipeline's parsing, constraints and ledger handle that like any bad model answer.
+the pipeline's parsing, constraints and ledger handle that like any bad model answer. One more,
+for tests and benchmarks, has a real-sized vocabulary (`bpe_qwen25vl`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,33 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 _SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+
+# Qwen2.5-VL's own chat template (a default system turn, frames and videos between vision markers).
+QWEN25VL_CHAT_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{% set image_count.value = image_count.value + 1 %}{% if add_vision_id %}Picture {{ image_count.value }}: {% endif %}"
+    "<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}"
+    "{% set video_count.value = video_count.value + 1 %}{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}"
+    "<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+# Qwen2.5-VL's added tokens in its order (ids 151643-151664 there, after the BPE's): 14 special,
+# then 8 plain ones, which `skip_special_tokens` keeps.
+QWEN_ADDED_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
+                     "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>", "<|vision_end|>",
+                     "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>"]  # fmt: skip
+QWEN_ADDED_PLAIN = ["<tool_call>", "</tool_call>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>",
+                    "<|repo_name|>", "<|file_sep|>"]  # fmt: skip
+# Qwen2's pre-tokenizer: contractions, letter runs with one leading mark, single digits, punctuation runs.
+QWEN_PRETOKENIZE = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+BPE_VOCAB = 32768  # trained tokens, before the added ones
+BPE_QWEN25VL_MODEL = "bpe32k-qwen2.5-vl"
 
 
 def cache_dir() -> Path:
@@ -62,17 +90,38 @@ def tiny_vlm(arch: str, root: Path | None = None) -> Path:
     byte-level tokenizer, built once into the cache: the code path of the real checkpoints
     (processor, chat template, vision tower, M-RoPE, generate) at toy size."""
     path = (root or cache_dir()) / TINY_VLM_DIRS[arch]
-    if (path / "config.json").is_file():
-        return path
+    if not (path / "config.json").is_file():
+        tokenizer = _byte_tokenizer()
+        _build_vlm(arch, tokenizer, CHAT_TEMPLATE, len(tokenizer), ["<|im_end|>"], path)
+    return path
+
+
+def bpe_qwen25vl(root: Path | None = None) -> Path:
+    """A random-initialised Qwen2.5-VL at toy width with a real-sized vocabulary: a byte-level
+    BPE of BPE_VOCAB tokens trained here (`bpe_tokenizer`), Qwen2.5-VL's added tokens, chat
+    template and stop tokens, and an output layer padded past the tokenizer as Qwen's is
+    (151936 rows for 151665 tokens). Grammar engines meet here what they meet in real
+    checkpoints: multi-character tokens that straddle the answer's fields, and logits that no
+    token text stands for."""
+    path = (root or cache_dir()) / BPE_QWEN25VL_MODEL
+    if not (path / "config.json").is_file():
+        tokenizer = bpe_tokenizer()
+        rows = -(-len(tokenizer) // 128) * 128
+        _build_vlm("qwen2_5_vl", tokenizer, QWEN25VL_CHAT_TEMPLATE, rows, ["<|im_end|>", "<|endoftext|>"], path)
+    return path
+
+
+def _build_vlm(arch: str, tokenizer, chat_template: str, vocab_rows: int, stop_tokens: list[str], path: Path) -> None:
+    """Save a random `arch` at toy width with `tokenizer` to `path` (written to a private folder,
+    then renamed into place)."""
     import torch
     import transformers as tf
 
-    tokenizer = _byte_tokenizer()
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in _SPECIAL}
     text = {
         **_TINY_TEXT,
-        "vocab_size": len(tokenizer),
-        "eos_token_id": ids["<|im_end|>"],
+        "vocab_size": vocab_rows,
+        "eos_token_id": ids[stop_tokens[0]],
         "bos_token_id": ids["<|endoftext|>"],
         "pad_token_id": ids["<|endoftext|>"],
     }
@@ -96,7 +145,8 @@ def tiny_vlm(arch: str, root: Path | None = None) -> Path:
     )
     torch.manual_seed(0)
     model = model_class(config).eval()
-    model.generation_config.eos_token_id = ids["<|im_end|>"]
+    stops = [ids[t] for t in stop_tokens]
+    model.generation_config.eos_token_id = stops[0] if len(stops) == 1 else stops
     model.generation_config.pad_token_id = ids["<|endoftext|>"]
     # Few image tokens per frame: 112x112 -> 8x8 patches -> 16 tokens after the 2x2 merge
     # (Qwen3-VL's 16-pixel patches: 128x128).
@@ -108,13 +158,12 @@ def tiny_vlm(arch: str, root: Path | None = None) -> Path:
         image_processor=tf.Qwen2VLImageProcessor(**pixels, **patch),
         tokenizer=tokenizer,
         video_processor=video_class(**pixels, **patch),
-        chat_template=CHAT_TEMPLATE,
+        chat_template=chat_template,
     )
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     model.save_pretrained(tmp)
     processor.save_pretrained(tmp)
     os.replace(tmp, path)
-    return path
 
 
 def _byte_tokenizer():
@@ -133,6 +182,60 @@ def _byte_tokenizer():
     )
     tokenizer.add_special_tokens({"additional_special_tokens": _SPECIAL})
     return tokenizer
+
+
+def bpe_tokenizer():
+    """Qwen2's tokenizer design at a real size, trained here: byte-level BPE (BPE_VOCAB tokens)
+    with Qwen2's pre-tokenizer, NFC normaliser and decoder, then Qwen2.5-VL's added tokens.
+    The corpus is `bpe_corpus`, so the same library version trains the same vocabulary."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from transformers import AddedToken, PreTrainedTokenizerFast
+
+    core = Tokenizer(models.BPE())
+    core.normalizer = normalizers.NFC()
+    core.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Split(Regex(QWEN_PRETOKENIZE), behavior="isolated"), pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
+    )
+    core.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=BPE_VOCAB, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    core.train_from_iterator(bpe_corpus(), trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, padding_side="left")
+    tokenizer.add_special_tokens({"additional_special_tokens": QWEN_ADDED_TOKENS})
+    tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in QWEN_ADDED_PLAIN])
+    tokenizer.eos_token, tokenizer.pad_token = "<|im_end|>", "<|endoftext|>"
+    return tokenizer
+
+
+def bpe_corpus(lines: int = 20_000, seed: int = 0):
+    """Seeded English-like text to train `bpe_tokenizer` on: sentences of words drawn by a Zipf
+    law from the whole words of CLIP's BPE vocabulary (shipped with open_clip, in its merge
+    order, which is roughly frequency order), and every fourth line a caption answer in JSON, so
+    the vocabulary learns JSON's punctuation runs as real ones have (`{"`, `":`, `"},`, `[{"`).
+    About 4 MB: the 32768 tokens train in seconds."""
+    import gzip
+    import importlib.util
+    import itertools
+    import random
+
+    clip_vocab = Path(importlib.util.find_spec("open_clip").origin).parent / "bpe_simple_vocab_16e6.txt.gz"  # found, not imported
+    merges = gzip.open(clip_vocab).read().decode().split("\n")[1:48895]  # the merges CLIP's tokenizer uses
+    words = [w[:-4] for w in (a + b for a, b in (m.split() for m in merges)) if w.endswith("</w>") and w[:-4].isascii() and w[:-4].isalpha()]
+    rank_weights = list(itertools.accumulate(1 / (rank + 10) for rank in range(len(words))))
+    rng = random.Random(seed)
+
+    def sentence(count: int) -> str:
+        drawn = rng.choices(words, cum_weights=rank_weights, k=count)
+        return " ".join([drawn[0].capitalize(), *drawn[1:]]) + rng.choice(".....!?;,")
+
+    for line in range(lines):
+        if line % 4 == 3:
+            times = sorted(rng.sample(range(0, 3000, 25), 4))
+            events = ", ".join(
+                f'{{"start_s": {a / 100:.2f}, "end_s": {b / 100:.2f}, "text": "{sentence(rng.randint(2, 8))}"}}' for a, b in zip(times, times[1:])
+            )
+            yield f'{{"caption": "{sentence(rng.randint(5, 20))}", "events": [{events}]}}'
+        else:
+            yield " ".join(sentence(rng.randint(4, 18)) for _ in range(rng.randint(1, 5)))
 
 
 def tiny_clip_config() -> dict:

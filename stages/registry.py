@@ -3,16 +3,17 @@ one line here; the config, the CLI, the ledger's vocabulary and the stage order 
 
 from __future__ import annotations
 
-from vidcurate.stages import caption, dedup, embed, ground, probe, quality, shard, speech, split
+from vidcurate.stages import caption, decontam, dedup, embed, ground, probe, quality, shard, speech, split
 from vidcurate.stages.contract import Stage
 from vidcurate.stages.frame_store import FrameNeed
 
 STAGES: dict[str, Stage] = {
     spec.name: spec
-    for spec in (probe.SPEC, split.SPEC, speech.SPEC, caption.SPEC, embed.SPEC, ground.SPEC, quality.SPEC, dedup.SPEC, shard.SPEC)
+    for spec in (probe.SPEC, split.SPEC, speech.SPEC, caption.SPEC, embed.SPEC, ground.SPEC, decontam.SPEC, quality.SPEC, dedup.SPEC, shard.SPEC)
 }
 ALWAYS = tuple(name for name, spec in STAGES.items() if spec.always)  # every run; a config chooses among the others
 OPTIONAL = tuple(name for name in STAGES if name not in ALWAYS)  # in pipeline order
+DEFAULT = tuple(name for name in OPTIONAL if STAGES[name].by_default)  # a config that names none runs these
 VIDEO_SOURCE = next(name for name, spec in STAGES.items() if spec.reads == "inputs")  # lists and admits the videos
 CLIP_SOURCE = next(name for name, spec in STAGES.items() if spec.reads == "videos")  # cuts the videos into clips
 SHIPPER = next(name for name, spec in STAGES.items() if spec.ships)  # writes the shards

@@ -410,6 +410,7 @@ REASONS = {
 SPEC = Stage(
     name=STAGE,
     config_model=SpeechConfig,
+    by_default=False,  # runs when named in `stages:`
     table=SPEECH,
     columns=("clip_id", "video_id", "clip_uri", "start_s", "end_s"),
     optional=("clip_audio", "audio_error"),

@@ -30,7 +30,8 @@ OPENAI_FIELDS = {"model", "messages", "max_tokens", "max_completion_tokens", "te
 
 
 class JsonSchemaCaptioner(TransformersCaptioner):
-    """The same model and processor as `base`, constrained by a prompt's JSON schema."""
+    """The same model and processor as `base`, constrained by a prompt's JSON schema through
+    lm-format-enforcer instead of llguidance."""
 
     def __init__(self, base: TransformersCaptioner):
         self.__dict__.update(base.__dict__)
@@ -43,11 +44,30 @@ class JsonSchemaCaptioner(TransformersCaptioner):
         decode = lambda ids: tokenizer.decode(ids).rstrip("\ufffd")  # noqa: E731
         self.tokens = TokenEnforcerTokenizerData(regular, decode, eos, False, len(tokenizer))
 
-    def constraint(self, prompt: Prompt, prompt_len: int):
+    def grammar_mask(self, prompts: list[Prompt], finished):
         from lmformatenforcer import JsonSchemaParser, TokenEnforcer
 
-        enforcer = TokenEnforcer(self.tokens, JsonSchemaParser(prompt.schema))
-        return lambda _row, ids: enforcer.get_allowed_tokens(ids[prompt_len:].tolist()).allowed_tokens
+        enforcers = [TokenEnforcer(self.tokens, JsonSchemaParser(p.schema)) for p in prompts]
+        return AllowedTokensMask(enforcers, finished)
+
+
+class AllowedTokensMask:
+    """Each unfinished row's scores masked to the tokens its lm-format-enforcer allows next."""
+
+    def __init__(self, enforcers: list, finished):
+        self.enforcers, self.finished = enforcers, finished
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        masked = scores.clone()
+        for row, (enforcer, done) in enumerate(zip(self.enforcers, self.finished(input_ids))):
+            if not done:
+                allowed = enforcer.get_allowed_tokens(input_ids[row, self.finished.prompt_len :].tolist()).allowed_tokens
+                index = torch.tensor(allowed, device=scores.device)
+                masked[row] = float("-inf")
+                masked[row, index] = scores[row, index]
+        return masked
 
 
 def _prompt(body: dict) -> Prompt:

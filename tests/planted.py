@@ -67,6 +67,14 @@ def square_visible(rgb: np.ndarray) -> bool:
     return r > 150 and g < 90 and b < 90
 
 
+def _prompt_view(prompt) -> tuple[list[float], list[np.ndarray], float]:
+    """What a captioner is shown: the sampled frames' times, the frames, and the clip's duration."""
+    texts = [v for kind, v in prompt.parts if kind == "text"]
+    times = [float(m) for t in texts for m in re.findall(r"^Frame at ([\d.]+) s:", t)]
+    duration = float(re.search(r"lasting ([\d.]+) seconds", texts[-1]).group(1))
+    return times, [v for kind, v in prompt.parts if kind == "image"], duration
+
+
 class PlantedEventCaptioner:
     """The test double at the captioning backend interface (`generate(prompts) -> answers`)."""
 
@@ -76,11 +84,8 @@ class PlantedEventCaptioner:
         return [self._answer(p) for p in prompts]
 
     def _answer(self, prompt) -> str:
-        texts = [v for kind, v in prompt.parts if kind == "text"]
-        times = [float(m) for t in texts for m in re.findall(r"^Frame at ([\d.]+) s:", t)]
-        image = next(v for kind, v in prompt.parts if kind == "image")
-        offset = frame_index(image) / FPS - times[0]  # source time of the clip's start
-        duration = float(re.search(r"lasting ([\d.]+) seconds", texts[-1]).group(1))
+        times, images, duration = _prompt_view(prompt)
+        offset = frame_index(images[0]) / FPS - times[0]  # source time of the clip's start
         events = []
         for a, b in EVENTS:
             start, end = max(a - offset, 0.0), min(b - offset, duration)
@@ -89,30 +94,28 @@ class PlantedEventCaptioner:
         return json.dumps({"caption": "Coloured shots; a red square comes and goes.", "events": events})
 
 
-class SampledFrameCaptioner:
+class SampledFrameCaptioner(PlantedEventCaptioner):
     """A test double at the captioning backend interface that answers as a model that saw only
     the sampled frames would: an event starts at the first sampled frame showing the square and
     ends at the first one after it that does not (or the clip's end), so its times sit on the
     sampled grid (what boundary refinement has to improve on)."""
 
     name = "sampled-frames"
-
-    def generate(self, prompts) -> list[str]:
-        return [self._answer(p) for p in prompts]
+    SIGHTS = {EVENT_TEXT: square_visible}
+    CAPTION = "Coloured shots; a red square comes and goes."
 
     def _answer(self, prompt) -> str:
-        texts = [v for kind, v in prompt.parts if kind == "text"]
-        times = [float(m) for t in texts for m in re.findall(r"^Frame at ([\d.]+) s:", t)]
-        shown = [square_visible(v) for kind, v in prompt.parts if kind == "image"]
-        duration = float(re.search(r"lasting ([\d.]+) seconds", texts[-1]).group(1))
-        events, start = [], None
-        for t, on in zip([*times, duration], [*shown, False]):
-            if on and start is None:
-                start = t
-            elif not on and start is not None:
-                events.append({"start_s": start, "end_s": t, "text": EVENT_TEXT})
-                start = None
-        return json.dumps({"caption": "Coloured shots; a red square comes and goes.", "events": events})
+        times, images, duration = _prompt_view(prompt)
+        events = []
+        for text, sees in self.SIGHTS.items():
+            start = None
+            for t, on in zip([*times, duration], [*(sees(rgb) for rgb in images), False]):
+                if on and start is None:
+                    start = t
+                elif not on and start is not None:
+                    events.append({"start_s": start, "end_s": t, "text": text})
+                    start = None
+        return json.dumps({"caption": self.CAPTION, "events": sorted(events, key=lambda e: e["start_s"])})
 
 
 class NeedleCaptioner(SampledFrameCaptioner):
@@ -123,19 +126,7 @@ class NeedleCaptioner(SampledFrameCaptioner):
     name = "needle-reader"
     SIGHTS = {"a red circle is shown": lambda rgb: _white(rgb[: rgb.shape[0] // 8]) and rgb[rgb.shape[0] // 2, rgb.shape[1] // 2, 0] > 180 > rgb[rgb.shape[0] // 2, rgb.shape[1] // 2, 1] + 100,
               "the word NEEDLE appears": lambda rgb: _white(rgb[int(rgb.shape[0] * 0.64) : int(rgb.shape[0] * 0.67)]) and not _white(rgb[: rgb.shape[0] // 8])}  # fmt: skip
-
-    def _answer(self, prompt) -> str:
-        texts = [v for kind, v in prompt.parts if kind == "text"]
-        times = [float(m) for t in texts for m in re.findall(r"^Frame at ([\d.]+) s:", t)]
-        images = [v for kind, v in prompt.parts if kind == "image"]
-        duration = float(re.search(r"lasting ([\d.]+) seconds", texts[-1]).group(1))
-        events = []
-        for text, sees in self.SIGHTS.items():
-            shown = [i for i, rgb in enumerate(images) if sees(rgb)]
-            if shown:
-                end = times[shown[-1] + 1] if shown[-1] + 1 < len(times) else duration
-                events.append({"start_s": times[shown[0]], "end_s": end, "text": text})
-        return json.dumps({"caption": "A clip with something put into it.", "events": sorted(events, key=lambda e: e["start_s"])})
+    CAPTION = "A clip with something put into it."
 
 
 def _white(rgb: np.ndarray) -> bool:

@@ -1,5 +1,6 @@
 """Captioning: the answer grammar, strict parsing, event clean-up, and the real backends
-(tiny Qwen2-VL through transformers, and through a real OpenAI-compatible HTTP server)."""
+(tiny Qwen2-VL and a Qwen2.5-VL with a trained 32k BPE through transformers, and through a real
+OpenAI-compatible HTTP server)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,11 @@ import pytest
 import regex
 
 from vidcurate.schemas.tables import FAILED, KEPT
-from vidcurate.stages.answer import InvalidAnswer, answer_regex, clean_events, parse_answer
+from vidcurate.stages.answer import InvalidAnswer, answer_regex, clean_events, parse_answer, time_choices
 from vidcurate.stages.caption import CaptionConfig, OpenAIEndpoint, build_prompt, caption_clips, decode_clips, make_captioner
 from vidcurate.stages.captioners import OpenAICaptioner
 from vidcurate.stages.media import unpack_frames
-from vidcurate.stages.models import tiny_vlm
+from vidcurate.stages.models import bpe_qwen25vl, tiny_vlm
 
 CFG = CaptionConfig(frames=4, frame_height=112, max_events=3, max_tokens=1024, temperature=1.0)
 
@@ -94,13 +95,17 @@ def test_tiny_model_under_the_grammar_gives_valid_deterministic_captions(clips, 
     assert caption_clips(clips, tiny, CFG) == rows  # seeded per clip: a re-run asks and answers the same
 
 
-@pytest.mark.parametrize("structured, temperature", [("on", 0.0), ("off", 0.0), ("on", 1.0), ("off", 1.0)])
-def test_batched_generation_answers_as_one_prompt_at_a_time(clips, structured, temperature):
+@pytest.mark.parametrize(
+    "vocabulary, structured, temperature",
+    [("bytes", "on", 0.0), ("bytes", "off", 0.0), ("bytes", "on", 1.0), ("bytes", "off", 1.0), ("bpe", "on", 0.0), ("bpe", "on", 1.0)],
+)
+def test_batched_generation_answers_as_one_prompt_at_a_time(clips, vocabulary, structured, temperature):
     """Left-padded batches (prompts of different lengths) give each clip the answer it gets
     alone, greedy or sampled (each sampled row draws from its own seeded generator), also where
     a row ends long before the others (its own token limit), which the grammar and the sampler
     then skip."""
-    cfg = CFG.model_copy(update={"temperature": temperature, "structured": structured, "max_tokens": 64})
+    model = str(bpe_qwen25vl()) if vocabulary == "bpe" else None
+    cfg = CFG.model_copy(update={"model": model, "temperature": temperature, "structured": structured, "max_tokens": 64})
     decoded = decode_clips(clips, cfg)
     prompts = [  # 2, 3 and 4 frames: prompts of different lengths, so the batch is padded
         build_prompt(c["clip_id"], list(unpack_frames(c["frames"]))[: 2 + k], c["frame_times"][: 2 + k], c["end_s"] - c["start_s"], cfg, 0)
@@ -112,6 +117,28 @@ def test_batched_generation_answers_as_one_prompt_at_a_time(clips, structured, t
     captioner.batch_size = 3
     assert captioner.generate(prompts) == alone
     assert len(set(alone)) == 3
+
+
+@pytest.fixture(scope="module")
+def bpe():
+    return make_captioner(CFG.model_copy(update={"model": str(bpe_qwen25vl())}))
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_a_real_sized_vocabulary_answers_in_the_grammar_on_the_first_attempt(clips, bpe, temperature):
+    """A Qwen2.5-VL with a 32k BPE vocabulary (multi-character tokens, an output layer wider than
+    the tokenizer) under the default `structured: auto`, three clips in one batch: every answer
+    parses on the first attempt, with every event time one of the sampled frames' or the clip's end."""
+    cfg = CFG.model_copy(update={"model": str(bpe_qwen25vl()), "temperature": temperature})
+    rows = caption_clips(clips, bpe, cfg)
+    assert [(r["status"], r["attempts"]) for r in rows] == [(KEPT, 1)] * 3
+    _check_events(rows, clips)
+    for row, clip in zip(rows, clips):
+        choices = set(time_choices(row["frame_times"], clip["end_s"] - clip["start_s"]))
+        events = json.loads(row["raw_answer"])["events"]
+        assert {f"{e[side]:.2f}" for e in events for side in ("start_s", "end_s")} <= choices
+        assert row["raw_answer"].startswith('{"caption": "')  # the grammar's own spelling, no fence or prose
+    assert any(json.loads(r["raw_answer"])["events"] for r in rows)  # the times above were checked
 
 
 @pytest.mark.parametrize(

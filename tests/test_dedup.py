@@ -206,7 +206,7 @@ def test_knn_range_search_used_on_gpus_equals_exact_range_search(k, monkeypatch)
     index = faiss.IndexFlatIP(D)
     index.add(emb)
     monkeypatch.setattr(dedup, "QUERY_BLOCK", 37)  # several query blocks, offsets included
-    emulated = dedup.knn_range_pairs(emb, 0.95, index, index, k)
+    emulated = dedup.upper(dedup.knn_range_links(emb, 0.95, index, index, k))
     exact = dedup.flat_pairs(emb, 0.95)
     assert len(exact[0]) == 20 * 15  # every pair inside each group of 6
     as_dict = lambda links: dict(zip(map(tuple, links[0].tolist()), np.round(links[1], 5).tolist()))  # noqa: E731

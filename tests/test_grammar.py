@@ -1,70 +1,94 @@
-"""stages.grammar: the character automaton answers as the regex engine does, on the answer
-grammar and on every construct it claims to support."""
+"""stages.grammar: llguidance allows exactly the tokens the answer regex allows, at the tiny
+profile's byte vocabulary and at a trained 32k BPE, and a grammar it cannot build stops start-up."""
 
 from __future__ import annotations
 
 import random
 
+import numpy as np
 import pytest
 import regex
+from transformers import AutoTokenizer, ByT5Tokenizer
 
+from vidcurate.pipelines.config import load_config
+from vidcurate.pipelines.doctor import diagnose
 from vidcurate.stages.answer import answer_regex
-from vidcurate.stages.grammar import CharAutomaton, Pieces
+from vidcurate.stages.caption import CaptionConfig, make_captioner
+from vidcurate.stages.grammar import AnswerGrammar, GrammarError
+from vidcurate.stages.models import CHAT_TEMPLATE, _build_vlm, _SPECIAL, bpe_qwen25vl, tiny_qwen2vl
 
-VALID = '{"caption": "A dog runs.", "events": [{"start_s": 0.00, "end_s": 1.25, "text": "runs"}, {"start_s": 1.25, "end_s": 5.00, "text": "sits (still)"}]}'
-ALPHABET = list('{}[]":, .0123456789abcstxyz()-\n_') + ["é"]
+TIMES, DURATION = [0.0, 1.25, 2.5], 5.0
 
 
-def _texts(seed: int, valid: str, count: int) -> list[str]:
-    """Every prefix of a valid string, and as many random edits of its prefixes."""
-    rng = random.Random(seed)
-    texts = [valid[:k] for k in range(len(valid) + 1)]
-    for _ in range(count):
-        text = list(valid[: rng.randrange(len(valid) + 1)])
-        for _ in range(rng.randrange(1, 4)):
-            at = rng.randrange(len(text) + 1)
-            if text and rng.random() < 0.5:
-                text[min(at, len(text) - 1)] = rng.choice(ALPHABET)
+@pytest.mark.parametrize("checkpoint", [tiny_qwen2vl, bpe_qwen25vl], ids=["bytes", "bpe32k"])
+def test_masks_hold_exactly_the_tokens_the_regex_engine_allows(checkpoint):
+    """Random walks through the answer grammar (texts of at most 20 characters, so the walks meet
+    every text's length limit, where multi-character tokens straddle a field's end). Where the
+    model has a choice, the mask is the set of tokens whose text keeps a match of the regex
+    possible, plus the stop tokens once the answer is complete, and nothing in the output layer's
+    padding. Where the grammar forces the next characters (the JSON keys), llguidance allows only
+    their canonical tokenization (`caption`, not `c` + `aption`): a subset, never a token outside
+    the grammar. A byte vocabulary has one tokenization, so there the mask is exact at every step:
+    what the character automaton before llguidance allowed (tested against the same regex
+    engine), so the tiny profile's answers are unchanged."""
+    import llguidance.numpy
+
+    model = str(checkpoint())
+    grammar, tokenizer = AnswerGrammar.from_checkpoint(model), AutoTokenizer.from_pretrained(model)
+    special, stops = set(tokenizer.all_special_ids), set(grammar.stop_ids)
+    texts = {i: tokenizer.decode([i]) for i in range(len(tokenizer)) if i not in special}
+    pattern = answer_regex(TIMES, DURATION, max_events=2, max_chars=20)
+    compiled = regex.compile(pattern)
+    bitmask, rng, choices, forced_steps = np.zeros((1, (grammar.vocab_rows + 31) // 32), dtype=np.int32), random.Random(0), 0, 0
+    for _ in range(4):
+        matcher, text = grammar.matcher(pattern), ""
+        while not matcher.is_stopped():
+            forced = matcher.compute_ff_bytes().decode()
+            llguidance.numpy.fill_next_token_bitmask(matcher, bitmask, 0)
+            allowed = set(np.flatnonzero(np.unpackbits(bitmask.view(np.uint8), count=grammar.vocab_rows, bitorder="little")).tolist())
+            expected = {i for i, t in texts.items() if t and compiled.fullmatch(text + t, partial=True)}
+            expected |= stops if compiled.fullmatch(text) else set()
+            if forced and checkpoint is bpe_qwen25vl:
+                assert allowed and allowed <= expected, text
+                assert all(forced.startswith(texts[i]) or texts[i].startswith(forced) for i in allowed), text
+                forced_steps += 1
             else:
-                text.insert(at, rng.choice(ALPHABET))
-        texts.append("".join(text))
-    return texts
+                assert allowed == expected, text
+                choices += 1
+            token = rng.choice(sorted(allowed))
+            assert matcher.consume_token(token)
+            text += texts.get(token, "")
+        assert compiled.fullmatch(text)
+    assert choices > 40 and (forced_steps > 10 or checkpoint is tiny_qwen2vl)
 
 
-def _agrees(pattern: str, texts: list[str]) -> None:
-    automaton, compiled = CharAutomaton(pattern), regex.compile(pattern)
-    for text in texts:
-        state = automaton.walk(automaton.start, text)
-        assert bool(state) == bool(compiled.fullmatch(text, partial=True)), (pattern, text)
-        assert automaton.accepts(state) == bool(compiled.fullmatch(text)), (pattern, text)
+def test_a_regex_the_engine_cannot_build_is_a_grammar_error():
+    with pytest.raises(GrammarError, match="cannot build the answer grammar") as error:
+        AnswerGrammar.from_checkpoint(str(tiny_qwen2vl())).matcher("(a|b")
+    assert "caption.structured: off" in str(error.value)
 
 
-def test_answer_grammar_walks_as_the_regex_engine_matches():
-    _agrees(answer_regex([0.0, 1.25, 2.5], 5.0, max_events=2, max_chars=12), _texts(0, VALID, 3000))
+@pytest.fixture(scope="module")
+def byt5_model(tmp_path_factory):
+    """A Qwen2-VL whose tokenizer is ByT5's (a pure-Python tokenizer, which llguidance cannot read),
+    saved like any checkpoint: a model the engine cannot build a grammar for."""
+    tokenizer = ByT5Tokenizer()
+    tokenizer.add_special_tokens({"additional_special_tokens": _SPECIAL})
+    tokenizer.eos_token = "<|im_end|>"
+    path = tmp_path_factory.mktemp("byt5") / "byt5-qwen2-vl"
+    _build_vlm("qwen2_vl", tokenizer, CHAT_TEMPLATE, len(tokenizer), ["<|im_end|>"], path)
+    return path
 
 
-@pytest.mark.parametrize(
-    "pattern, valid",
-    [
-        (r"a{2,4}b?(cd|ce)+\d\w\s.", "aaabcdce7_ x"),
-        (r"[^ab]{0,3}x*[a-c-]", "zzxxx-"),
-        (r"(ab){1,3}?(a|ab)(c|bcd)[A-Z]{2}", "abababcdQR"),
-    ],
-)
-def test_constructs_walk_as_the_regex_engine_matches(pattern, valid):
-    _agrees(pattern, _texts(1, valid, 500))
+def test_a_model_the_engine_cannot_read_stops_start_up_and_doctor_says_so(byt5_model, tmp_path):
+    cfg = CaptionConfig(model=str(byt5_model))
+    with pytest.raises(GrammarError, match="llguidance cannot read .*ByT5Tokenizer"):
+        make_captioner(cfg)
+    assert make_captioner(cfg.model_copy(update={"structured": "off"})).grammar is None  # free text only when asked
 
-
-def test_allowed_tokens_are_those_that_keep_a_match_possible():
-    pieces = [(0, "a"), (1, "b"), (2, "ab"), (3, "ba"), (4, "c"), (5, "")]
-    automaton = CharAutomaton(r"a(b|c)a?")
-    for text in ["", "a", "ab", "aba", "x"]:
-        state = automaton.walk(automaton.start, text)
-        expected = [i for i, p in pieces if p and regex.fullmatch(r"a(b|c)a?", text + p, partial=True)]
-        assert automaton.allowed(state, Pieces(pieces)) == expected, text
-
-
-@pytest.mark.parametrize("pattern", [r"^a", r"(a)\1", r"a(?=b)", r"(?i)a"])
-def test_unsupported_constructs_raise(pattern):
-    with pytest.raises(ValueError):
-        CharAutomaton(pattern)
+    base = load_config("pipelines/configs/sample.yaml", run_dir=str(tmp_path / "run"))
+    findings = {f.check: f for f in diagnose(base.model_copy(update={"caption": cfg}))}
+    assert not findings["caption grammar"].ok and "ByT5Tokenizer" in findings["caption grammar"].detail
+    assert "caption.structured: off" in findings["caption grammar"].fix
+    ready = {f.check: f for f in diagnose(base)}["caption grammar"]
+    assert ready.ok and "llguidance builds the answer grammar" in ready.detail

@@ -259,6 +259,17 @@ def test_the_mix_keeps_each_tasks_share_and_caps_it():
     assert all(Counter(it["task"] for it in _items(ground_clip(clip_row(k), capped)))["multiple_choice"] == 1 for k in keys[:10])
 
 
+def test_the_items_do_not_depend_on_the_order_the_config_lists_the_tasks():
+    """A config read back from JSON (an increment's, a flow's) lists `ground.tasks` sorted: the
+    items, their caps and their phrasing must not change with it (once they did: a scheduled
+    increment shipped other items than a run in one piece)."""
+    weights = {task: 1.0 for task in TASKS}
+    forward, backward = (_cfg(tasks=dict(order), max_items={"multiple_choice": 1, "multi_format_temporal_grounding": 1})
+                         for order in (weights.items(), reversed(weights.items())))  # fmt: skip
+    for key in ("ab_000000000_000008000", "ab_000002000_000010000"):
+        assert _items(ground_clip(clip_row(key), forward)) == _items(ground_clip(clip_row(key), backward))
+
+
 def test_negatives_come_from_other_videos_unlike_this_one_at_the_rate():
     other = [clip_row(f"c{n}_000000000_000008000", events=[{"start_s": 1.0, "end_s": 2.0, "text": t}])
              for n, t in enumerate(["a red car drives away", "fireworks light the sky", "a dog sleeps indoors"])]
