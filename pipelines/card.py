@@ -54,7 +54,7 @@ def content_stats(dataset_dir: Path, tables: dict[str, pa.Table], cfg: PipelineC
         "scores": {name: _spread(v) for name, v in sorted(_scores(clips).items())},
         "rejections": _rejections(tables),
         "duplicates": _duplicates(tables.get("dedup")),
-        "decontamination": _decontamination(tables.get("decontam"), cfg),
+        "decontamination": _decontamination(tables.get("decontam"), cfg, windows),
         "speech": _speech(clips),
     }
 
@@ -186,9 +186,10 @@ def _duplicates(table: pa.Table | None) -> dict[str, dict[str, dict]]:
 DECIDED_BY = {"bytes": "same bytes", "hamming": "pHash Hamming bits", "cosine": "embedding cosine"}
 
 
-def _decontamination(table: pa.Table | None, cfg: PipelineConfig) -> dict:
-    """The eval sets decontam checked (videos, questions), the clips and QA items each took out,
-    what decided the clips, and the thresholds; empty where decontam did not run."""
+def _decontamination(table: pa.Table | None, cfg: PipelineConfig, windows: list[dict]) -> dict:
+    """The eval sets decontam checked (videos, questions), the clips and QA items each took out
+    (the clips' in decontam's table, the shipped windows' in their samples), what decided the
+    clips, and the thresholds; empty where decontam did not run."""
     if table is None:
         return {}
     from vidcurate.stages.decontam import summary
@@ -201,6 +202,9 @@ def _decontamination(table: pa.Table | None, cfg: PipelineConfig) -> dict:
             sets[row["eval_set"]]["clips_removed"] += 1
             decided_by[row["match_measure"]] += 1
         for name, items in json.loads(row["qa_dropped"] or "{}").items():
+            sets[name]["items_removed"] += items
+    for window in windows:
+        for name, items in window.get("grounding", {}).get("decontaminated", {}).items():
             sets[name]["items_removed"] += items
     thresholds = settings.model_dump(include={"frames", "min_frames", "max_hamming", "near_cosine", "phash_fps", "crops", "window_s", "ngram"})
     return {"sets": list(sets.values()), "decided_by": dict(sorted(decided_by.items())), "thresholds": thresholds}

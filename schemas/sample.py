@@ -234,7 +234,15 @@ DOCUMENT = {
 }
 _GROUNDING = {
     **_GROUNDING_1_3,
-    "properties": {**_GROUNDING_1_3["properties"], "interleaved": {"type": "array", "items": DOCUMENT}},
+    "properties": {
+        **_GROUNDING_1_3["properties"],
+        "interleaved": {"type": "array", "items": DOCUMENT},
+        "decontaminated": {
+            "type": "object",
+            "additionalProperties": {"type": "integer", "minimum": 1},
+            "description": "items decontam left out, by eval set: their question shares decontam.ngram words in a row with one of the set's",
+        },
+    },
 }
 SAMPLE_SCHEMA = _sample_schema(SCHEMA_VERSION, _EVENT, QA_ITEM, _GROUNDING)
 SAMPLE_SCHEMA_1_3 = _sample_schema("1.3.0", _EVENT, QA_ITEM, _GROUNDING_1_3)
@@ -280,7 +288,9 @@ def build_sample(clip: dict, video: dict, stages: list[str] | tuple[str, ...] = 
             "frame_times": clip["frame_times"],
         }
     if clip.get("qa") is not None:
-        sample["grounding"] = _grounding(json.loads(clip["qa"]), json.loads(clip["interleaved"]), json.loads(clip.get("dropped") or "{}"))
+        sample["grounding"] = _grounding(
+            json.loads(clip["qa"]), json.loads(clip["interleaved"]), json.loads(clip.get("dropped") or "{}"), json.loads(clip.get("qa_dropped") or "{}")
+        )
     if clip.get("scores") is not None:
         sample["scores"] = json.loads(clip["scores"])
     if clip.get("speech") is not None:
@@ -310,15 +320,17 @@ def build_window_sample(window: dict, media: dict, video: dict, stages: list[str
             "source": {k: video[k] for k in SOURCE_FIELDS},
         },
         "caption": {"text": window["caption"], "events": window["events"], "model": window["model"], "frame_times": []},
-        "grounding": _grounding(window["qa"], window.get("interleaved") or [], window.get("dropped") or {}),
+        "grounding": _grounding(window["qa"], window.get("interleaved") or [], window.get("dropped") or {}, window.get("qa_dropped") or {}),
         "ledger": [{"stage": stage, "status": "kept"} for stage in stages],
     }
+    if window.get("speech") is not None:
+        sample["speech"] = window["speech"]
     validate_sample(sample)
     return sample
 
 
-def _grounding(qa: list[dict], interleaved: list, dropped: dict[str, int]) -> dict:
-    return {"qa": qa, "interleaved": interleaved, **({"dropped": dropped} if dropped else {})}
+def _grounding(qa: list[dict], interleaved: list, dropped: dict[str, int], decontaminated: dict[str, int]) -> dict:
+    return {"qa": qa, "interleaved": interleaved, **({"dropped": dropped} if dropped else {}), **({"decontaminated": decontaminated} if decontaminated else {})}
 
 
 def validate_sample(sample: dict) -> None:

@@ -630,6 +630,28 @@ def _window(video_id: str, run: list[dict], cfg: GroundConfig) -> dict:
         "model": run[0]["model"],
         "qa": items,
         "dropped": dropped,
+        "speech": window_speech(run),
+    }
+
+
+def window_speech(run: list[dict]) -> dict | None:
+    """What is said in a window: its clips' transcripts in order on the window's clock (its audio
+    is theirs, end to end); None where the speech stage did not hear them."""
+    heard = [json.loads(clip["speech"]) if clip.get("speech") else None for clip in run]
+    if any(h is None for h in heard):
+        return None
+    start = run[0]["start_s"]
+    merged: dict = {"segments": [], "words": [], "voice_activity": []}
+    for clip, h in zip(run, heard):
+        offset = clip["start_s"] - start
+        for field_name in merged:
+            merged[field_name] += [{**x, "start_s": round(x["start_s"] + offset, 3), "end_s": round(x["end_s"] + offset, 3)} for x in h.get(field_name) or []]
+    languages = Counter(h["language"] for h in heard if not h["no_speech"] and h["language"])
+    return {
+        **merged,
+        "language": languages.most_common(1)[0][0] if languages else None,
+        "no_speech": all(h["no_speech"] for h in heard),
+        "model": heard[0]["model"],
     }
 
 

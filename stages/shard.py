@@ -33,6 +33,7 @@ from vidcurate.schemas.readers import INDEX
 from vidcurate.schemas.sample import SIDECAR, build_sample, build_window_sample, sidecar_row
 from vidcurate.schemas.tables import FAILED, KEPT, SHARDED
 from vidcurate.stages.contract import Stage, SubRun
+from vidcurate.stages.decontam import eval_ngrams, without_eval_questions
 from vidcurate.stages.documents import in_context_documents, window_document
 from vidcurate.stages.failures import failed, local_io_error
 from vidcurate.stages.frame_store import FrameNeed, read_frames
@@ -189,6 +190,8 @@ def _ship_windows(shipped: list[dict], videos: dict, dataset: Path, stages: list
     """Window samples over contiguous shipped clips, each with its own media cut from its clips;
     a window that cannot be cut gets a failed row with its reason (a full disk: transient)."""
     video_windows = windows(shipped, ctx.sections["ground"])
+    if "decontam" in stages:
+        video_windows = decontaminated(video_windows, ctx.sections["decontam"])
     clip_uri = {c["clip_id"]: c["clip_uri"] for c in shipped}
     jobs = [
         {
@@ -216,6 +219,17 @@ def _ship_windows(shipped: list[dict], videos: dict, dataset: Path, stages: list
     return rows + failures, manifest
 
 
+def decontaminated(video_windows: list[dict], decontam) -> list[dict]:
+    """Windows less the QA items whose question decontam drops from a clip's (an n-gram of an
+    eval set's questions), counted by set: a window's items are made here, after decontam ran."""
+    sets = eval_ngrams(decontam)
+    out = []
+    for w in video_windows:
+        qa, dropped = without_eval_questions(json.dumps(w["qa"]), sets, decontam.ngram)
+        out.append({**w, "qa": json.loads(qa), "qa_dropped": dropped} if dropped else w)
+    return out
+
+
 def sub_config(cfg: ShardConfig, sub: SubRun) -> ShardConfig:
     """A sub-run's shards are named apart (`<prefix>-<name>-000000.tar`); a partition publishes
     nothing itself (its corpus run does), an increment publishes under `<output>/<id>/`."""
@@ -228,7 +242,9 @@ SPEC = Stage(
     config_model=ShardConfig,
     table=SHARDED,
     always=True,
-    sections=("ground", "split", "dedup"),  # windows and documents: ground's settings, split's encoder settings, dedup's near duplicates
+    # windows and documents: ground's settings, split's encoder settings, dedup's near duplicates,
+    # decontam's eval questions (a window's QA items are made here)
+    sections=("ground", "split", "dedup", "decontam"),
     unhashed=("license",),  # the card only, which every run writes again
     reasons={
         "write": (FAILED, "the sample could not be written into a shard"),
