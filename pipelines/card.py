@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -73,20 +74,29 @@ def _speech(clips: list[dict]) -> dict:
     }
 
 
+@lru_cache(maxsize=1)
+def _text_tokenizer():
+    """CLIP's BPE (its vocabulary ships inside open_clip): the tokens a document's text counts."""
+    from open_clip.tokenizer import SimpleTokenizer
+
+    return SimpleTokenizer()
+
+
 def _documents(samples: list[dict]) -> dict[str, dict]:
-    """The interleaved documents shipped, by kind: how many, their images and words of text
-    (times rendered as exporters render them), and the (image, text) pairs the embed model
-    scored and those the alignment filter dropped."""
+    """The interleaved documents shipped, by kind: how many, their images and tokens of text
+    (CLIP's BPE, times rendered as exporters render them), and the (image, text) pairs the embed
+    model scored and those the alignment filter dropped."""
     found: dict[str, dict] = {}
     for meta in samples:
         for document in documents_of(meta):
-            entry = found.setdefault(document["kind"], {"documents": 0, "images": [], "words": [], "scored": 0, "dropped": 0})
+            entry = found.setdefault(document["kind"], {"documents": 0, "images": [], "tokens": [], "scored": 0, "dropped": 0})
             entry["documents"] += 1
             entry["images"].append(sum(part["type"] != "text" for part in document["parts"]))
-            entry["words"].append(sum(len(render(p["text"], p["spans"], WORDING).split()) for p in document["parts"] if p["type"] == "text"))
+            texts = [render(p["text"], p["spans"], WORDING) for p in document["parts"] if p["type"] == "text"]
+            entry["tokens"].append(sum(len(_text_tokenizer().encode(text)) for text in texts))
             entry["scored"] += document["pairs"]["scored"]
             entry["dropped"] += document["pairs"]["dropped"]
-    return {kind: {**e, "images": _spread(e["images"]), "words": _spread(e["words"])} for kind, e in sorted(found.items())}
+    return {kind: {**e, "images": _spread(e["images"]), "tokens": _spread(e["tokens"])} for kind, e in sorted(found.items())}
 
 
 def _qa(meta: dict) -> list[dict]:
@@ -368,8 +378,8 @@ DOCUMENT_KINDS = {
 
 
 def _document_lines(documents: dict[str, dict], cfg: PipelineConfig) -> list[str]:
-    """The interleaved documents section: documents, images and words per document by kind, and
-    what the alignment filter dropped."""
+    """The interleaved documents section: documents, images and tokens of text per document by
+    kind, and what the alignment filter dropped."""
     if not documents:
         return []
     spread = lambda d: f"{d['mean']} (median {d['p50']}, max {d['p100']})" if d["count"] else "-"  # noqa: E731
@@ -377,13 +387,13 @@ def _document_lines(documents: dict[str, dict], cfg: PipelineConfig) -> list[str
         "## Interleaved documents",
         "",
         "Documents in the samples' `grounding.interleaved` (`vidcurate export --format obelics | mmc4 | llava-interleave`); "
-        "words are those of the text with its times written out. Pairs: (image, text) pairs the embed model scored, and "
+        "tokens are CLIP's BPE tokens of the text with its times written out. Pairs: (image, text) pairs the embed model scored, and "
         f"those dropped because their similarity was under `ground.min_pair_similarity` ({cfg.ground.min_pair_similarity}):",
         "",
-        "| document | what it holds | documents | images per document | words per document | pairs scored | pairs dropped |",
+        "| document | what it holds | documents | images per document | tokens of text per document | pairs scored | pairs dropped |",
         "|---|---|---|---|---|---|---|",
         *[
-            f"| {kind} | {DOCUMENT_KINDS.get(kind, kind)} | {d['documents']} | {spread(d['images'])} | {spread(d['words'])} | {d['scored']} | {d['dropped']} |"
+            f"| {kind} | {DOCUMENT_KINDS.get(kind, kind)} | {d['documents']} | {spread(d['images'])} | {spread(d['tokens'])} | {d['scored']} | {d['dropped']} |"
             for kind, d in documents.items()
         ],
         "",

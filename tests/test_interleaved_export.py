@@ -91,16 +91,21 @@ def test_every_sample_ships_its_documents_naming_shipped_media(run):
     assert full >= stats["samples"] // 2
 
 
-def test_the_card_counts_documents_images_words_and_pairs(run):
+def test_the_card_counts_documents_images_tokens_and_pairs(run):
+    """Documents, images per document and tokens of text per document (CLIP's BPE, open_clip's
+    own tokenizer, over the text as exporters render it) by kind, and the pairs scored."""
+    from open_clip import get_tokenizer
+
+    tokenize = get_tokenizer("ViT-B-32")  # CLIP's BPE: start and end tokens, then padding
     dataset, _, samples = run
     written = json.loads((dataset / "stats.json").read_text())["content"]["documents"]
     card = (dataset / "README.md").read_text()
     for kind, counted in written.items():
         documents = [d for meta, _ in samples.values() for d in meta["grounding"]["interleaved"] if d["kind"] == kind]
         images = [sum(p["type"] != "text" for p in d["parts"]) for d in documents]
-        words = [sum(len(render(p["text"], p["spans"], "llava").split()) for p in d["parts"] if p["type"] == "text") for d in documents]
+        tokens = [sum(int((tokenize([render(p["text"], p["spans"], "llava")], context_length=4096)[0] > 0).sum()) - 2 for p in d["parts"] if p["type"] == "text") for d in documents]
         assert counted["documents"] == len(documents) and counted["images"]["mean"] == round(float(np.mean(images)), 4)
-        assert counted["words"]["p100"] == max(words) and counted["scored"] == sum(d["pairs"]["scored"] for d in documents)
+        assert counted["tokens"]["p100"] == max(tokens) and counted["tokens"]["mean"] == round(float(np.mean(tokens)), 4) and counted["scored"] == sum(d["pairs"]["scored"] for d in documents)
         assert re.search(rf"\| {kind} \| [^|]+ \| {len(documents)} \| {counted['images']['mean']} \(", card)
 
 
