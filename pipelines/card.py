@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,8 @@ import pyarrow.parquet as pq
 import yaml
 
 from vidcurate.pipelines.config import PipelineConfig
+from vidcurate.pipelines.export import render
+from vidcurate.pipelines.interleaved import WORDING, documents_of
 from vidcurate.pipelines.ledger import reason_code
 from vidcurate.schemas.sample import SCHEMA_VERSION
 
@@ -46,13 +49,13 @@ def content_stats(dataset_dir: Path, tables: dict[str, pa.Table], cfg: PipelineC
         "verification": _spread([q["verification"] for m in clips + windows for q in _qa(m) if q.get("verification") is not None]),
         "events_refined": _refined(clips),
         "events_per_clip": _spread([len(m["caption"]["events"]) for m in clips if "caption" in m]),
-        "interleaved_samples": sum(bool((m.get("grounding") or {}).get("interleaved")) for m in clips),
+        "documents": _documents(clips + windows),
         "window_samples": len(windows),
         "models": _models(clips, tables, cfg),
         "scores": {name: _spread(v) for name, v in sorted(_scores(clips).items())},
         "rejections": _rejections(tables),
         "duplicates": _duplicates(tables.get("dedup")),
-        "decontamination": _decontamination(tables.get("decontam"), cfg),
+        "decontamination": _decontamination(tables.get("decontam"), cfg, windows),
         "speech": _speech(clips),
     }
 
@@ -69,6 +72,31 @@ def _speech(clips: list[dict]) -> dict:
         "words": sum(len(spoken["words"]) for spoken in heard),
         "languages": dict(sorted(Counter(spoken["language"] for spoken in heard if spoken["language"]).items())),
     }
+
+
+@lru_cache(maxsize=1)
+def _text_tokenizer():
+    """CLIP's BPE (its vocabulary ships inside open_clip): the tokens a document's text counts."""
+    from open_clip.tokenizer import SimpleTokenizer
+
+    return SimpleTokenizer()
+
+
+def _documents(samples: list[dict]) -> dict[str, dict]:
+    """The interleaved documents shipped, by kind: how many, their images and tokens of text
+    (CLIP's BPE, times rendered as exporters render them), and the (image, text) pairs the embed
+    model scored and those the alignment filter dropped."""
+    found: dict[str, dict] = {}
+    for meta in samples:
+        for document in documents_of(meta):
+            entry = found.setdefault(document["kind"], {"documents": 0, "images": [], "tokens": [], "scored": 0, "dropped": 0})
+            entry["documents"] += 1
+            entry["images"].append(sum(part["type"] != "text" for part in document["parts"]))
+            texts = [render(p["text"], p["spans"], WORDING) for p in document["parts"] if p["type"] == "text"]
+            entry["tokens"].append(sum(len(_text_tokenizer().encode(text)) for text in texts))
+            entry["scored"] += document["pairs"]["scored"]
+            entry["dropped"] += document["pairs"]["dropped"]
+    return {kind: {**e, "images": _spread(e["images"]), "tokens": _spread(e["tokens"])} for kind, e in sorted(found.items())}
 
 
 def _qa(meta: dict) -> list[dict]:
@@ -168,9 +196,10 @@ def _duplicates(table: pa.Table | None) -> dict[str, dict[str, dict]]:
 DECIDED_BY = {"bytes": "same bytes", "hamming": "pHash Hamming bits", "cosine": "embedding cosine"}
 
 
-def _decontamination(table: pa.Table | None, cfg: PipelineConfig) -> dict:
-    """The eval sets decontam checked (videos, questions), the clips and QA items each took out,
-    what decided the clips, and the thresholds; empty where decontam did not run."""
+def _decontamination(table: pa.Table | None, cfg: PipelineConfig, windows: list[dict]) -> dict:
+    """The eval sets decontam checked (videos, questions), the clips and QA items each took out
+    (the clips' in decontam's table, the shipped windows' in their samples), what decided the
+    clips, and the thresholds; empty where decontam did not run."""
     if table is None:
         return {}
     from vidcurate.stages.decontam import summary
@@ -183,6 +212,9 @@ def _decontamination(table: pa.Table | None, cfg: PipelineConfig) -> dict:
             sets[row["eval_set"]]["clips_removed"] += 1
             decided_by[row["match_measure"]] += 1
         for name, items in json.loads(row["qa_dropped"] or "{}").items():
+            sets[name]["items_removed"] += items
+    for window in windows:
+        for name, items in window.get("grounding", {}).get("decontaminated", {}).items():
             sets[name]["items_removed"] += items
     thresholds = settings.model_dump(include={"frames", "min_frames", "max_hamming", "near_cosine", "phash_fps", "crops", "window_s", "ngram"})
     return {"sets": list(sets.values()), "decided_by": dict(sorted(decided_by.items())), "thresholds": thresholds}
@@ -281,10 +313,10 @@ def dataset_card(stats: dict, cfg: PipelineConfig) -> str:
         + (f", `f000.jpg`..`f{cfg.shard.keyframes - 1:03d}.jpg` (keyframes)" if cfg.shard.keyframes else ""),
         f"- inputs: {v['total']} videos, {v['kept']} kept, {v['rejected']} rejected, {v['failed']} failed; "
         f"clips: {c['total']}, {c['kept']} kept, {c['rejected']} rejected, {c['failed']} failed",
-        f"- interleaved frame/text documents: {content['interleaved_samples']} clip samples",
         f"- events per clip: {_spread_text(content['events_per_clip'])}",
         "",
         *_qa_lines(content, cfg),
+        *_document_lines(content["documents"], cfg),
         "## Models",
         "",
         "| stage | model | backend | profile | random weights |",
@@ -336,6 +368,36 @@ def dataset_card(stats: dict, cfg: PipelineConfig) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+DOCUMENT_KINDS = {
+    "events": "a clip's frames, each with its event's text and times",
+    "window": "a window's clips in order, each with its events' text and times",
+    "in_context": "a clip's nearest shipped clips as examples, then its own question",
+}
+
+
+def _document_lines(documents: dict[str, dict], cfg: PipelineConfig) -> list[str]:
+    """The interleaved documents section: documents, images and tokens of text per document by
+    kind, and what the alignment filter dropped."""
+    if not documents:
+        return []
+    spread = lambda d: f"{d['mean']} (median {d['p50']}, max {d['p100']})" if d["count"] else "-"  # noqa: E731
+    return [
+        "## Interleaved documents",
+        "",
+        "Documents in the samples' `grounding.interleaved` (`vidcurate export --format obelics | mmc4 | llava-interleave`); "
+        "tokens are CLIP's BPE tokens of the text with its times written out. Pairs: (image, text) pairs the embed model scored, and "
+        f"those dropped because their similarity was under `ground.min_pair_similarity` ({cfg.ground.min_pair_similarity}):",
+        "",
+        "| document | what it holds | documents | images per document | tokens of text per document | pairs scored | pairs dropped |",
+        "|---|---|---|---|---|---|---|",
+        *[
+            f"| {kind} | {DOCUMENT_KINDS.get(kind, kind)} | {d['documents']} | {spread(d['images'])} | {spread(d['tokens'])} | {d['scored']} | {d['dropped']} |"
+            for kind, d in documents.items()
+        ],
+        "",
+    ]
 
 
 def _speech_lines(speech: dict) -> list[str]:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from vidcurate.pipelines.config import load_config
 from vidcurate.pipelines.export import FORMATS
+from vidcurate.pipelines.interleaved import FORMATS as INTERLEAVED_FORMATS
 from vidcurate.schemas.untrusted import Limits
 from vidcurate.stages.registry import STAGES
 
@@ -145,8 +146,15 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from vidcurate.pipelines.export import export
+    from vidcurate.pipelines.interleaved import export_documents
 
-    print(json.dumps(export(args.source, args.format, args.out, absolute_media=args.absolute_media, limits=_limits(args), turns=args.turns), indent=2))
+    if args.format in INTERLEAVED_FORMATS:
+        if args.turns != 1 or args.absolute_media:
+            raise ValueError(f"{args.format}: --turns and --absolute-media are for the QA formats ({', '.join(FORMATS)})")
+        summary = export_documents(args.source, args.format, args.out, limits=_limits(args))
+    else:
+        summary = export(args.source, args.format, args.out, absolute_media=args.absolute_media, limits=_limits(args), turns=args.turns)
+    print(json.dumps(summary, indent=2))
     return 0
 
 
@@ -233,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     audit.set_defaults(func=cmd_audit)
     export = sub.add_parser("export", help="write a trainer's JSON (+ media of every clip and window) from shards")
     export.add_argument("source", help="shards: a dataset folder or URL (the run's shard/dataset)")
-    export.add_argument("--format", required=True, choices=FORMATS)
+    export.add_argument("--format", required=True, choices=FORMATS + INTERLEAVED_FORMATS, help="a trainer's QA format, or an interleaved one (documents)")
     export.add_argument("--out", required=True, help="folder for <format>.json and media/ (the trainer's media root)")
     export.add_argument("--absolute-media", action="store_true", help="name media by absolute path instead of relative to the JSON")
     export.add_argument(

@@ -7,6 +7,8 @@ the export folder is all it needs. Trainers decode the whole file, and every spa
 that file. QA text stores times as `{spanK}`, `{startK}`, `{endK}` placeholders over numeric
 spans; each format renders them in its trainer's own wording (`TRAINERS`), and `parse_times` /
 `parse_moments` read them back. docs/training.md names the loader file and function each follows.
+The interleaved formats (OBELICS, MMC4, LLaVA-Interleave) export the samples' documents instead:
+`pipelines/interleaved.py`.
 
 A record holds one QA item, as TimeIT and TimePro ship them; `turns` > 1 joins items of a sample
 into multi-turn records only where no answer can be read from an earlier turn (`leaks`, which
@@ -240,7 +242,7 @@ def export(location: str, fmt: str, out_dir: str | Path, absolute_media: bool = 
     media whose path would resolve outside `<out>/media` are not written; the summary counts
     them by reason (`skipped`), and each is logged."""
     if fmt not in TRAINERS:
-        raise ValueError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
+        raise ValueError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)} (interleaved documents: pipelines.interleaved)")
     if turns < 1:
         raise ValueError(f"turns: at least 1 QA item a record, got {turns}")
     out = Path(out_dir).resolve()

@@ -14,7 +14,7 @@ import re
 import jsonschema
 import pyarrow as pa
 
-SCHEMA_VERSION = "1.3.0"  # 1.1: optional caption, grounding and scores; 1.2: kind, window samples; 1.3: TimePro's tasks, null verification, refined events
+SCHEMA_VERSION = "1.4.0"  # 1.1: optional caption, grounding and scores; 1.2: kind, window samples; 1.3: TimePro's tasks, null verification, refined events; 1.4: interleaved documents
 TASKS = (  # the `task` of a QA item: TimePro's nine (TimeSuite / VideoChat-T), then the project's own
     "temporal_video_grounding",
     "dense_video_captioning",
@@ -28,13 +28,14 @@ TASKS = (  # the `task` of a QA item: TimePro's nine (TimeSuite / VideoChat-T), 
     "temporal_ordering",
     "multiple_choice",
 )
-LEGACY_TASKS = {  # 1.2.0's task names -> 1.3.0's (readers of old shards map them)
+LEGACY_TASKS = {  # 1.2.0's task names -> 1.3.0's and later (readers of old shards map them)
     "temporal_grounding": "temporal_video_grounding",
     "moment_localisation": "temporal_video_grounding",
     "dense_captioning": "dense_video_captioning",
     "summarisation": "video_summarization",
     "grounded_caption": "multi_format_temporal_grounding",
 }
+KEY_PATTERN = r"^[0-9a-f]+_w?\d+_\d+$"  # a sample key: <video_id>_<start_ms>_<end_ms>, windows <video_id>_w<start_ms>_<end_ms>
 # How QA text names its times: {spanK} a span, {startK} / {endK} one of its ends (K: the item's span index)
 TIME_REF = re.compile(r"\{(span|start|end)(\d+)\}")
 
@@ -103,7 +104,7 @@ def _sample_schema(version: str, event: dict, qa_item: dict, grounding: dict) ->
         "properties": {
             "schema_version": {"const": version},
             "kind": {"enum": ["clip", "window"]},
-            "clip_id": {"type": "string", "pattern": r"^[0-9a-f]+_w?\d+_\d+$", "description": "the sample key"},
+            "clip_id": {"type": "string", "pattern": KEY_PATTERN, "description": "the sample key"},
             "clips": {
                 "type": "array",
                 "description": "windows: the clip samples a window is made of, with their start in the window",
@@ -165,11 +166,11 @@ _GROUNDING_1_2 = {
     "required": ["qa", "interleaved"],
     "properties": {"qa": {"type": "array", "items": QA_ITEM_1_2}, "interleaved": {"type": "array"}},
 }
-_GROUNDING = {
+_GROUNDING_1_3 = {
     **_GROUNDING_1_2,
     "properties": {
         "qa": {"type": "array", "items": QA_ITEM},
-        "interleaved": {"type": "array"},
+        "interleaved": {"type": "array", "description": "frame ({type: frame, t}) and text parts of the clip, in time order"},
         "dropped": {
             "type": "object",
             "additionalProperties": {"type": "integer", "minimum": 1},
@@ -177,10 +178,78 @@ _GROUNDING = {
         },
     },
 }
+# 1.4: interleaved documents. Media are named by sample key, never copied: an image part is the frame
+# at `t` of that sample's mp4; a video part is that whole mp4 (its `t`: the keyframe that stands
+# for it where a consumer takes images). Text names its times as QA text does ({spanK}, ...).
+_KEY = {"type": "string", "pattern": KEY_PATTERN, "maxLength": 128}
+_SIMILARITY = {"type": ["number", "null"], "minimum": -1, "maximum": 1}
+MEDIA_PART = {
+    "type": "object",
+    "required": ["type", "key", "t", "similarity"],
+    "additionalProperties": False,
+    "properties": {
+        "type": {"enum": ["image", "video"]},
+        "key": _KEY,
+        "t": {"type": "number", "minimum": 0, "maximum": 86400},
+        "similarity": {**_SIMILARITY, "description": "the embed model's cosine between this frame and the text after it (null: embed did not run)"},
+    },
+}
+TEXT_PART = {
+    "type": "object",
+    "required": ["type", "text", "spans"],
+    "additionalProperties": False,
+    "properties": {
+        "type": {"const": "text"},
+        "text": {"type": "string", "minLength": 1},
+        "spans": QA_ITEM_1_2["properties"]["spans"],
+        "role": {"enum": ["question", "answer"], "description": "in-context examples: what a conversation asks and answers"},
+    },
+}
+_COUNT = {"type": "integer", "minimum": 0}
+DOCUMENT = {
+    "type": "object",
+    "required": ["kind", "parts", "pairs"],
+    "additionalProperties": False,
+    "properties": {
+        "kind": {"enum": ["events", "window", "in_context"]},
+        "parts": {"type": "array", "items": {"oneOf": [MEDIA_PART, TEXT_PART]}},
+        "pairs": {
+            "type": "object",
+            "required": ["scored", "dropped"],
+            "properties": {"scored": _COUNT, "dropped": _COUNT},
+            "description": "(media, text) pairs the embed model scored, and those dropped under ground.min_pair_similarity",
+        },
+        "similarity_matrix": {
+            "type": "array",
+            "items": {"type": "array", "items": {"type": "number", "minimum": -1, "maximum": 1}},
+            "description": "the cosine of every media part (rows) with every text part (columns), in order (MMC4's); absent where any is unknown",
+        },
+        "neighbours": {
+            "type": "array",
+            "items": {"type": "object", "required": ["key", "similarity"], "properties": {"key": _KEY, "similarity": {"type": "number"}}},
+            "description": "in_context: the shipped clips shown as examples, nearest first, with their embedding cosine",
+        },
+        "item": {**_COUNT, "description": "in_context: the sample's own QA item whose question closes the document"},
+    },
+}
+_GROUNDING = {
+    **_GROUNDING_1_3,
+    "properties": {
+        **_GROUNDING_1_3["properties"],
+        "interleaved": {"type": "array", "items": DOCUMENT},
+        "decontaminated": {
+            "type": "object",
+            "additionalProperties": {"type": "integer", "minimum": 1},
+            "description": "items decontam left out, by eval set: their question shares decontam.ngram words in a row with one of the set's",
+        },
+    },
+}
 SAMPLE_SCHEMA = _sample_schema(SCHEMA_VERSION, _EVENT, QA_ITEM, _GROUNDING)
+SAMPLE_SCHEMA_1_3 = _sample_schema("1.3.0", _EVENT, QA_ITEM, _GROUNDING_1_3)
 SAMPLE_SCHEMA_1_2 = _sample_schema("1.2.0", _EVENT_1_2, QA_ITEM_1_2, _GROUNDING_1_2)
 
 _VALIDATOR = jsonschema.Draft202012Validator(SAMPLE_SCHEMA)
+_VALIDATOR_1_3 = jsonschema.Draft202012Validator(SAMPLE_SCHEMA_1_3)
 _VALIDATOR_1_2 = jsonschema.Draft202012Validator(SAMPLE_SCHEMA_1_2)
 
 SOURCE_FIELDS = ("duration_s", "fps", "width", "height", "codec", "container", "rotation")
@@ -219,7 +288,9 @@ def build_sample(clip: dict, video: dict, stages: list[str] | tuple[str, ...] = 
             "frame_times": clip["frame_times"],
         }
     if clip.get("qa") is not None:
-        sample["grounding"] = _grounding(json.loads(clip["qa"]), json.loads(clip["interleaved"]), json.loads(clip.get("dropped") or "{}"))
+        sample["grounding"] = _grounding(
+            json.loads(clip["qa"]), json.loads(clip["interleaved"]), json.loads(clip.get("dropped") or "{}"), json.loads(clip.get("qa_dropped") or "{}")
+        )
     if clip.get("scores") is not None:
         sample["scores"] = json.loads(clip["scores"])
     if clip.get("speech") is not None:
@@ -249,21 +320,47 @@ def build_window_sample(window: dict, media: dict, video: dict, stages: list[str
             "source": {k: video[k] for k in SOURCE_FIELDS},
         },
         "caption": {"text": window["caption"], "events": window["events"], "model": window["model"], "frame_times": []},
-        "grounding": _grounding(window["qa"], [], window.get("dropped") or {}),
+        "grounding": _grounding(window["qa"], window.get("interleaved") or [], window.get("dropped") or {}, window.get("qa_dropped") or {}),
         "ledger": [{"stage": stage, "status": "kept"} for stage in stages],
     }
+    if window.get("speech") is not None:
+        sample["speech"] = window["speech"]
     validate_sample(sample)
     return sample
 
 
-def _grounding(qa: list[dict], interleaved: list, dropped: dict[str, int]) -> dict:
-    return {"qa": qa, "interleaved": interleaved, **({"dropped": dropped} if dropped else {})}
+def _grounding(qa: list[dict], interleaved: list, dropped: dict[str, int], decontaminated: dict[str, int]) -> dict:
+    return {"qa": qa, "interleaved": interleaved, **({"dropped": dropped} if dropped else {}), **({"decontaminated": decontaminated} if decontaminated else {})}
 
 
 def validate_sample(sample: dict) -> None:
     """Raise ValueError naming the first violation, for writers and for readers of old shards:
-    the schema, and that QA text names only spans its item has and events the sample has."""
+    the schema, that QA text names only spans its item has and events the sample has, and that
+    every document's text names only its own spans, its similarity matrix has a row per media
+    part and a column per text part, and an in-context document closes with an item the sample has."""
     _validate(_VALIDATOR, sample, SCHEMA_VERSION)
+    _check_items(sample)
+    qa = len((sample.get("grounding") or {}).get("qa", []))
+    for d, document in enumerate((sample.get("grounding") or {}).get("interleaved", [])):
+        where = f"sample {sample.get('clip_id')!r}: grounding/interleaved/{d}"
+        texts = [part for part in document["parts"] if part["type"] == "text"]
+        for part in texts:
+            if any(int(k) >= len(part["spans"]) for _, k in TIME_REF.findall(part["text"])):
+                raise ValueError(f"{where} has a text naming a time of a span it lacks: {part['text'][:80]!r}")
+        matrix = document.get("similarity_matrix")
+        if matrix is not None and (len(matrix) != len(document["parts"]) - len(texts) or any(len(row) != len(texts) for row in matrix)):
+            raise ValueError(f"{where}: the similarity matrix is not media parts x text parts")
+        if document["kind"] == "in_context" and document.get("item", qa) >= qa:
+            raise ValueError(f"{where} closes with QA item {document.get('item')} of {qa}")
+
+
+def validate_sample_1_3(sample: dict) -> None:
+    """Shards written before 1.4.0 (interleaved: a clip's frame and text parts)."""
+    _validate(_VALIDATOR_1_3, sample, "1.3.0")
+    _check_items(sample)
+
+
+def _check_items(sample: dict) -> None:
     events = len((sample.get("caption") or {}).get("events", []))
     for i, item in enumerate((sample.get("grounding") or {}).get("qa", [])):
         for _, k in TIME_REF.findall(item["question"] + item["answer"]):
@@ -285,7 +382,7 @@ def _validate(validator, sample: dict, version: str) -> None:
         raise ValueError(f"sample {sample.get('clip_id')!r} violates schema {version} at {where}: {error.message}")
 
 
-VALIDATORS = {SCHEMA_VERSION: validate_sample, "1.2.0": validate_sample_1_2}  # what readers accept, by schema_version
+VALIDATORS = {SCHEMA_VERSION: validate_sample, "1.3.0": validate_sample_1_3, "1.2.0": validate_sample_1_2}  # what readers accept, by schema_version
 
 
 # Per-shard Parquet sidecar: the sample json's fields, flat, so a trainer or a curator can

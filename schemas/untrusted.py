@@ -29,7 +29,7 @@ MAX_KEY_CHARS = 128
 MAX_HEADER_BYTES = 1 << 20  # a pax or GNU long-name header: tarfile reads it whole before any check of ours
 REQUIRED = ("json", "mp4")
 SPAN_REF = re.compile(r"\{span(\d+)\}")  # how QA text names its spans (stages/ground.py, pipelines/export.py)
-VALIDATORS: dict[str, Callable[[dict], None]] = SCHEMA_VALIDATORS  # every schema_version this reader knows (1.3.0, 1.2.0)
+VALIDATORS: dict[str, Callable[[dict], None]] = SCHEMA_VALIDATORS  # every schema_version this reader knows (1.4.0, 1.3.0, 1.2.0)
 
 REASONS = {  # README's table under "Reading the shards" is generated from this (python -m vidcurate.schemas.untrusted)
     "truncated": "the tar ends inside a member or a header, or without its end-of-archive blocks",

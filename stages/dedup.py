@@ -171,11 +171,9 @@ def assign_block(rows: np.ndarray, emb: np.ndarray, centroids: np.ndarray, soft:
     return assign(np.ascontiguousarray(emb[rows]), centroids, soft)
 
 
-def clustered_pairs(emb: np.ndarray, threshold: float, n_clusters: int, soft: int, map_each=map_here) -> Links:
-    """Pairs within clusters, with their cosines (`soft` = 1: SemDeDup; 2: near-dup search at
-    scale). Assigning vectors to centroids (in blocks) and searching each cluster go through
-    `map_each`: this process by default, the executor's parallel map at scale (the vectors
-    travel once)."""
+def cluster_groups(emb: np.ndarray, n_clusters: int, soft: int, map_each=map_here) -> list[np.ndarray]:
+    """The rows of each k-means cluster of more than one (each row in its `soft` nearest),
+    increasing; vectors are assigned to centroids in blocks through `map_each`."""
     centroids = train_centroids(emb, n_clusters)
     blocks = [np.arange(i, min(i + ASSIGN_BLOCK, len(emb))) for i in range(0, len(emb), ASSIGN_BLOCK)]
     labels = np.concatenate(map_each(assign_block, blocks, emb=emb, centroids=centroids, soft=soft))
@@ -183,7 +181,15 @@ def clustered_pairs(emb: np.ndarray, threshold: float, n_clusters: int, soft: in
     flat = labels.ravel()[order]
     owners = order // soft  # increasing within each cluster: the stable sort keeps index order
     bounds = np.flatnonzero(np.diff(flat)) + 1
-    groups = [group for group in np.split(owners, bounds) if len(group) > 1]
+    return [group for group in np.split(owners, bounds) if len(group) > 1]
+
+
+def clustered_pairs(emb: np.ndarray, threshold: float, n_clusters: int, soft: int, map_each=map_here) -> Links:
+    """Pairs within clusters, with their cosines (`soft` = 1: SemDeDup; 2: near-dup search at
+    scale). Assigning vectors to centroids (in blocks) and searching each cluster go through
+    `map_each`: this process by default, the executor's parallel map at scale (the vectors
+    travel once)."""
+    groups = cluster_groups(emb, n_clusters, soft, map_each)
     return unique_pairs(joined(map_each(cluster_pairs, groups, emb=emb, threshold=threshold)))
 
 

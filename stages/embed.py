@@ -1,7 +1,8 @@
 """Embed stage: open_clip image embeddings of each clip's keyframes, text embeddings of its
 caption, the frame-caption CLIP score, and a perceptual hash for near-duplicate search; for the
 ground stage's span checks, the embeddings of frames at `span_fps` with their times and of each
-caption event's text (`stages.spans.span_verification` compares them).
+caption event's text (`stages.spans.span_verification` compares them). The same frames and texts
+score the (frame, text) pairs of interleaved documents (`Evidence.shown`, `similarity`).
 
 Frames are resized, cropped and normalised with torch on the model's device (the GPU when
 present), so preprocessing does not bottleneck a fast encoder. Embeddings are stored as
@@ -341,6 +342,23 @@ class Evidence:
 
     embs: np.ndarray
     times: np.ndarray
+
+    def shown(self, start_s: float, end_s: float) -> tuple[float, np.ndarray]:
+        """The frame that stands for a span in an interleaved document, with its time: the one
+        nearest the span's middle, among those inside it where any is (so its similarity is the
+        similarity of the very frame a document shows)."""
+        inside = np.flatnonzero((self.times >= start_s - 1e-6) & (self.times <= end_s + 1e-6))
+        pool = inside if len(inside) else np.arange(len(self.times))
+        i = pool[np.argmin(np.abs(self.times[pool] - (start_s + end_s) / 2))]
+        return float(self.times[i]), self.embs[i]
+
+
+def similarity(frame: np.ndarray | None, texts: list[np.ndarray]) -> float | None:
+    """The embed model's cosine between a frame and a text made of `texts` (their embeddings):
+    the mean over its sentences, as the CLIP score is a mean over frames; None without both."""
+    if frame is None or not texts:
+        return None
+    return round(min(1.0, max(-1.0, float(np.mean(np.stack(texts) @ frame)))), 4)  # float16 rounding may leave [-1, 1]
 
 
 def frame_evidence(row: dict) -> Evidence | None:

@@ -1,4 +1,4 @@
-"""Ground stage: a clip's timestamped events -> grounded QA items and interleaved frame/text parts.
+"""Ground stage: a clip's timestamped events -> grounded QA items and its interleaved document.
 
 The items are data a model must look at the video to answer: TimePro's nine tasks (TimeSuite /
 VideoChat-T) and the project's own two (`TASKS`), each phrased from a pool of many instructions
@@ -15,8 +15,11 @@ frames: how much better its text matches the frames inside its span than outside
 is about; its verification is their lowest, and items under `ground.min_verification` are
 dropped and counted per task.
 
-Video-level window samples (contiguous shipped clips) are made the same way by `windows`, which
-the shard stage calls over the clips it shipped.
+Each clip also gets its interleaved document (`stages.documents.events_document`: per event the
+frame that stands for it and its timed text, each pair scored by the embed model and dropped under
+`ground.min_pair_similarity`). Video-level window samples (contiguous shipped clips) are made the
+same way by `windows`, which the shard stage calls over the clips it shipped; the shard stage also
+makes the window and in-context documents (`ground.in_context_k`), once it is known which clips ship.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from pydantic import Field, PrivateAttr, computed_field, field_validator, model_
 from vidcurate.schemas.sample import TASKS, TIME_REF
 from vidcurate.schemas.tables import GROUNDED, KEPT, REJECTED, stable_int
 from vidcurate.stages.contract import Stage
+from vidcurate.stages.documents import events_document
 from vidcurate.stages.embed import Evidence, event_embeddings, frame_evidence, unpack
 from vidcurate.stages.frame_store import read_changes
 from vidcurate.stages.ground_pools import NEGATIVES, Pools, fill, load_pools, safe
@@ -55,6 +59,12 @@ class GroundConfig(StrictModel):
     rewrite: bool = Field(False, description="rephrase template questions with the captioner's model")
     min_rewrite_score: float = Field(0.6, ge=0, le=1, description="share of content words a rewrite or a reasoning item must keep")
     rewrite_max_tokens: int = Field(96, ge=8)
+    in_context_k: int = Field(
+        2, ge=0, le=16, description="in-context documents: a clip's nearest shipped clips shown as examples before its own question (0: none)"
+    )
+    min_pair_similarity: float = Field(
+        0.2, ge=-1, le=1, description="(image, text) pairs of interleaved documents whose embed-model cosine is lower are dropped (no score: kept)"
+    )
     resources: StageResources = StageResources(batch_size=16)
     _pools: Pools = PrivateAttr()
 
@@ -499,17 +509,6 @@ def rewrite_items(items: list[dict], rephrase, min_score: float) -> list[dict]:
     return out
 
 
-def interleaved(events: list[dict], caption: str) -> list[dict]:
-    """Frame/text parts in time order (OBELICS/MMICL-like): the frame at each event's start,
-    then what happens; the caption closes the document."""
-    parts: list[dict] = []
-    for e in sorted(events, key=lambda e: e["start_s"]):
-        parts += [{"type": "frame", "t": e["start_s"]}, {"type": "text", "text": f"{e['text']}."}]
-    if caption:
-        parts.append({"type": "text", "text": caption})
-    return parts
-
-
 def speech_segments(clip: dict) -> list[dict]:
     """The speech stage's segments of a clip (its `speech` column, on the clip's clock)."""
     speech = json.loads(clip.get("speech") or "null") or {}
@@ -526,14 +525,15 @@ def clip_events(clip: dict, refine: bool, changes) -> list[dict]:
 
 def ground_clip(clip: dict, cfg: GroundConfig, changes=None, generate=None) -> dict:
     """One clip's GROUNDED row: its events (refined, verified), QA items, the count of items
-    dropped by verification per task, and interleaved parts. `generate(prompts) -> answers` is
+    dropped by verification per task, and its interleaved document. `generate(prompts) -> answers` is
     the captioner's model (rewrites, reasoning). A clip with no caption and no events is
     rejected; a caption without events ships, with no item (nothing in it has a time)."""
     row = {"clip_id": clip["clip_id"], "video_id": clip["video_id"], "stage": STAGE}
     duration = clip["end_s"] - clip["start_s"]
     events = clip_events(clip, cfg.refine, changes)
     frames = frame_evidence(clip)
-    events = verified_events(events, event_embeddings(clip, len(events)), frames)
+    embs = event_embeddings(clip, len(events))
+    events = verified_events(events, embs, frames)
     caption = clip["caption"] or ""
     if not caption and not events:
         return {**row, "status": REJECTED, "reason": "no_grounding: no caption or events to ground"}
@@ -546,12 +546,13 @@ def ground_clip(clip: dict, cfg: GroundConfig, changes=None, generate=None) -> d
     if generate is not None and cfg.reason and events and cfg.tasks.get("reasoning_temporal_localization", 0) > 0:
         s.reasoned = reasoned(events, caption, cfg, generate, clip["clip_id"])
     items, dropped = build_items(s, cfg)
+    documents = [events_document(clip["clip_id"], duration, caption, events, embs, frames, caption_emb, cfg.min_pair_similarity)] if events else []
     if generate is not None and cfg.rewrite:
         rephrase = lambda qs: generate([_prompt(REPHRASE.format(question=q), cfg.rewrite_max_tokens, q) for q in qs])  # noqa: E731
         items = rewrite_items(items, rephrase, cfg.min_rewrite_score)
     return {
         **row, "status": KEPT, "reason": None, "events": json.dumps(events), "qa": json.dumps(items),
-        "dropped": json.dumps(dropped), "interleaved": json.dumps(interleaved(events, caption)),
+        "dropped": json.dumps(dropped), "interleaved": json.dumps(documents),
     }
 
 
@@ -629,6 +630,28 @@ def _window(video_id: str, run: list[dict], cfg: GroundConfig) -> dict:
         "model": run[0]["model"],
         "qa": items,
         "dropped": dropped,
+        "speech": window_speech(run),
+    }
+
+
+def window_speech(run: list[dict]) -> dict | None:
+    """What is said in a window: its clips' transcripts in order on the window's clock (its audio
+    is theirs, end to end); None where the speech stage did not hear them."""
+    heard = [json.loads(clip["speech"]) if clip.get("speech") else None for clip in run]
+    if any(h is None for h in heard):
+        return None
+    start = run[0]["start_s"]
+    merged: dict = {"segments": [], "words": [], "voice_activity": []}
+    for clip, h in zip(run, heard):
+        offset = clip["start_s"] - start
+        for field_name in merged:
+            merged[field_name] += [{**x, "start_s": round(x["start_s"] + offset, 3), "end_s": round(x["end_s"] + offset, 3)} for x in h.get(field_name) or []]
+    languages = Counter(h["language"] for h in heard if not h["no_speech"] and h["language"])
+    return {
+        **merged,
+        "language": languages.most_common(1)[0][0] if languages else None,
+        "no_speech": all(h["no_speech"] for h in heard),
+        "model": heard[0]["model"],
     }
 
 
@@ -727,9 +750,11 @@ SPEC = Stage(
     sections=("caption",),  # rewriting and reasoning run the captioner's model
     run_fields=("profile",),
     reasons={"no_grounding": (REJECTED, "no caption or events to ground")},
-    tiny_defaults={"min_verification": 0.0},  # random CLIP: a span's verification is chance, nothing is dropped for it
+    # random CLIP: a span's verification and a pair's similarity are chance, nothing is dropped for them
+    tiny_defaults={"min_verification": 0.0, "min_pair_similarity": -1.0},
     core=GroundWorker,
     arguments=lambda ctx: {"cfg": ctx.config, "caption_cfg": ctx.sections["caption"]},
     prepare=with_context,
     redo_unit=None,  # negatives come from every video of the run: an update redoes the whole table
+    unhashed=("in_context_k",),  # the shard stage's alone (it reads this section): ground need not run again
 )

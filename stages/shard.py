@@ -2,6 +2,10 @@
 clips -> `<prefix>-windows-%06d.tar`, each with its own mp4; a Parquet sidecar per shard and
 a wids-style `index.json` over both, written whole or not at all.
 
+Only here is it known which clips ship, so the documents that name other samples are made here
+(`stages.documents`): each window's, and each clip's in-context document (its nearest shipped
+clips as examples), beside the clip's own document that ground made.
+
 The runner writes into a temporary stage directory and publishes it only when every shard
 is closed, so a crash never leaves a half shard where a trainer could read it. Tar headers
 carry a fixed mtime and the sample order is a seeded hash of clip ids, so the same clips
@@ -29,6 +33,8 @@ from vidcurate.schemas.readers import INDEX
 from vidcurate.schemas.sample import SIDECAR, build_sample, build_window_sample, sidecar_row
 from vidcurate.schemas.tables import FAILED, KEPT, SHARDED
 from vidcurate.stages.contract import Stage, SubRun
+from vidcurate.stages.decontam import eval_ngrams, without_eval_questions
+from vidcurate.stages.documents import in_context_documents, window_document
 from vidcurate.stages.failures import failed, local_io_error
 from vidcurate.stages.frame_store import FrameNeed, read_frames
 from vidcurate.stages.ground import windows
@@ -158,6 +164,8 @@ def ship(clips: list[dict], ctx) -> tuple[list[dict], dict]:
     ordered = [by_id[c] for c in sample_order(by_id, cfg.shuffle_seed)]
     dataset = ctx.store.output / DATASET
     stages = list(ctx.run.passed)  # those each clip passed
+    if "ground" in stages:
+        ordered = with_in_context(ordered, ctx.sections["ground"], ctx.sections["dedup"], ctx.executor.map)
     rows, manifest = write_shards(ordered, videos, dataset, cfg, stages)
     extra = {"windows": 0}
     if "ground" in stages:
@@ -170,10 +178,20 @@ def ship(clips: list[dict], ctx) -> tuple[list[dict], dict]:
     return rows, {"shards": manifest, **extra}
 
 
+def with_in_context(clips: list[dict], ground, dedup, map_each) -> list[dict]:
+    """Each clip with its in-context document after its own (`ground.in_context_k` nearest of
+    these clips as examples; near duplicates by `dedup.near_cosine`; the search at scale on
+    `map_each`, the executor's parallel map)."""
+    found = in_context_documents(clips, ground.in_context_k, ground.min_pair_similarity, dedup.near_cosine, map_each)
+    return [{**c, "interleaved": json.dumps([*json.loads(c["interleaved"]), found[c["clip_id"]]])} if c["clip_id"] in found else c for c in clips]
+
+
 def _ship_windows(shipped: list[dict], videos: dict, dataset: Path, stages: list[str], ctx) -> tuple[list[dict], list[dict]]:
     """Window samples over contiguous shipped clips, each with its own media cut from its clips;
     a window that cannot be cut gets a failed row with its reason (a full disk: transient)."""
     video_windows = windows(shipped, ctx.sections["ground"])
+    if "decontam" in stages:
+        video_windows = decontaminated(video_windows, ctx.sections["decontam"])
     clip_uri = {c["clip_id"]: c["clip_uri"] for c in shipped}
     jobs = [
         {
@@ -191,10 +209,25 @@ def _ship_windows(shipped: list[dict], videos: dict, dataset: Path, stages: list
         if error := media[w["window_id"]]["error"]:
             log.warning("window %s left out: %s", w["window_id"], error["reason"])
             failures.append({"clip_id": w["window_id"], "video_id": w["video_id"], "entity": "window", "stage": STAGE, **error})
-    ok = {w["window_id"]: w for w in video_windows if not media[w["window_id"]]["error"]}
+    by_id, ground = {c["clip_id"]: c for c in shipped}, ctx.sections["ground"]
+    ok = {
+        w["window_id"]: {**w, "interleaved": [window_document(w, by_id, ground.min_pair_similarity)]}
+        for w in video_windows if not media[w["window_id"]]["error"]
+    }
     ordered = [ok[i] for i in sample_order(ok, ctx.config.shuffle_seed)]
     rows, manifest = write_window_shards(ordered, media, videos, dataset, ctx.config, stages)
     return rows + failures, manifest
+
+
+def decontaminated(video_windows: list[dict], decontam) -> list[dict]:
+    """Windows less the QA items whose question decontam drops from a clip's (an n-gram of an
+    eval set's questions), counted by set: a window's items are made here, after decontam ran."""
+    sets = eval_ngrams(decontam)
+    out = []
+    for w in video_windows:
+        qa, dropped = without_eval_questions(json.dumps(w["qa"]), sets, decontam.ngram)
+        out.append({**w, "qa": json.loads(qa), "qa_dropped": dropped} if dropped else w)
+    return out
 
 
 def sub_config(cfg: ShardConfig, sub: SubRun) -> ShardConfig:
@@ -209,7 +242,9 @@ SPEC = Stage(
     config_model=ShardConfig,
     table=SHARDED,
     always=True,
-    sections=("ground", "split"),  # windows: ground's settings (length, tasks, pools), split's encoder settings
+    # windows and documents: ground's settings, split's encoder settings, dedup's near duplicates,
+    # decontam's eval questions (a window's QA items are made here)
+    sections=("ground", "split", "dedup", "decontam"),
     unhashed=("license",),  # the card only, which every run writes again
     reasons={
         "write": (FAILED, "the sample could not be written into a shard"),

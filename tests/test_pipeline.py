@@ -17,7 +17,7 @@ from vidcurate.pipelines.cli import main as cli_main
 from vidcurate.pipelines.config import load_config
 from vidcurate.pipelines.store import StageStore
 from vidcurate.pipelines.ledger import known
-from vidcurate.schemas.sample import validate_sample
+from vidcurate.schemas.sample import SCHEMA_VERSION, validate_sample
 from vidcurate.schemas.tables import clip_id
 
 
@@ -145,7 +145,7 @@ def test_stages_run_alone_from_the_cli(tmp_path, synthetic_videos, ray_local, ca
     assert StageStore.marker(run / "shard").counts["kept"] == StageStore.marker(run / "split").counts["kept"]
     capsys.readouterr()
     assert cli_main(["inspect", str(run / "shard" / "dataset"), "-n", "1"]) == 0
-    assert '"schema_version": "1.3.0"' in capsys.readouterr().out
+    assert f'"schema_version": "{SCHEMA_VERSION}"' in capsys.readouterr().out
 
 
 def test_stage_without_its_input_fails_clearly(tmp_path, capsys):

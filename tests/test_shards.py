@@ -18,6 +18,7 @@ from PIL import Image
 
 from conftest import REPO
 from vidcurate.pipelines.cli import main as cli_main
+from vidcurate.schemas.sample import SCHEMA_VERSION
 from vidcurate.pipelines.config import load_config
 from vidcurate.pipelines.runner import Runner
 from vidcurate.schemas.readers import clip_frames, open_shards, shard_urls, signed_shard_urls, training_samples
@@ -124,7 +125,7 @@ def test_training_samples_give_frames_on_the_annotation_clock(published):
 
 def test_inspect_prints_samples_from_object_storage(published, capsys):
     assert cli_main(["inspect", DEST, "-n", "1"]) == 0
-    assert '"schema_version": "1.3.0"' in capsys.readouterr().out
+    assert f'"schema_version": "{SCHEMA_VERSION}"' in capsys.readouterr().out
 
 
 def test_killing_the_writer_mid_shard_leaves_no_partial_shard(tmp_path, published):

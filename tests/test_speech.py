@@ -20,7 +20,9 @@ from vidcurate.pipelines.config import load_config
 from vidcurate.pipelines.ledger import known
 from vidcurate.pipelines.runner import Runner
 from vidcurate.pipelines.store import StageStore, read_parts
+from vidcurate.schemas.sample import build_window_sample
 from vidcurate.schemas.tables import KEPT, SPEECH
+from vidcurate.stages.ground import GroundConfig, windows
 from vidcurate.stages.probe import ProbeConfig, probe_video
 from vidcurate.stages.speech import SpeechConfig, SpeechWorker, decode_batch, splice, to_clip, transcript
 from vidcurate.stages.split import SplitConfig, split_video
@@ -75,6 +77,27 @@ def test_pocketsphinx_hears_the_planted_words_where_they_were_spoken(spoken, poc
         assert speech["voice_activity"] and all(within(v) for v in speech["voice_activity"]), (said, speech["voice_activity"])
         assert speech["segments"] and all(within(s) for s in speech["segments"])
         assert speech["words"][0]["start_s"] < said["start_s"] + 0.5 and speech["words"][-1]["end_s"] > said["end_s"] - 0.5  # the whole phrase
+
+
+def test_a_window_says_what_its_clips_say_on_its_own_clock(spoken, pocketsphinx):
+    """A window over the three spoken clips carries what was heard in them on the window's clock
+    (its mp4 is their frames and audio end to end): every word inside the span its phrase was
+    spoken in, counted from the window's start (+-0.3 s), the phrases in order, in its sample."""
+    clips, truth = spoken
+    heard = _hear(clips, pocketsphinx.cfg, pocketsphinx)
+    rows = [{**c, "speech": json.dumps(h["speech"]), "caption": "", "events": "[]", "qa": "[]", "model": "m"} for c, h in zip(clips, heard)]
+    (window,) = windows(rows, GroundConfig())
+    speech, start = window["speech"], clips[0]["start_s"]
+    assert not speech["no_speech"] and speech["language"] == "en"
+    assert [s["text"] for s in speech["segments"]] == [h["speech"]["segments"][0]["text"] for h in heard]
+    spoken_in = [(p["start_s"] - start - TOLERANCE_S, p["end_s"] - start + TOLERANCE_S) for p in truth]
+    for heard_as in ("words", "segments", "voice_activity"):
+        phrase_of = [next(i for i, (a, b) in enumerate(spoken_in) if a <= w["start_s"] <= w["end_s"] <= b) for w in speech[heard_as]]
+        assert phrase_of == sorted(phrase_of) and set(phrase_of) == {0, 1, 2}, (heard_as, speech[heard_as], spoken_in)
+    assert [q["task"] for q in window["qa"]] == ["transcribed_speech_generation"]
+    video = probe_video(clips[0]["source_uri"], ProbeConfig(), None)
+    sample = build_window_sample(window, {"width": 64, "height": 64, "sha256": "0" * 64}, video, ["probe", "split", "speech", "ground"])
+    assert sample["speech"] == speech
 
 
 def test_a_silent_track_and_no_track_are_no_speech(tmp_path, pocketsphinx):

@@ -1,6 +1,7 @@
 """Shards are untrusted input. A hostile corpus, built here around good samples of a real run
 (planted video, in-process executor; the captioner is tests/planted.py's double at the backend
-interface), goes through every reader and every export format: nothing is written outside the
+interface; embed runs, so the documents carry what MMC4 needs), goes through every reader and
+every export format, QA and interleaved: nothing is written outside the
 output folder, every bad sample is reported with its reason, and every good sample beside them
 comes out exactly as it does from a clean copy of the same samples."""
 
@@ -19,6 +20,7 @@ from conftest import REPO
 from vidcurate.pipelines.cli import main as cli_main
 from vidcurate.pipelines.config import load_config
 from vidcurate.pipelines.export import FORMATS, export
+from vidcurate.pipelines.interleaved import FORMATS as INTERLEAVED_FORMATS
 from vidcurate.pipelines.runner import Runner
 from vidcurate.schemas.readers import open_shards, shard_urls, training_samples
 from vidcurate.schemas.untrusted import REASONS, Limits, Skipped, printable, reasons_table
@@ -39,7 +41,7 @@ def good_samples(tmp_path_factory) -> list[dict]:
     make_planted_video(root / "inputs" / "planted.mp4")
     with OpenAIServer(PlantedEventCaptioner()) as server:
         settings = {"executor": "in_process", "caption.backend": "openai", "caption.openai.base_url": server.base_url, "shard.keyframes": 1}
-        cfg = load_config(None, profile="tiny", inputs=str(root / "inputs"), run_dir=str(root / "run"), stages=["caption", "ground"], **settings)
+        cfg = load_config(None, profile="tiny", inputs=str(root / "inputs"), run_dir=str(root / "run"), stages=["caption", "embed", "ground"], **settings)
         Runner(cfg).run_all()
     samples = []
     for url in shard_urls(str(root / "run" / "shard" / "dataset")):
@@ -224,7 +226,7 @@ def test_inspect_prints_the_good_samples_escaped_and_says_what_it_skipped(corpus
     assert skipped[-1] == f"skipped {len(expected)} sample(s): " + ", ".join(f"{c} {n}" for c, n in sorted(counts.items()))
 
 
-@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("fmt", FORMATS + INTERLEAVED_FORMATS)
 def test_every_export_writes_the_good_samples_as_from_clean_shards_and_nothing_outside(corpus, fmt, monkeypatch, capsys, caplog):
     clean, hostile, expected, around = corpus
     outputs = around / "deep" / "er"  # media/../../../pwned.mp4 from an export folder here lands in `around`
