@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from vidcurate.stages.grammar import AnswerGrammar
+from vidcurate.stages.grammar import AnswerGrammar, best_tokens
 
 log = logging.getLogger("vidcurate")
 
@@ -121,18 +121,18 @@ class RowSampler:
 
         if self.generators is None:
             self.generators = [torch.Generator(scores.device).manual_seed(s) if t > 0 else None for t, s in zip(self.temperatures, self.seeds)]
-        end = torch.tensor(self.finished.end, device=scores.device)
+        best = best_tokens(scores) if None in self.generators else None
         tokens = []
         for row, (done, temperature, generator) in enumerate(zip(self.finished(input_ids), self.temperatures, self.generators)):
             if done:
-                tokens.append(end)
+                tokens.append(self.finished.end)
             elif generator is None:
-                tokens.append(scores[row].argmax())
+                tokens.append(best[row])
             else:
                 probs = torch.softmax(scores[row : row + 1] / temperature, dim=-1)
-                tokens.append(torch.multinomial(probs, 1, generator=generator)[0, 0])
+                tokens.append(int(torch.multinomial(probs, 1, generator=generator)[0, 0]))
         chosen = torch.full_like(scores, float("-inf"))
-        chosen[torch.arange(len(tokens), device=scores.device), torch.stack(tokens)] = 0.0  # one write, not one per row
+        chosen[torch.arange(len(tokens), device=scores.device), torch.tensor(tokens, device=scores.device)] = 0.0  # one write, not one per row
         return chosen
 
 

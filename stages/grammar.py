@@ -23,6 +23,14 @@ TEXT_SLICES = [f"{TEXT_CHARS}{{1,{n}}}" for n in (3, 8, 16, 30)] + [f"{TEXT_CHAR
 REFUSED = -3e38
 
 
+def best_tokens(scores) -> list[int]:
+    """Each row's highest-scoring token (the first of equals): numpy's argmax on CPU, which takes
+    ~13 us for 8 rows of 32k scores where torch's takes ~340 us."""
+    if scores.device.type == "cpu" and str(scores.dtype) != "torch.bfloat16":  # numpy has no bfloat16
+        return scores.numpy().argmax(-1).tolist()
+    return scores.argmax(-1).tolist()
+
+
 class GrammarError(ValueError):
     """llguidance cannot build the answer grammar for this model: `problem` says why, `fix` what to do."""
 
@@ -104,7 +112,7 @@ class GrammarMask:
 
         drawn = input_ids.shape[1] > self.finished.prompt_len  # each row's last token was drawn under this mask
         last = input_ids[:, -1].tolist()
-        best = scores.argmax(-1).tolist() if any(self.greedy) else None
+        best = best_tokens(scores) if any(self.greedy) else None
         masked = []
         for row, (matcher, done) in enumerate(zip(self.matchers, self.finished(input_ids))):
             if matcher is None or done:
@@ -119,8 +127,10 @@ class GrammarMask:
             masked.append(row)
         if masked:  # bit t of a row clear: token t is not allowed there
             refused = np.unpackbits(np.invert(self.bitmask[masked].view(np.uint8)), axis=1, count=scores.shape[-1], bitorder="little")
+            refused = torch.from_numpy(refused).to(scores.device)
             if len(masked) == len(scores):
-                scores.add_(torch.from_numpy(refused).to(scores.device), alpha=REFUSED)
-            else:
-                scores[masked] += torch.from_numpy(refused).to(scores.device, scores.dtype) * REFUSED
+                scores.add_(refused, alpha=REFUSED)
+            else:  # row by row in place: ~4x faster than an indexed add, which copies the rows out and back
+                for k, row in enumerate(masked):
+                    scores[row].add_(refused[k], alpha=REFUSED)
         return scores
