@@ -47,7 +47,7 @@ sys.path.insert(0, str(ROOT / "sample_data"))
 from make_synthetic import FPS, Shot  # noqa: E402
 
 from vidcurate.schemas.readers import evenly_spaced  # noqa: E402
-from vidcurate.stages.dedup import DedupConfig, agreeing, clustered_pairs, keep_first, near_clusters, phash_pairs, unique_pairs  # noqa: E402
+from vidcurate.stages.dedup import DedupConfig, agreeing, clustered_pairs, hamming, keep_first, near_clusters, phash_pairs, unique_pairs  # noqa: E402
 from vidcurate.stages.embed import EmbedConfig, phash  # noqa: E402
 
 THRESHOLD = 0.95  # cosine, part 2
@@ -178,7 +178,7 @@ def rates(videos, originals, both, of, ranks, max_hamming: int, frames: int) -> 
         "planted_rate": round(rejected / (n + copies), 4),
         "planted_recall": round(caught / max(1, copies), 4),
         "planted_closure_rejected": closure_rejections(n + copies, planted_links),
-        "copy_hamming": np.bincount([bin((int(originals[i, middle]) ^ int(c)) & (2**64 - 1)).count("1") for i, c in zip(of, both[n:, middle])], minlength=max_hamming + 2).tolist(),
+        "copy_hamming": np.bincount([hamming(originals[i, middle], c) for i, c in zip(of, both[n:, middle])], minlength=max_hamming + 2).tolist(),
     }
 
 

@@ -41,6 +41,11 @@ class Prompt:
     seed: int
     schema: dict | None = None  # the same grammar as a JSON schema, for servers that take `response_format`
 
+    @property
+    def greedy(self) -> bool:
+        """Answered by argmax (temperature 0), not drawn."""
+        return self.temperature <= 0
+
 
 class BackendError(RuntimeError):
     """The backend could not answer: the clip fails with this. `transient`: the server was down,
@@ -111,8 +116,7 @@ class RowSampler:
     grammar's mask; returns scores whose argmax is the chosen token."""
 
     def __init__(self, prompts: list[Prompt], finished: FinishedRows):
-        self.temperatures = [p.temperature for p in prompts]
-        self.seeds = [p.seed for p in prompts]
+        self.prompts = prompts
         self.finished = finished
         self.generators: list | None = None
 
@@ -120,16 +124,16 @@ class RowSampler:
         import torch
 
         if self.generators is None:
-            self.generators = [torch.Generator(scores.device).manual_seed(s) if t > 0 else None for t, s in zip(self.temperatures, self.seeds)]
+            self.generators = [None if p.greedy else torch.Generator(scores.device).manual_seed(p.seed) for p in self.prompts]
         best = best_tokens(scores) if None in self.generators else None
         tokens = []
-        for row, (done, temperature, generator) in enumerate(zip(self.finished(input_ids), self.temperatures, self.generators)):
+        for row, (done, prompt, generator) in enumerate(zip(self.finished(input_ids), self.prompts, self.generators)):
             if done:
                 tokens.append(self.finished.end)
             elif generator is None:
                 tokens.append(best[row])
             else:
-                probs = torch.softmax(scores[row : row + 1] / temperature, dim=-1)
+                probs = torch.softmax(scores[row : row + 1] / prompt.temperature, dim=-1)
                 tokens.append(int(torch.multinomial(probs, 1, generator=generator)[0, 0]))
         chosen = torch.full_like(scores, float("-inf"))
         chosen[torch.arange(len(tokens), device=scores.device), torch.tensor(tokens, device=scores.device)] = 0.0  # one write, not one per row
@@ -162,7 +166,7 @@ class TransformersCaptioner:
         """The batch's grammar as a logits processor (each row its own), or None when no row has one."""
         if self.grammar is None or not any(p.regex for p in prompts):
             return None
-        return self.grammar.mask([p.regex for p in prompts], finished, [p.temperature <= 0 for p in prompts])
+        return self.grammar.mask([p.regex for p in prompts], finished, [p.greedy for p in prompts])
 
     def model_inputs(self, prompts: list[Prompt]):
         """The processor's tensors for a batch: chat template, frames or videos, left padding."""

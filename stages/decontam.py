@@ -500,19 +500,25 @@ def eval_ngrams(cfg: DecontamConfig) -> list[tuple[str, set[str]]]:
     return out
 
 
-def without_eval_questions(qa: str | None, sets: list[tuple[str, set[str]]], n: int) -> tuple[str | None, dict[str, int]]:
-    """The QA items (JSON) less those whose question shares an n-gram with an eval set's (counted
-    under the first such set); the same text where none is dropped."""
-    if qa is None or not sets:
-        return qa, {}
+def eval_question_drops(items: list[dict], sets: list[tuple[str, set[str]]], n: int) -> tuple[list[dict], dict[str, int]]:
+    """QA items less those whose question shares an n-gram with an eval set's, and how many went
+    by set (each under the first such set)."""
     kept, dropped = [], {}
-    for item in json.loads(qa):
+    for item in items:
         grams = ngrams(item.get("question", ""), n)
         matched = next((name for name, eval_grams in sets if not grams.isdisjoint(eval_grams)), None)
         if matched is None:
             kept.append(item)
         else:
             dropped[matched] = dropped.get(matched, 0) + 1
+    return kept, dropped
+
+
+def without_eval_questions(qa: str | None, sets: list[tuple[str, set[str]]], n: int) -> tuple[str | None, dict[str, int]]:
+    """`eval_question_drops` on a QA column (JSON); the same text where none is dropped."""
+    if qa is None or not sets:
+        return qa, {}
+    kept, dropped = eval_question_drops(json.loads(qa), sets, n)
     return (json.dumps(kept) if dropped else qa), dropped
 
 

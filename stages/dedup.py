@@ -221,13 +221,18 @@ def phash_links(queries: np.ndarray, reference: np.ndarray, max_hamming: int) ->
     return _links_from_ranges(*index.range_search(_codes(queries), max_hamming + 1))  # strict: distance < radius
 
 
+def hamming(a: int, b: int) -> int:
+    """Bits that differ between two 64-bit hashes stored as signed integers."""
+    return bin((int(a) ^ int(b)) & 0xFFFFFFFFFFFFFFFF).count("1")
+
+
 def frames_agree(a: list[int] | None, b: list[int] | None, max_hamming: int, frames: int) -> bool:
     """Whether at least `frames` keyframes at the same places of two clips (all where they have
     fewer) lie within `max_hamming` bits; true where either has no frame hashes (a history row
     from before they were kept, or other keyframe counts): then the middle keyframe decides."""
     if not a or not b or len(a) != len(b):
         return True
-    close = sum(bin((x ^ y) & 0xFFFFFFFFFFFFFFFF).count("1") <= max_hamming for x, y in zip(a, b))
+    close = sum(hamming(x, y) <= max_hamming for x, y in zip(a, b))
     return close >= min(frames, len(a))
 
 

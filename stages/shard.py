@@ -33,7 +33,7 @@ from vidcurate.schemas.readers import INDEX
 from vidcurate.schemas.sample import SIDECAR, build_sample, build_window_sample, sidecar_row
 from vidcurate.schemas.tables import FAILED, KEPT, SHARDED
 from vidcurate.stages.contract import Stage, SubRun
-from vidcurate.stages.decontam import eval_ngrams, without_eval_questions
+from vidcurate.stages.decontam import eval_ngrams, eval_question_drops
 from vidcurate.stages.documents import in_context_documents, window_document
 from vidcurate.stages.failures import failed, local_io_error
 from vidcurate.stages.frame_store import FrameNeed, read_frames
@@ -225,8 +225,8 @@ def decontaminated(video_windows: list[dict], decontam) -> list[dict]:
     sets = eval_ngrams(decontam)
     out = []
     for w in video_windows:
-        qa, dropped = without_eval_questions(json.dumps(w["qa"]), sets, decontam.ngram)
-        out.append({**w, "qa": json.loads(qa), "qa_dropped": dropped} if dropped else w)
+        qa, dropped = eval_question_drops(w["qa"], sets, decontam.ngram)
+        out.append({**w, "qa": qa, "qa_dropped": dropped} if dropped else w)
     return out
 
 
