@@ -18,10 +18,14 @@ stage's first attempt (its prompts as the tiny profile builds them: 4 frames at 
 most; 1536 tokens, room for the grammar's longest answer even in bytes), greedy and sampled,
 `--grammar-batch` prompts per `generate`, the grammar on, then off for as many steps, `--repeats`
 times in one run. Per step: the median time of a decoding step (forward pass, grammar and
-sampler) and, with the grammar on, the time spent in the grammar's logits processor itself; its
-overhead is that time over the median step with the grammar off. Times are CPU time with one torch
-thread: on a shared machine wall time swung tenfold between runs. Validity: the answers that parse
-on the first attempt.
+sampler); the grammar's own time (building the batch's matchers, then its logits processor at
+every step) and the sampler's, with the grammar on and off. The overhead is what the grammar adds
+to a step over the median step with it off: its own time, less, when greedy, the sampler's time
+it saves (the sampler takes the tokens the grammar led greedy rows with instead of its own
+argmax). A sampled row's draw is the sampler's work either way, so nothing is taken off there
+(the draws are cheaper from masked scores, by more than the grammar costs at 32k). Times are CPU
+time with one torch thread: on a shared machine wall time swung tenfold between runs. Validity:
+the answers that parse on the first attempt.
 
 `--engines`: the answer grammar's mask per step, in CPU microseconds, over the same token
 sequences (seeded random walks through the grammar, each token drawn uniformly from the allowed
@@ -136,43 +140,65 @@ def bench(name: str, captioner, batch: list[Prompt], warm_up: int = 1) -> dict:
             "tokens_per_s": round(tokens / seconds, 1)}  # fmt: skip
 
 
-class StepTimer:
-    """In the grammar's place in the logits processors: stamps every decoding step, and runs and
-    times the grammar's mask when there is one. CPU time of this thread, which with one torch
-    thread is all of a step's work, and which other processes on the machine do not inflate."""
+class Timed:
+    """A logits processor, run and timed: CPU time of this thread, which with one torch thread is
+    all of a step's work, and which other processes on the machine do not inflate."""
 
-    def __init__(self, mask):
-        self.mask, self.stamps, self.grammar_s = mask, [], 0.0
+    def __init__(self, processor, seconds: float = 0.0):
+        self.processor, self.seconds = processor, seconds
 
     def __call__(self, input_ids, scores):
+        started = time.thread_time()
+        scores = self.processor(input_ids, scores)
+        self.seconds += time.thread_time() - started
+        return scores
+
+
+class BatchTimes:
+    """One `generate`'s steps: a stamp at every decoding step, the grammar's time (building its
+    matchers, then its mask at every step) and the sampler's."""
+
+    def __init__(self, processors: list, build_s: float):
+        *grammar, sampler = processors
+        self.mask, self.build_s = (grammar[0] if grammar else None), build_s
+        self.grammar = Timed(self.mask, build_s) if grammar else None
+        self.sampler = Timed(sampler)
+        self.stamps: list[float] = []
+
+    def processors(self) -> list:
+        return [self.stamp, *([self.grammar] if self.grammar else []), self.sampler]
+
+    def stamp(self, input_ids, scores):
         self.stamps.append(time.thread_time())
-        if self.mask is not None:
-            scores = self.mask(input_ids, scores)
-            self.grammar_s += time.thread_time() - self.stamps[-1]
         return scores
 
 
 class TimedCaptioner(TransformersCaptioner):
     """The stage's captioner (grammar on, or off with `grammar = None`), timing every batch's steps."""
 
-    timers: list[StepTimer]
+    batches: list[BatchTimes]
 
-    def grammar_mask(self, prompts, finished):
-        self.timers.append(StepTimer(super().grammar_mask(prompts, finished)))
-        return self.timers[-1]
+    def logits_processors(self, prompts, finished):
+        started = time.thread_time()
+        processors = super().logits_processors(prompts, finished)
+        self.batches.append(BatchTimes(processors, time.thread_time() - started))
+        return self.batches[-1].processors()
 
     def timed_generate(self, prompts: list[Prompt]) -> tuple[list[str], dict]:
-        """Answers, and per step over all batches: the median CPU time and the grammar's mean."""
-        self.timers = []
+        """Answers, and per step over all batches: the median CPU time, the grammar's and the
+        sampler's mean."""
+        self.batches = []
         answers = self.generate(prompts)
-        steps = sum(len(t.stamps) for t in self.timers)
+        steps = sum(len(b.stamps) for b in self.batches)
         figures = {
             "steps": steps,
-            "longest_batch_steps": max(len(t.stamps) for t in self.timers),
-            "median_step_s": float(np.median(np.concatenate([np.diff(t.stamps) for t in self.timers]))),
-            "grammar_s_per_step": sum(t.grammar_s for t in self.timers) / steps,
-            "rows_unmasked": sum(t.mask.unmasked for t in self.timers if t.mask is not None),
-            "rows_masked": sum(t.mask.masked for t in self.timers if t.mask is not None),
+            "longest_batch_steps": max(len(b.stamps) for b in self.batches),
+            "median_step_s": float(np.median(np.concatenate([np.diff(b.stamps) for b in self.batches]))),
+            "grammar_s_per_step": sum(b.grammar.seconds for b in self.batches if b.grammar) / steps,
+            "build_s_per_step": sum(b.build_s for b in self.batches if b.grammar) / steps,
+            "sampler_s_per_step": sum(b.sampler.seconds for b in self.batches) / steps,
+            "rows_unmasked": sum(b.mask.unmasked for b in self.batches if b.mask),
+            "rows_masked": sum(b.mask.masked for b in self.batches if b.mask),
         }
         return answers, figures
 
@@ -228,13 +254,20 @@ def grammar_bench(clips: int, batch_size: int, repeats: int) -> None:
                 answers, off = captioner.timed_generate([replace(p, max_tokens=on["longest_batch_steps"]) for p in batch])
                 runs["off"].append({**off, "valid": valid_answers(answers)})
             captioner.grammar = grammar
-            off_step = float(np.median([r["median_step_s"] for r in runs["off"]]))
-            on_step = float(np.median([r["median_step_s"] for r in runs["on"]]))
+            off_step, on_step = (float(np.median([r["median_step_s"] for r in runs[mode]])) for mode in ("off", "on"))
             grammar_step = float(np.median([r["grammar_s_per_step"] for r in runs["on"]]))
+            build_step = float(np.median([r["build_s_per_step"] for r in runs["on"]]))
+            sampler_on, sampler_off = (float(np.median([r["sampler_s_per_step"] for r in runs[mode]])) for mode in ("on", "off"))
+            # greedy: the sampler's argmax, which the grammar's leads replace; sampled: nothing (the
+            # draw is the sampler's work either way, though it is cheaper from masked scores)
+            saved = sampler_off - sampler_on if temperature == 0 else 0.0
             rows.append({
                 "vocabulary": vocabulary, "decoding": "greedy" if temperature == 0 else "sampled",
                 "ms_per_step_off": round(off_step * 1e3, 2), "ms_per_step_on": round(on_step * 1e3, 2),
-                "grammar_ms_per_step": round(grammar_step * 1e3, 3), "overhead": f"{grammar_step / off_step:.1%}",
+                "grammar_ms_per_step": round(grammar_step * 1e3, 3), "grammar_share": f"{grammar_step / off_step:.1%}",
+                "of_which_building_matchers_ms": round(build_step * 1e3, 3),
+                "sampler_ms_per_step_off": round(sampler_off * 1e3, 3), "sampler_ms_per_step_on": round(sampler_on * 1e3, 3),
+                "added_ms_per_step": round((grammar_step - saved) * 1e3, 3), "overhead": f"{(grammar_step - saved) / off_step:.1%}",
                 "valid_first_attempt_on": f"{sum(r['valid'] for r in runs['on'])}/{len(batch) * repeats}",
                 "valid_first_attempt_off": f"{sum(r['valid'] for r in runs['off'])}/{len(batch) * repeats}",
                 "steps_per_run": runs["on"][0]["steps"],
@@ -242,8 +275,9 @@ def grammar_bench(clips: int, batch_size: int, repeats: int) -> None:
             })  # fmt: skip
     print(json.dumps({"prompts": clips, "batch_size": batch_size, "repeats": repeats, "results": rows}, indent=2))
     for r in rows:
-        print(f"{r['vocabulary']:>16} {r['decoding']:>7}: {r['ms_per_step_off']:7.2f} ms/step off, {r['ms_per_step_on']:7.2f} on, "
-              f"grammar {r['grammar_ms_per_step']:6.3f} ms/step = {r['overhead']} overhead; valid on first attempt: "
+        print(f"{r['vocabulary']:>16} {r['decoding']:>7}: {r['ms_per_step_off']:7.2f} ms/step off, {r['ms_per_step_on']:7.2f} on; "
+              f"grammar {r['grammar_ms_per_step']:.3f} ms/step ({r['grammar_share']}; building matchers {r['of_which_building_matchers_ms']:.3f}), sampler {r['sampler_ms_per_step_off']:.3f} off, "
+              f"{r['sampler_ms_per_step_on']:.3f} on: {r['added_ms_per_step']:.3f} ms/step added = {r['overhead']} overhead; valid on first attempt: "
               f"{r['valid_first_attempt_on']} on, {r['valid_first_attempt_off']} off; row steps left unmasked (greedy, best token allowed): "
               f"{r['greedy_rows_unmasked']}")  # fmt: skip
 

@@ -96,28 +96,31 @@ class FinishedRows:
         self.eos = {eos} if isinstance(eos, int) else set(eos)
         self.end = min(self.eos)
         self.done = [False] * len(prompts)
-        self.length = prompt_len  # the step `done` is for
+        self.drawn: list[int] = []  # each row's token drawn at the last step (none before the first)
+        self.length = prompt_len  # the step `done` and `drawn` are for
 
     def __call__(self, input_ids) -> list[bool]:
         """Every row's state at this step, worked out once per step for the grammar and the sampler."""
         length = input_ids.shape[1]
         if length > self.length:
-            last = input_ids[:, -1].tolist()
-            self.done = [done or length >= limit or last[row] in self.eos for row, (done, limit) in enumerate(zip(self.done, self.limits))]
+            self.drawn = input_ids[:, -1].tolist()
+            self.done = [done or length >= limit or self.drawn[row] in self.eos for row, (done, limit) in enumerate(zip(self.done, self.limits))]
             self.length = length
         return self.done
 
 
 class RowSampler:
-    """Picks each row's next token itself: the argmax for a greedy row, a draw from its own
-    generator (seeded by its prompt) for a sampled one. Greedy and sampled prompts then share one
-    batched `generate`, and a clip's answer never depends on which clips shared its batch; the
-    draws equal a batch-1 `do_sample` run under `torch.manual_seed(seed)`. Runs last, after the
-    grammar's mask; returns scores whose argmax is the chosen token."""
+    """Picks each row's next token itself: the argmax for a greedy row (or the token the grammar
+    led it with, `GrammarMask.led`), a draw from its own generator (seeded by its prompt) for a
+    sampled one. Greedy and sampled prompts then share one batched `generate`, and a clip's answer
+    never depends on which clips shared its batch; the draws equal a batch-1 `do_sample` run under
+    `torch.manual_seed(seed)`. Runs last, after the grammar's mask; returns scores whose argmax is
+    the chosen token."""
 
-    def __init__(self, prompts: list[Prompt], finished: FinishedRows):
+    def __init__(self, prompts: list[Prompt], finished: FinishedRows, led: list[int | None] | None = None):
         self.prompts = prompts
         self.finished = finished
+        self.led = led or [None] * len(prompts)
         self.generators: list | None = None
 
     def __call__(self, input_ids, scores):
@@ -125,13 +128,15 @@ class RowSampler:
 
         if self.generators is None:
             self.generators = [None if p.greedy else torch.Generator(scores.device).manual_seed(p.seed) for p in self.prompts]
-        best = best_tokens(scores) if None in self.generators else None
+        done = self.finished(input_ids)
+        unled = any(g is None and led is None and not d for g, led, d in zip(self.generators, self.led, done))
+        best = best_tokens(scores) if unled else None
         tokens = []
-        for row, (done, prompt, generator) in enumerate(zip(self.finished(input_ids), self.prompts, self.generators)):
-            if done:
+        for row, (finished, prompt, generator) in enumerate(zip(done, self.prompts, self.generators)):
+            if finished:
                 tokens.append(self.finished.end)
             elif generator is None:
-                tokens.append(best[row])
+                tokens.append(best[row] if self.led[row] is None else self.led[row])
             else:
                 probs = torch.softmax(scores[row : row + 1] / prompt.temperature, dim=-1)
                 tokens.append(int(torch.multinomial(probs, 1, generator=generator)[0, 0]))
@@ -162,11 +167,13 @@ class TransformersCaptioner:
     def generate(self, prompts: list[Prompt]) -> list[str]:
         return [answer for a in range(0, len(prompts), self.batch_size) for answer in self._generate(prompts[a : a + self.batch_size])]
 
-    def grammar_mask(self, prompts: list[Prompt], finished: FinishedRows):
-        """The batch's grammar as a logits processor (each row its own), or None when no row has one."""
+    def logits_processors(self, prompts: list[Prompt], finished: FinishedRows) -> list:
+        """The grammar's mask (when a row has a grammar), then the sampler, which takes the tokens
+        the grammar led greedy rows with."""
         if self.grammar is None or not any(p.regex for p in prompts):
-            return None
-        return self.grammar.mask([p.regex for p in prompts], finished, [p.greedy for p in prompts])
+            return [RowSampler(prompts, finished)]
+        mask = self.grammar.mask([p.regex for p in prompts], finished, [p.greedy for p in prompts])
+        return [mask, RowSampler(prompts, finished, mask.led)]
 
     def model_inputs(self, prompts: list[Prompt]):
         """The processor's tensors for a batch: chat template, frames or videos, left padding."""
@@ -194,7 +201,6 @@ class TransformersCaptioner:
         prompt_len = inputs["input_ids"].shape[1]  # padded: every row's answer starts here
         tokenizer = self.processor.tokenizer
         finished = FinishedRows(prompts, prompt_len, self.model.generation_config.eos_token_id)
-        grammar = [mask] if (mask := self.grammar_mask(prompts, finished)) else []
         with torch.inference_mode():
             out = self.model.generate(
                 **inputs,
@@ -203,7 +209,7 @@ class TransformersCaptioner:
                 temperature=None,
                 top_p=None,
                 top_k=None,
-                logits_processor=LogitsProcessorList([*grammar, RowSampler(prompts, finished)]),
+                logits_processor=LogitsProcessorList(self.logits_processors(prompts, finished)),
             )
         return [tokenizer.decode(row[prompt_len : prompt_len + p.max_tokens], skip_special_tokens=True) for row, p in zip(out, prompts)]
 

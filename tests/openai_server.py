@@ -23,7 +23,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from PIL import Image
 
-from vidcurate.stages.captioners import Prompt, TransformersCaptioner
+from vidcurate.stages.captioners import Prompt, RowSampler, TransformersCaptioner
 
 # What OpenAI's chat completions accept (the part of it this client could send).
 OPENAI_FIELDS = {"model", "messages", "max_tokens", "max_completion_tokens", "temperature", "seed", "response_format", "top_p", "n", "stop"}
@@ -44,11 +44,11 @@ class JsonSchemaCaptioner(TransformersCaptioner):
         decode = lambda ids: tokenizer.decode(ids).rstrip("\ufffd")  # noqa: E731
         self.tokens = TokenEnforcerTokenizerData(regular, decode, eos, False, len(tokenizer))
 
-    def grammar_mask(self, prompts: list[Prompt], finished):
+    def logits_processors(self, prompts: list[Prompt], finished) -> list:
         from lmformatenforcer import JsonSchemaParser, TokenEnforcer
 
         enforcers = [TokenEnforcer(self.tokens, JsonSchemaParser(p.schema)) for p in prompts]
-        return AllowedTokensMask(enforcers, finished)
+        return [AllowedTokensMask(enforcers, finished), RowSampler(prompts, finished)]
 
 
 class AllowedTokensMask:

@@ -14,7 +14,8 @@ from vidcurate.pipelines.config import load_config
 from vidcurate.pipelines.doctor import diagnose
 from vidcurate.stages.answer import answer_regex
 from vidcurate.stages.caption import CaptionConfig, make_captioner
-from vidcurate.stages.grammar import AnswerGrammar, GrammarError
+from vidcurate.stages.captioners import FinishedRows, Prompt, RowSampler
+from vidcurate.stages.grammar import AnswerGrammar, GrammarError, GrammarMask
 from vidcurate.stages.models import CHAT_TEMPLATE, _build_vlm, _SPECIAL, bpe_qwen25vl, tiny_qwen2vl
 
 TIMES, DURATION = [0.0, 1.25, 2.5], 5.0
@@ -92,3 +93,52 @@ def test_a_model_the_engine_cannot_read_stops_start_up_and_doctor_says_so(byt5_m
     assert "caption.structured: off" in findings["caption grammar"].fix
     ready = {f.check: f for f in diagnose(base)}["caption grammar"]
     assert ready.ok and "llguidance builds the answer grammar" in ready.detail
+
+
+def test_a_greedy_rows_best_allowed_token_is_the_argmax_of_its_masked_scores():
+    """`GrammarMask._best_allowed`, the choice of a greedy row whose best token is refused (a mask's
+    set bits read one by one where one or two bitmask words are set, the mask unpacked where more
+    are), against numpy's argmax of the scores with every refused token at -inf: random masks of
+    1 to 40 words, top bits (negative int32 words) included, and scores with ties (the first wins)."""
+    rng = np.random.default_rng(0)
+    words = 40
+    mask = GrammarMask([None], None, vocab_rows=32 * words, greedy=[True])
+    for bit in range(32):  # one token allowed, at every position of a word
+        mask.bitmask[0] = 0
+        mask.bitmask[0, 7] = np.uint32(1 << bit).view(np.int32)
+        assert mask._best_allowed(0, rng.standard_normal(32 * words).astype(np.float32)) == 7 * 32 + bit
+    for set_words in (1, 2, 3, words):
+        for _ in range(100):
+            mask.bitmask[0] = 0
+            chosen = rng.choice(words, set_words, replace=False)
+            mask.bitmask[0, chosen] = rng.integers(1, 2**32, set_words).astype(np.uint32).view(np.int32)
+            scores = rng.integers(0, 6, 32 * words).astype(np.float32)  # few values: many ties
+            allowed = np.unpackbits(mask.bitmask[0].view(np.uint8), bitorder="little").astype(bool)
+            assert mask._best_allowed(0, scores) == int(np.argmax(np.where(allowed, scores, -np.inf)))
+
+
+def test_greedy_rows_choose_alike_where_numpy_can_read_the_scores_and_where_it_cannot():
+    """In float32 on CPU a greedy row whose best token is refused is led by its best allowed token
+    (`GrammarMask.led`); from bfloat16 scores (numpy cannot view them, as on a GPU) it is masked
+    and the sampler takes its argmax. Over the same random scores (bfloat16 values, exact in
+    float32) the two choose the same tokens at every step, and every answer matches the regex."""
+    import torch
+
+    grammar = AnswerGrammar.from_checkpoint(str(bpe_qwen25vl()))
+    tokenizer = AutoTokenizer.from_pretrained(str(bpe_qwen25vl()))
+    pattern = answer_regex(TIMES, DURATION, max_events=2, max_chars=20)
+    prompts = [Prompt([], pattern, 300, 0.0, row) for row in range(3)]
+    chosen, masked = {}, {}
+    for dtype in (torch.float32, torch.bfloat16):
+        draws, ids = torch.Generator().manual_seed(0), torch.zeros(3, 4, dtype=torch.long)
+        finished = FinishedRows(prompts, ids.shape[1], grammar.stop_ids)
+        mask = grammar.mask([pattern] * 3, finished, [True] * 3)
+        sampler = RowSampler(prompts, finished, mask.led)
+        while not all(finished(ids)):
+            scores = torch.randn(3, grammar.vocab_rows, generator=draws).to(torch.bfloat16).to(dtype)
+            ids = torch.cat([ids, sampler(ids, mask(ids, scores)).argmax(-1)[:, None]], dim=1)
+        chosen[dtype], masked[dtype] = ids, mask.masked
+    assert torch.equal(chosen[torch.float32], chosen[torch.bfloat16])
+    assert masked[torch.float32] == masked[torch.bfloat16] > 20  # the random scores' best tokens were often refused
+    for row in chosen[torch.float32]:
+        assert regex.fullmatch(pattern, tokenizer.decode(row[4:], skip_special_tokens=True))
