@@ -2,7 +2,7 @@
 
 Prefect's temporary server (where no PREFECT_API_URL is set) and a local Ray start side by side
 (one after the other they took 8-12 s of a small run). However the run ends (done, failed,
-Ctrl-C, or a server that never answered), every process they started is stopped before
+Ctrl-C, SIGTERM, or a server that never answered), every process they started is stopped before
 `run_services` returns, so nothing outlives the run (issue #42).
 """
 
@@ -30,6 +30,12 @@ class ServerDidNotStart(RuntimeError):
     def __init__(self, message: str, timed_out: bool):
         super().__init__(message)
         self.timed_out = timed_out
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM to the run (`kill`, a scheduler or container stopping it): it unwinds the run as
+    Ctrl-C does, so the processes the run started are stopped. Python's default action ends the
+    process at once and left Prefect's server running."""
 
 
 class TemporaryServer:
@@ -124,22 +130,45 @@ def _deaf_to_ctrl_c() -> Iterator[None]:
 
 
 @contextmanager
-def _ctrl_c_held() -> Iterator[None]:
-    """Ctrl-C pressed again while the run stops its processes is held until they are stopped, then
-    raised. Raised inside `ray.shutdown`, it cut the shutdown short: Ray's daemons stayed up until
-    the interpreter's exit, where further presses killed the process (exit -2) or printed
-    "Exception ignored" tracebacks."""
+def _stops_held() -> Iterator[None]:
+    """Ctrl-C or SIGTERM arriving while the run stops its processes is held until they are
+    stopped, then raised. Raised inside `ray.shutdown`, Ctrl-C cut the shutdown short: Ray's
+    daemons stayed up until the interpreter's exit, where further presses killed the process
+    (exit -2) or printed "Exception ignored" tracebacks."""
     if threading.current_thread() is not threading.main_thread():  # only it may set handlers
         yield
         return
-    pressed: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: pressed.append(signum))
+    held: list[BaseException] = []
+    previous = {
+        signal.SIGINT: signal.signal(signal.SIGINT, lambda signum, frame: held.append(KeyboardInterrupt())),
+        signal.SIGTERM: signal.signal(signal.SIGTERM, lambda signum, frame: held.append(Terminated())),
+    }
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
-        if pressed:
-            raise KeyboardInterrupt
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if held:
+            raise held[0]
+
+
+@contextmanager
+def _terminate_unwinds() -> Iterator[None]:
+    """SIGTERM raises `Terminated` in the main thread for the body (Prefect's flow engine, which
+    catches SIGTERM itself while a flow runs, hands it on to this handler once it has recorded
+    the flow run's crash)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminated(signum, frame):
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _ray_initialized() -> bool:
@@ -154,23 +183,24 @@ def run_services(cfg: PipelineConfig, start_timeout_s: float, start_ray: bool = 
     starts in this thread (started in a thread, it failed to reach its GCS: docs/decisions.md)."""
     from prefect.settings import PREFECT_API_URL
 
-    stack = ExitStack()
-    if not _ray_initialized():
-        stack.callback(_shut_down_ray)
-    server = None if PREFECT_API_URL.value() else TemporaryServer.unless_running()
-    if server is not None:
-        stack.callback(server.stop)
-    try:
+    with _terminate_unwinds():
+        stack = ExitStack()
+        if not _ray_initialized():
+            stack.callback(_shut_down_ray)
+        server = None if PREFECT_API_URL.value() else TemporaryServer.unless_running()
         if server is not None:
-            server.spawn()
-        if start_ray and cfg.executor == "ray":
-            ensure_ray(cfg)
-        if server is not None:
-            server.wait(start_timeout_s)
-        yield
-    finally:
-        with _ctrl_c_held():
-            stack.close()  # each stop runs, even where one before it raised
+            stack.callback(server.stop)
+        try:
+            if server is not None:
+                server.spawn()
+            if start_ray and cfg.executor == "ray":
+                ensure_ray(cfg)
+            if server is not None:
+                server.wait(start_timeout_s)
+            yield
+        finally:
+            with _stops_held():
+                stack.close()  # each stop runs, even where one before it raised
 
 
 def _shut_down_ray() -> None:

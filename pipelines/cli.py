@@ -259,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Prefect's API calls, one line each
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # "no AVX512 build" notices
-    from vidcurate.flows.services import ServerDidNotStart
+    from vidcurate.flows.services import ServerDidNotStart, Terminated
     from vidcurate.pipelines.disk import StorageFailed
     from vidcurate.pipelines.ledger import FailureBudgetExceeded
     from vidcurate.pipelines.publish import PublishError
@@ -283,7 +283,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"vidcurate: failed: {exc}; {longer}start a server (`prefect server start`) and set PREFECT_API_URL", file=sys.stderr)
             return 1
         raise
-    except KeyboardInterrupt:  # Ctrl-C: one line; `run` has stopped every process it started by now
+    except Terminated:  # SIGTERM: one line; `run` has stopped every process it started by now
+        print("vidcurate: terminated", file=sys.stderr)
+        return 143
+    except KeyboardInterrupt:  # Ctrl-C: the same
         print("vidcurate: interrupted", file=sys.stderr)
         return 130
 

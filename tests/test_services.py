@@ -203,30 +203,56 @@ def test_a_server_that_exits_while_starting_ends_the_run_at_once_in_one_line(job
     assert len(run.servers()) == 1 and run.left_running() == []
 
 
+def _ray_stopping(run: WatchedRun) -> bool:
+    """The server is gone and Ray's daemons are all still up: the run is inside `ray.shutdown`."""
+    daemons = [p for p, cmdline in run.seen.items() if _program(cmdline) in RAY_DAEMONS]
+    return not any(_alive(p) for p in run.servers()) and all(_alive(p) for p in daemons)
+
+
+def _signal_mid_stage_and_while_stopping(run_dir: Path, send) -> tuple[list[float], object]:
+    """A step that calls `send()` once split is running on Ray, then every 0.1 s from the server's
+    end until Ray's daemons start going (inside `ray.shutdown`, which a press there cut short)."""
+    sent: list[float] = []
+
+    def step(run: WatchedRun) -> None:
+        if sent and time.monotonic() - sent[-1] < 0.1:
+            return
+        if (not sent and (run_dir / "split.tmp").exists()) or (sent and _ray_stopping(run)):
+            send(run)
+            sent.append(time.monotonic())
+
+    return sent, step
+
+
 @pytest.mark.slow
 def test_ctrl_c_mid_stage_and_again_while_stopping_stops_every_process_of_the_run(job, tmp_path, launch):
     """SIGINT to the run's whole process group, as Ctrl-C in a terminal sends it, while split runs
-    on Ray; then, as an impatient user would, every 0.1 s from the server's end until Ray's
-    daemons start going (inside `ray.shutdown`, which such a press cut short)."""
+    on Ray; then, as an impatient user would, again while the run stops its processes."""
     run_dir = tmp_path / "run"
     run = launch(["run", "--config", str(job), "--run-dir", str(run_dir)])
-    pressed: list[float] = []
-
-    def ray_stopping(run: WatchedRun) -> bool:
-        daemons = [p for p, cmdline in run.seen.items() if _program(cmdline) in RAY_DAEMONS]
-        return not any(_alive(p) for p in run.servers()) and all(_alive(p) for p in daemons)
-
-    def ctrl_c(run: WatchedRun) -> None:
-        if pressed and time.monotonic() - pressed[-1] < 0.1:
-            return
-        if (not pressed and (run_dir / "split.tmp").exists()) or (pressed and ray_stopping(run)):
-            os.killpg(run.proc.pid, signal.SIGINT)
-            pressed.append(time.monotonic())
-
+    pressed, ctrl_c = _signal_mid_stage_and_while_stopping(run_dir, lambda run: os.killpg(run.proc.pid, signal.SIGINT))
     code = run.watch(ctrl_c)
     out = run.output()
     assert len(pressed) >= 2 and code == 130, (len(pressed), out[-3000:])
     assert out.strip().splitlines()[-1] == "vidcurate: interrupted"
+    assert "Traceback" not in out, out[-3000:]
+    assert RAY_DAEMONS <= run.programs()
+    assert run.left_running() == []
+
+
+@pytest.mark.slow
+def test_sigterm_mid_stage_and_again_while_stopping_stops_every_process_of_the_run(job, tmp_path, launch):
+    """SIGTERM to the `vidcurate` process alone, as `kill PID` or a container runtime stopping its
+    first process sends it, while split runs on Ray, and again while the run stops its
+    processes: one line, exit code 143, nothing of the run left. Before, Python's default action
+    ended the process at once and left Prefect's server running."""
+    run_dir = tmp_path / "run"
+    run = launch(["run", "--config", str(job), "--run-dir", str(run_dir)])
+    sent, term = _signal_mid_stage_and_while_stopping(run_dir, lambda run: run.proc.send_signal(signal.SIGTERM))
+    code = run.watch(term)
+    out = run.output()
+    assert len(sent) >= 2 and code == 143, (len(sent), code, out[-3000:])
+    assert out.strip().splitlines()[-1] == "vidcurate: terminated"
     assert "Traceback" not in out, out[-3000:]
     assert RAY_DAEMONS <= run.programs()
     assert run.left_running() == []
