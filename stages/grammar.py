@@ -33,10 +33,9 @@ def numpy_view(scores):
     return None
 
 
-def best_tokens(scores, values=None) -> list[int]:
-    """Each row's highest-scoring token (the first of equals); `values`: the scores' numpy view,
-    where the caller has it."""
-    values = numpy_view(scores) if values is None else values
+def best_tokens(scores) -> list[int]:
+    """Each row's highest-scoring token (the first of equals)."""
+    values = numpy_view(scores)
     return (scores if values is None else values).argmax(-1).tolist()
 
 
@@ -138,7 +137,7 @@ class GrammarMask:
         done = self.finished(input_ids)
         drawn = self.finished.drawn  # each row's token drawn at the last step, under this mask
         values = numpy_view(scores)
-        best = best_tokens(scores, values) if self.any_greedy else None
+        best = best_tokens(scores) if self.any_greedy else None
         refused = []
         for row, matcher in enumerate(self.matchers):
             if matcher is None or done[row]:
