@@ -32,9 +32,8 @@ from vidcurate.stages.frame_store import FrameNeed  # noqa: E402
 from vidcurate.stages.split import SplitConfig, split_video  # noqa: E402
 
 
-def sample_clips(keyframes: int) -> list[dict]:
-    """The sample videos' clips, cut by split with their keyframes kept, as the pipeline does."""
-    media = Path(tempfile.mkdtemp())
+def sample_clips(keyframes: int, media: Path) -> list[dict]:
+    """The sample videos' clips, cut by split into `media` with their keyframes kept, as the pipeline does."""
     clips = []
     for video in sorted((REPO / "sample_data" / "videos").glob("*")):
         row = probe_video(str(video), ProbeConfig(), None)
@@ -56,7 +55,8 @@ def main() -> None:
     import torch
 
     encoder = ClipEncoder(args.model, None, args.device)
-    clips = sample_clips(args.keyframes) * args.repeat
+    scratch = tempfile.TemporaryDirectory(prefix="embed-bench-")  # removed when main returns
+    clips = sample_clips(args.keyframes, Path(scratch.name)) * args.repeat
     batches = [clips[i : i + args.clips_per_batch] for i in range(0, len(clips), args.clips_per_batch)]
     frames = len(clips) * args.keyframes
     images = torch.randn(args.raw_batch, 3, encoder.size, encoder.size, device=encoder.device, dtype=encoder.dtype)

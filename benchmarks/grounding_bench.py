@@ -84,7 +84,8 @@ def main() -> None:
     rng = np.random.default_rng(args.seed)
     settings = [int(f) for f in args.frames.split(",")]
     needs = tuple(frame_need(CaptionConfig(frames=f, max_frames=max(settings), frame_height=120)) for f in settings)
-    work = Path(tempfile.mkdtemp(prefix="grounding-bench-"))
+    scratch = tempfile.TemporaryDirectory(prefix="grounding-bench-")  # removed when main returns
+    work = Path(scratch.name)
     clips, truth = [], []
     for i in range(args.videos):
         events = planted_events(rng)

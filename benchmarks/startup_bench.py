@@ -58,18 +58,19 @@ def seconds(code: str) -> float:
 def sample_job(config: Path) -> dict:
     """The whole job in a fresh run directory (its shipped history there too, so earlier runs
     do not change what it keeps), and the sum of its stages' own seconds."""
-    work = Path(tempfile.mkdtemp(prefix="startup-bench-"))
-    settings = yaml.safe_load(config.read_text())
-    settings.setdefault("dedup", {})["history"] = str(work / "shipped")
-    (work / "config.yaml").write_text(yaml.safe_dump(settings))
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    vidcurate = Path(sys.executable).with_name("vidcurate")
-    started = time.perf_counter()
-    command = [str(vidcurate), "run", "--config", str(work / "config.yaml"), "--run-dir", str(work / "run")]
-    subprocess.run(command, cwd=REPO, env=env, check=True, capture_output=True)
-    total = time.perf_counter() - started
-    markers = [json.loads(p.read_text()) for p in (work / "run").glob(f"*/{MARKER}")]
-    stages = sum(m["seconds"] for m in markers)
+    with tempfile.TemporaryDirectory(prefix="startup-bench-") as scratch:
+        work = Path(scratch)
+        settings = yaml.safe_load(config.read_text())
+        settings.setdefault("dedup", {})["history"] = str(work / "shipped")
+        (work / "config.yaml").write_text(yaml.safe_dump(settings))
+        env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+        vidcurate = Path(sys.executable).with_name("vidcurate")
+        started = time.perf_counter()
+        command = [str(vidcurate), "run", "--config", str(work / "config.yaml"), "--run-dir", str(work / "run")]
+        subprocess.run(command, cwd=REPO, env=env, check=True, capture_output=True)
+        total = time.perf_counter() - started
+        markers = [json.loads(p.read_text()) for p in (work / "run").glob(f"*/{MARKER}")]
+        stages = sum(m["seconds"] for m in markers)
     return {"whole job": round(total, 2), "sum of stage seconds": round(stages, 2), "outside the stages": round(total - stages, 2)}
 
 

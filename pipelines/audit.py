@@ -104,27 +104,29 @@ def audit(run_dir: Path, clips: int = 8, seed: int = 0) -> dict:
     if not kept:
         raise ValueError(f"{run_dir} shipped no clip to audit")
     captioner = make_captioner(cfg.caption)
-    work = Path(tempfile.mkdtemp(prefix="vidcurate-audit-"))
-    rows, needles = [], []
-    for i, clip in enumerate(kept):
-        kind = list(NEEDLES)[i % len(NEEDLES)]
-        path = work / f"{clip['clip_id']}_{kind}.mp4"
-        start, end, duration = needle_clip(clip["clip_uri"], path, kind, stable_int(f"{seed}/{clip['clip_id']}"), cfg.split)
-        rows.append({"clip_id": path.stem, "video_id": clip["video_id"], "clip_uri": str(path), "start_s": 0.0, "end_s": duration})
-        needles.append((kind, (start, end), path))
-    captions = caption_decoded(decode_clips(rows, cfg.caption), captioner, cfg.caption)
-    by_kind: dict[str, dict] = {kind: {"needles": 0, "found": 0, "coarse_errors": [], "refined_errors": []} for kind in NEEDLES}
-    for (kind, needle, path), row, caption in zip(needles, rows, captions):
-        figures = by_kind[kind]
-        figures["needles"] += 1
-        events = json.loads(caption["events"] or "[]") if caption["status"] == KEPT else []
-        small = read_small_frames(str(path), cfg.split.analysis_width)
-        refined = refine_events(events, caption["frame_times"] or [], row["end_s"], small.times_s, frame_differences(small.yuv))
-        hits = [(c, r) for c, r in zip(events, refined) if found(c, kind, needle)]
-        if hits:
-            figures["found"] += 1
-            for errors, event in (("coarse_errors", hits[0][0]), ("refined_errors", hits[0][1])):
-                figures[errors].append((abs(event["start_s"] - needle[0]) + abs(event["end_s"] - needle[1])) / 2)
+    # the needled copies are scratch: removed when the figures are taken, also on an error
+    with tempfile.TemporaryDirectory(prefix="vidcurate-audit-") as scratch:
+        work = Path(scratch)
+        rows, needles = [], []
+        for i, clip in enumerate(kept):
+            kind = list(NEEDLES)[i % len(NEEDLES)]
+            path = work / f"{clip['clip_id']}_{kind}.mp4"
+            start, end, duration = needle_clip(clip["clip_uri"], path, kind, stable_int(f"{seed}/{clip['clip_id']}"), cfg.split)
+            rows.append({"clip_id": path.stem, "video_id": clip["video_id"], "clip_uri": str(path), "start_s": 0.0, "end_s": duration})
+            needles.append((kind, (start, end), path))
+        captions = caption_decoded(decode_clips(rows, cfg.caption), captioner, cfg.caption)
+        by_kind: dict[str, dict] = {kind: {"needles": 0, "found": 0, "coarse_errors": [], "refined_errors": []} for kind in NEEDLES}
+        for (kind, needle, path), row, caption in zip(needles, rows, captions):
+            figures = by_kind[kind]
+            figures["needles"] += 1
+            events = json.loads(caption["events"] or "[]") if caption["status"] == KEPT else []
+            small = read_small_frames(str(path), cfg.split.analysis_width)
+            refined = refine_events(events, caption["frame_times"] or [], row["end_s"], small.times_s, frame_differences(small.yuv))
+            hits = [(c, r) for c, r in zip(events, refined) if found(c, kind, needle)]
+            if hits:
+                figures["found"] += 1
+                for errors, event in (("coarse_errors", hits[0][0]), ("refined_errors", hits[0][1])):
+                    figures[errors].append((abs(event["start_s"] - needle[0]) + abs(event["end_s"] - needle[1])) / 2)
     report = {
         "clips": len(kept),
         "seed": seed,

@@ -21,13 +21,21 @@ sys.path.insert(0, str(REPO / "sample_data"))
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 # Tiny models are built once per test session into a fresh cache (set before Ray starts, so
-# Ray workers build and read the same one).
-os.environ.setdefault("VIDCURATE_CACHE", tempfile.mkdtemp(prefix="vidcurate-cache-"))
+# Ray workers build and read the same one), removed when the session ends.
+SESSION_CACHE = None if "VIDCURATE_CACHE" in os.environ else tempfile.mkdtemp(prefix="vidcurate-cache-")
+if SESSION_CACHE:
+    os.environ["VIDCURATE_CACHE"] = SESSION_CACHE
 
 
 # Tests that start a Ray cluster or Prefect's server are the heavy end-to-end ones: marked
 # `slow`, so `pytest -m "not slow"` is the fast loop of unit tests (CI runs everything).
 HEAVY_FIXTURES = frozenset({"ray_local", "prefect_server"})
+
+
+def pytest_unconfigure(config):
+    """Each session's cache is ~66 MB of models: left behind, hundreds of runs filled the disk."""
+    if SESSION_CACHE:
+        shutil.rmtree(SESSION_CACHE, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(items):

@@ -42,10 +42,11 @@ def bpe_tokenizer():
     merges = gzip.open(default_bpe()).read().decode("utf-8").split("\n")[1 : 49152 - 256 - 2 + 1]
     vocab = list(bytes_to_unicode().values())
     vocab += [v + "</w>" for v in vocab] + ["".join(m.split()) for m in merges] + ["<|startoftext|>", "<|endoftext|>"]
-    folder = Path(tempfile.mkdtemp(prefix="bpe-"))
-    (folder / "vocab.json").write_text(json.dumps({token: i for i, token in enumerate(vocab)}))
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
-    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
+    with tempfile.TemporaryDirectory(prefix="bpe-") as scratch:  # read once: the tokenizer keeps it in memory
+        folder = Path(scratch)
+        (folder / "vocab.json").write_text(json.dumps({token: i for i, token in enumerate(vocab)}))
+        (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+        return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
 
 
 def openflamingo_tokenizer():

@@ -48,8 +48,14 @@ def test_the_audit_finds_every_needle_the_captioner_sees_and_says_so_in_the_card
     assert "## Needle audit of the captioner" in card and "| image | 2 | 1.0 |" in card
 
 
-def test_with_the_tiny_random_model_the_audit_runs_and_reports(tmp_path, inputs):
+def test_with_the_tiny_random_model_the_audit_runs_reports_and_leaves_no_scratch(tmp_path, inputs, monkeypatch):
+    import tempfile
+
     run = _run(tmp_path, inputs)
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     report = audit(run, clips=2)
+    assert not list(scratch.glob("vidcurate-audit-*")), "the needled copies were left behind"
     assert set(report["kinds"]) == set(NEEDLES) and sum(k["needles"] for k in report["kinds"].values()) == 2
     assert all(k["recall"] is None or 0 <= k["recall"] <= 1 for k in report["kinds"].values())
